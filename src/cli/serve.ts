@@ -1,0 +1,170 @@
+// vblk serve: open the images, listen, print one NBD URI per export and
+// listener on stdout, serve until SIGINT or SIGTERM, then shut down in
+// order (see server/server.ts) and exit 0. A second signal exits at once.
+
+import fs from 'node:fs';
+import { RawImage } from '../device/images/raw.js';
+import { ThreadsEngine } from '../io/threads-engine.js';
+import { ExportRegistry } from '../server/exports.js';
+import { parseListenAddress, type Endpoint } from '../server/listeners.js';
+import { NbdServer } from '../server/server.js';
+import { numberOption, UsageError, type Command } from './command.js';
+import { createLogger } from './logger.js';
+import { parseSize } from './size.js';
+
+interface ServeValues {
+  socket?: string;
+  'socket-mode'?: string;
+  listen?: string[];
+  export?: string[];
+  'read-only'?: boolean;
+  create?: string;
+  'handshake-timeout'?: string;
+  'shutdown-timeout'?: string;
+  'max-inflight'?: string;
+  'log-level'?: string;
+}
+
+const HELP = `Usage: vblk serve [FILE] [options]
+
+Serve FILE over NBD as the default export (the empty name), together with
+any named exports. Prints one NBD URI per export and listener on stdout
+once it is accepting connections; logs go to stderr as JSON lines.
+SIGINT or SIGTERM finishes the requests in flight, flushes, removes the
+socket and exits 0.
+
+Options:
+  --socket PATH            listen on a UNIX socket at PATH
+  --socket-mode MODE       permissions of the socket file, octal (default 0600)
+  --listen [HOST:]PORT     also listen on TCP; HOST defaults to 127.0.0.1,
+                           [::1]:PORT for IPv6 (repeatable)
+  --export NAME=FILE[:ro]  add the export NAME served from FILE; ':ro' makes
+                           it read-only (repeatable)
+  --read-only              serve every export read-only
+  --create SIZE            create FILE as a sparse raw image of SIZE first,
+                           if it does not exist (SIZE like 1G, 512M, 4096)
+  --handshake-timeout SEC  time a client has to choose an export (default 10)
+  --shutdown-timeout SEC   time to finish requests in flight at shutdown
+                           before connections are cut (default 30)
+  --max-inflight N         requests in flight per connection before vblk
+                           stops reading from it (default 64)
+  --log-level LEVEL        fatal, error, warn, info, debug, trace or silent
+                           (default info)
+  -h, --help               show this help
+
+Examples:
+  vblk serve disk.img --socket /tmp/vblk.sock
+      qemu-io -f raw nbd+unix:///?socket=/tmp/vblk.sock
+  vblk serve base.img --socket /tmp/vblk.sock --export iso=boot.iso:ro
+      nbdinfo --list nbd+unix:///?socket=/tmp/vblk.sock
+  vblk serve disk.img --listen 10809 --read-only
+      nbdinfo nbd://127.0.0.1:10809
+  vblk serve var/default.img --create 1G --socket var/vblk.sock
+`;
+
+interface ExportSpec {
+  name: string;
+  file: string;
+  readOnly: boolean;
+}
+
+function parseExport(spec: string): ExportSpec {
+  const eq = spec.indexOf('=');
+  if (eq < 0) throw new UsageError(`--export ${spec}: expected NAME=FILE or NAME=FILE:ro`);
+  let file = spec.slice(eq + 1);
+  const readOnly = file.endsWith(':ro');
+  if (readOnly) file = file.slice(0, -3);
+  if (!file) throw new UsageError(`--export ${spec}: no file given`);
+  return { name: spec.slice(0, eq), file, readOnly };
+}
+
+export const serve: Command<ServeValues> = {
+  name: 'serve',
+  summary: 'serve disk images over NBD',
+  help: HELP,
+  options: {
+    socket: { type: 'string' },
+    'socket-mode': { type: 'string' },
+    listen: { type: 'string', multiple: true },
+    export: { type: 'string', multiple: true },
+    'read-only': { type: 'boolean' },
+    create: { type: 'string' },
+    'handshake-timeout': { type: 'string' },
+    'shutdown-timeout': { type: 'string' },
+    'max-inflight': { type: 'string' },
+    'log-level': { type: 'string' },
+  },
+
+  async run(v, positionals) {
+    if (positionals.length > 1) throw new UsageError(`expected one FILE, got ${positionals.length}`);
+    const specs = (v.export ?? []).map(parseExport);
+    if (positionals[0]) specs.unshift({ name: '', file: positionals[0], readOnly: false });
+    if (specs.length === 0) throw new UsageError('nothing to serve: give FILE or --export NAME=FILE');
+    if (v.create !== undefined) {
+      if (!positionals[0]) throw new UsageError('--create needs FILE');
+      const size = parseSize(v.create);
+      if (!fs.existsSync(positionals[0])) RawImage.create(positionals[0], size);
+    }
+    const endpoints: Endpoint[] = [];
+    if (v.socket) {
+      const mode = v['socket-mode'] === undefined ? 0o600 : parseInt(v['socket-mode'], 8);
+      if (!(mode >= 0 && mode <= 0o777)) throw new UsageError('--socket-mode must be octal, like 0600 or 660');
+      endpoints.push({ kind: 'unix', path: v.socket, mode });
+    }
+    for (const spec of v.listen ?? []) endpoints.push({ kind: 'tcp', ...parseListenAddress(spec) });
+    if (endpoints.length === 0) throw new UsageError('nowhere to listen: give --socket PATH or --listen [HOST:]PORT');
+    const options = {
+      handshakeTimeoutMs: numberOption('handshake-timeout', v['handshake-timeout'], 10, 0.1, 3600) * 1000,
+      shutdownTimeoutMs: numberOption('shutdown-timeout', v['shutdown-timeout'], 30, 0, 3600) * 1000,
+      limits: {
+        maxInflight: numberOption('max-inflight', v['max-inflight'], 64, 1, 4096),
+        maxInflightBytes: 128 << 20,
+        maxBacklogBytes: 64 << 20,
+        maxSkippedPayload: 128 << 20,
+      },
+    };
+    const log = createLogger(v['log-level'] ?? 'info');
+
+    const engine = new ThreadsEngine();
+    const registry = new ExportRegistry();
+    try {
+      for (const s of specs) {
+        registry.add(s.name, RawImage.open(s.file, { readOnly: s.readOnly || v['read-only'] === true, engine }));
+      }
+    } catch (err) {
+      await registry.closeAll();
+      throw err;
+    }
+    const server = new NbdServer(registry, options, log);
+    try {
+      for (const e of endpoints) await server.listen(e);
+    } catch (err) {
+      await server.shutdown();
+      throw err;
+    }
+    const uris = server.uris();
+    process.stdout.write(uris.map((u) => `${u}\n`).join(''));
+    log.info({ uris, engine: engine.name }, 'ready');
+
+    return new Promise<number>((resolve) => {
+      let signalled = false;
+      const onSignal = (signal: NodeJS.Signals): void => {
+        if (signalled) {
+          log.warn({ signal }, 'second signal: exiting without finishing');
+          process.exit(1);
+        }
+        signalled = true;
+        log.info({ signal }, 'signal received');
+        server.shutdown().then(
+          () => resolve(0),
+          (err: unknown) => {
+            log.error({ err }, 'shutdown failed');
+            resolve(1);
+          },
+        );
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
+    });
+  },
+};

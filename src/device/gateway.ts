@@ -1,0 +1,153 @@
+// The gateway stands between the protocols and the devices. It checks a
+// request once (read-only, range, size), keeps overlapping requests in
+// order, fills in what a device lacks (zeroing by writing zero buffers,
+// flush on a read-only export, a contiguous read where the device
+// returned holes) and turns every failure into a DeviceError. Devices
+// behind it may assume a request is valid.
+
+import { DeviceError, toDeviceError } from './errors.js';
+import { OverlapQueue, type Ticket } from './overlap-queue.js';
+import type { BlockDevice, Capabilities, Extent, ReadSegment, Request, Result } from './types.js';
+
+const ZERO_WRITE_CHUNK = 1 << 20;
+
+function isMutating(op: Request['op']): boolean {
+  return op === 'write' || op === 'trim' || op === 'writeZeroes';
+}
+
+export class Gateway {
+  private readonly order = new OverlapQueue();
+  private running = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(readonly device: BlockDevice) {}
+
+  get size(): number {
+    return this.device.size;
+  }
+
+  get capabilities(): Capabilities {
+    return this.device.capabilities;
+  }
+
+  /** Resolves once no request is running, so the device can be closed safely. */
+  drain(): Promise<void> {
+    if (this.running === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  async execute(req: Request): Promise<Result> {
+    this.check(req);
+    this.running++;
+    try {
+      return await this.admit(req);
+    } finally {
+      if (--this.running === 0) this.idleWaiters.splice(0).forEach((wake) => wake());
+    }
+  }
+
+  private async admit(req: Request): Promise<Result> {
+    if (req.op === 'flush') {
+      if (!this.capabilities.readOnly) await this.guard(this.device.flush());
+      return { op: 'flush' };
+    }
+    if (req.length === 0) return this.empty(req);
+    const admitted = this.order.acquire(req.offset, req.length, isMutating(req.op));
+    const ticket: Ticket = admitted instanceof Promise ? await admitted : admitted;
+    try {
+      return await this.guard(this.run(req));
+    } finally {
+      this.order.release(ticket);
+    }
+  }
+
+  private check(req: Request): void {
+    const { op, offset, length } = req;
+    if (isMutating(op) && this.capabilities.readOnly) throw new DeviceError('EPERM', 'the export is read-only');
+    if (op === 'flush') return;
+    if (offset > this.size || length > this.size - offset) {
+      const what = `${op} of ${length} bytes at offset ${offset}`;
+      const code = op === 'write' || op === 'writeZeroes' ? 'ENOSPC' : 'EINVAL';
+      throw new DeviceError(code, `${what} goes past the end of the ${this.size}-byte export`);
+    }
+    const max = this.capabilities.blockSizes.maximum;
+    if ((op === 'read' || op === 'write') && length > max) {
+      throw new DeviceError('EINVAL', `${op} of ${length} bytes exceeds the maximum of ${max}`);
+    }
+    if (op === 'blockStatus' && length === 0) throw new DeviceError('EINVAL', 'block status of zero bytes');
+    if (op === 'write' && req.data?.length !== length) throw new DeviceError('EINVAL', 'write payload length mismatch');
+  }
+
+  private empty(req: Request): Result {
+    return req.op === 'read' ? { op: 'read', segments: [] } : ({ op: req.op } as Result);
+  }
+
+  private async run(req: Request): Promise<Result> {
+    const caps = this.capabilities;
+    switch (req.op) {
+      case 'read': {
+        const segments = await this.device.read(req);
+        return { op: 'read', segments: req.df ? contiguous(req, segments) : segments };
+      }
+      case 'write':
+        await this.device.write(req);
+        return { op: 'write' };
+      case 'trim':
+        if (caps.trim) await this.device.trim(req);
+        return { op: 'trim' };
+      case 'writeZeroes':
+        await this.writeZeroes(req);
+        return { op: 'writeZeroes' };
+      case 'cache':
+        if (caps.cache) await this.device.cache(req);
+        return { op: 'cache' };
+      case 'blockStatus':
+        return { op: 'blockStatus', extents: oneOrMore(req, await this.device.blockStatus(req)) };
+      default:
+        throw new DeviceError('EINVAL', `unknown operation ${String(req.op)}`);
+    }
+  }
+
+  private async writeZeroes(req: Request): Promise<void> {
+    if (this.capabilities.zero) {
+      try {
+        return await this.device.writeZeroes(req);
+      } catch (err) {
+        if (req.fastZero || toDeviceError(err).code !== 'ENOTSUP') throw err;
+      }
+    } else if (req.fastZero) {
+      throw new DeviceError('ENOTSUP', 'this export cannot zero faster than it writes');
+    }
+    const zeroes = Buffer.alloc(Math.min(req.length, ZERO_WRITE_CHUNK));
+    for (let done = 0; done < req.length; done += zeroes.length) {
+      const n = Math.min(zeroes.length, req.length - done);
+      const data = n === zeroes.length ? zeroes : zeroes.subarray(0, n);
+      await this.device.write({ ...req, op: 'write', offset: req.offset + done, length: n, data, fua: false });
+    }
+    if (req.fua) await this.device.flush();
+  }
+
+  private async guard<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } catch (err) {
+      throw toDeviceError(err);
+    }
+  }
+}
+
+/** One data segment covering the whole request, zero-filling any holes. */
+function contiguous(req: Request, segments: ReadSegment[]): ReadSegment[] {
+  if (segments.length === 1 && segments[0].data) return segments;
+  const data = Buffer.alloc(req.length);
+  for (const s of segments) s.data?.copy(data, s.offset - req.offset);
+  return [{ offset: req.offset, length: req.length, data }];
+}
+
+/** At least one extent, and with reqOne exactly one no longer than the request. */
+function oneOrMore(req: Request, extents: Extent[]): Extent[] {
+  if (extents.length === 0) return [{ length: req.length, hole: false, zero: false }];
+  if (!req.reqOne) return extents;
+  const first = extents[0];
+  return [{ ...first, length: Math.min(first.length, req.length) }];
+}

@@ -1,0 +1,220 @@
+// A raw image: the export's bytes are the file's (or block device's)
+// bytes. Sparseness is the file system's: SEEK_DATA/SEEK_HOLE tell where
+// data is, so reads can return holes without touching them and block
+// status is exact; TRIM punches holes; write-zeroes punches or, with
+// noHole, zeroes the range in place (FALLOC_FL_ZERO_RANGE); where neither
+// works it says ENOTSUP and the gateway writes zero buffers. FUA writes go
+// through a second descriptor opened O_DSYNC, so one write does not force
+// out everything else that is dirty in the file.
+
+import fs from 'node:fs';
+import { dirname } from 'node:path';
+import { promisify } from 'node:util';
+import type { IoEngine } from '../../io/engine.js';
+import {
+  adviseWillNeed,
+  fallocate,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  seek,
+} from '../../io/syscalls.js';
+import { DeviceError } from '../errors.js';
+import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
+
+/** Most extents one block-status reply describes; the client asks again for the rest. */
+export const MAX_EXTENTS = 1024;
+const QCOW2_MAGIC = 0x514649fb;
+
+const close = promisify(fs.close);
+
+interface Run {
+  offset: number;
+  length: number;
+  hole: boolean;
+}
+
+function isUnsupported(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS';
+}
+
+export interface RawOptions {
+  readOnly: boolean;
+  engine: IoEngine;
+}
+
+export class RawImage implements BlockDevice {
+  readonly capabilities: Capabilities;
+  readonly description: string;
+  private zeroRangeWorks = true;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    private readonly dsyncFd: number,
+    readonly size: number,
+    private readonly engine: IoEngine,
+    readOnly: boolean,
+    sparse: boolean,
+    punch: boolean,
+  ) {
+    this.description = `raw image ${path}${readOnly ? ' (read-only)' : ''}`;
+    this.capabilities = {
+      readOnly,
+      flush: !readOnly,
+      trim: !readOnly && punch,
+      zero: !readOnly && punch,
+      fastZero: !readOnly && punch,
+      cache: true,
+      extents: sparse,
+      multiConn: true,
+      blockSizes: { minimum: 1, preferred: 4096, maximum: 32 << 20 },
+    };
+  }
+
+  /** Creates a sparse raw image of `size` bytes; never replaces an existing file. */
+  static create(path: string, size: number): void {
+    fs.mkdirSync(dirname(path), { recursive: true });
+    const fd = fs.openSync(path, 'wx');
+    try {
+      fs.ftruncateSync(fd, size);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  static open(path: string, options: RawOptions): RawImage {
+    const flags = options.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+    const fd = fs.openSync(path, flags);
+    try {
+      const stat = fs.fstatSync(fd);
+      if (!stat.isFile() && !stat.isBlockDevice()) throw new Error(`${path} is neither a file nor a block device`);
+      refuseQcow2(fd, path);
+      const size = stat.isFile() ? stat.size : (seek(fd, 0, 'end') ?? 0);
+      const sparse = probe(() => seek(fd, 0, 'hole'));
+      // Punching a hole past the end of the file changes nothing and tells
+      // whether the file system can punch at all.
+      const punch = !options.readOnly && probe(() => fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size, 4096));
+      const dsyncFd = options.readOnly ? fd : fs.openSync(path, flags | fs.constants.O_DSYNC);
+      return new RawImage(path, fd, dsyncFd, size, options.engine, options.readOnly, sparse, punch);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  async read(req: Request): Promise<ReadSegment[]> {
+    if (req.length === 0) return [];
+    if (req.df || !this.capabilities.extents) {
+      return [{ offset: req.offset, length: req.length, data: await this.readData(req.offset, req.length) }];
+    }
+    const runs = this.map(req.offset, req.offset + req.length, Infinity);
+    return Promise.all(
+      runs.map(async (r) => ({ ...r, data: r.hole ? null : await this.readData(r.offset, r.length) })),
+    );
+  }
+
+  write(req: Request): Promise<void> {
+    return this.engine.write(req.fua ? this.dsyncFd : this.fd, req.data!, req.offset);
+  }
+
+  flush(): Promise<void> {
+    return this.engine.sync(this.fd, true);
+  }
+
+  async trim(req: Request): Promise<void> {
+    if (req.length === 0) return;
+    fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, req.offset, req.length);
+    if (req.fua) await this.flush();
+  }
+
+  async writeZeroes(req: Request): Promise<void> {
+    if (req.length === 0) return;
+    if (!this.zeroInPlace(req)) {
+      throw new DeviceError('ENOTSUP', 'this file system cannot zero a range without writing it');
+    }
+    if (req.fua) await this.flush();
+  }
+
+  async cache(req: Request): Promise<void> {
+    if (req.length > 0) adviseWillNeed(this.fd, req.offset, req.length);
+  }
+
+  async blockStatus(req: Request): Promise<Extent[]> {
+    const end = req.offset + req.length;
+    if (!this.capabilities.extents) return [{ length: req.length, hole: false, zero: false }];
+    return this.map(req.offset, end, req.reqOne ? 1 : MAX_EXTENTS).map((r) => ({
+      length: r.length,
+      hole: r.hole,
+      zero: r.hole,
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (this.dsyncFd !== this.fd) await close(this.dsyncFd);
+    await close(this.fd);
+  }
+
+  private async readData(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    await this.engine.read(this.fd, buf, offset);
+    return buf;
+  }
+
+  /** Data and hole runs covering [offset, end), at most maxRuns of them. */
+  private map(offset: number, end: number, maxRuns: number): Run[] {
+    const runs: Run[] = [];
+    let pos = offset;
+    while (pos < end && runs.length < maxRuns) {
+      const data = seek(this.fd, pos, 'data');
+      if (data === null || data >= end) {
+        runs.push({ offset: pos, length: end - pos, hole: true });
+        break;
+      }
+      if (data > pos) {
+        runs.push({ offset: pos, length: data - pos, hole: true });
+        pos = data;
+        continue;
+      }
+      const stop = Math.min(seek(this.fd, pos, 'hole') ?? end, end);
+      runs.push({ offset: pos, length: stop - pos, hole: false });
+      pos = stop;
+    }
+    return runs;
+  }
+
+  /** Zeroes the range without writing buffers; false when the file system cannot. */
+  private zeroInPlace(req: Request): boolean {
+    const modes = req.noHole ? [FALLOC_FL_ZERO_RANGE] : [FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE];
+    for (const mode of modes) {
+      if (mode === FALLOC_FL_ZERO_RANGE && !this.zeroRangeWorks) continue;
+      if (mode === FALLOC_FL_PUNCH_HOLE && !this.capabilities.trim) continue;
+      try {
+        fallocate(this.fd, mode | FALLOC_FL_KEEP_SIZE, req.offset, req.length);
+        return true;
+      } catch (err) {
+        if (!isUnsupported(err)) throw err;
+        if (mode === FALLOC_FL_ZERO_RANGE) this.zeroRangeWorks = false;
+      }
+    }
+    return false;
+  }
+
+}
+
+function probe(call: () => unknown): boolean {
+  try {
+    call();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function refuseQcow2(fd: number, path: string): void {
+  const head = Buffer.alloc(4);
+  if (fs.readSync(fd, head, 0, 4, 0) === 4 && head.readUInt32BE(0) === QCOW2_MAGIC) {
+    throw new Error(`${path} is a qcow2 image; vblk serves raw images only for now`);
+  }
+}

@@ -1,0 +1,51 @@
+// Keeps overlapping requests in arrival order while letting everything
+// else run concurrently. A request that changes data (exclusive) waits for
+// every earlier request whose range overlaps it; a read waits only for
+// earlier overlapping writes. Requests that do not overlap never wait.
+// The active list is short (bounded by requests in flight), so a linear
+// scan beats any interval tree here.
+
+export interface Ticket {
+  readonly start: number;
+  readonly end: number;
+  readonly exclusive: boolean;
+  blockers: number;
+  dependents: Ticket[];
+  wake: (() => void) | null;
+}
+
+export class OverlapQueue {
+  private active: Ticket[] = [];
+
+  get size(): number {
+    return this.active.length;
+  }
+
+  /**
+   * Takes a ticket for [offset, offset + length). Returns the ticket when it
+   * may proceed at once, or a promise of it when it must wait.
+   */
+  acquire(offset: number, length: number, exclusive: boolean): Ticket | Promise<Ticket> {
+    const ticket: Ticket = { start: offset, end: offset + length, exclusive, blockers: 0, dependents: [], wake: null };
+    for (const other of this.active) {
+      if ((exclusive || other.exclusive) && other.start < ticket.end && ticket.start < other.end) {
+        other.dependents.push(ticket);
+        ticket.blockers++;
+      }
+    }
+    this.active.push(ticket);
+    if (ticket.blockers === 0) return ticket;
+    return new Promise((resolve) => {
+      ticket.wake = () => resolve(ticket);
+    });
+  }
+
+  release(ticket: Ticket): void {
+    const i = this.active.indexOf(ticket);
+    if (i < 0) return;
+    this.active.splice(i, 1);
+    for (const d of ticket.dependents) {
+      if (--d.blockers === 0 && d.wake) d.wake();
+    }
+  }
+}

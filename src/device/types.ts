@@ -1,0 +1,89 @@
+// The device model every front end (NBD today, vhost-user later) speaks.
+// A Request is one block operation in the spirit of virtio-blk; a
+// BlockDevice executes requests against an image. Filters wrap a
+// BlockDevice and pass through what they do not change. No wire constant
+// of any protocol belongs here.
+
+export type Op = 'read' | 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' | 'blockStatus';
+
+export interface Request {
+  op: Op;
+  offset: number;
+  length: number;
+  /** Payload of a write; its length equals `length`. */
+  data?: Buffer;
+  /** Persist before completing (data and whatever metadata reaches it). */
+  fua: boolean;
+  /** writeZeroes must leave the range allocated. */
+  noHole: boolean;
+  /** writeZeroes must fail with ENOTSUP unless it is faster than writing. */
+  fastZero: boolean;
+  /** blockStatus wants one extent only. */
+  reqOne: boolean;
+  /** read must come back as one contiguous buffer (no hole segments). */
+  df: boolean;
+}
+
+/** A piece of a read: bytes, or null for a range that reads as zeroes. */
+export interface ReadSegment {
+  offset: number;
+  length: number;
+  data: Buffer | null;
+}
+
+/** A run of the device with one allocation state. */
+export interface Extent {
+  length: number;
+  /** Not allocated in the backing store. */
+  hole: boolean;
+  /** Reads as zeroes. */
+  zero: boolean;
+}
+
+export interface BlockSizes {
+  minimum: number;
+  preferred: number;
+  /** Largest read or write payload accepted in one request. */
+  maximum: number;
+}
+
+export interface Capabilities {
+  readOnly: boolean;
+  /** flush and fua reach stable storage (false: there is nothing to persist). */
+  flush: boolean;
+  trim: boolean;
+  /** writeZeroes is done natively rather than by writing zero buffers. */
+  zero: boolean;
+  /** writeZeroes can honour fastZero (zeroing is cheaper than writing). */
+  fastZero: boolean;
+  cache: boolean;
+  /** blockStatus reports real allocation rather than "all data". */
+  extents: boolean;
+  /** A flush on any connection covers writes completed on all of them. */
+  multiConn: boolean;
+  blockSizes: BlockSizes;
+}
+
+export type Result =
+  | { op: 'read'; segments: ReadSegment[] }
+  | { op: 'blockStatus'; extents: Extent[] }
+  | { op: 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' };
+
+export interface BlockDevice {
+  readonly size: number;
+  readonly capabilities: Capabilities;
+  /** Human-readable one-liner: format and where the data lives. */
+  readonly description: string;
+  read(req: Request): Promise<ReadSegment[]>;
+  write(req: Request): Promise<void>;
+  flush(): Promise<void>;
+  trim(req: Request): Promise<void>;
+  writeZeroes(req: Request): Promise<void>;
+  cache(req: Request): Promise<void>;
+  blockStatus(req: Request): Promise<Extent[]>;
+  close(): Promise<void>;
+}
+
+export function request(op: Op, offset: number, length: number, extra: Partial<Request> = {}): Request {
+  return { op, offset, length, fua: false, noHole: false, fastZero: false, reqOne: false, df: false, ...extra };
+}

@@ -1,0 +1,97 @@
+// The few system calls Node's fs lacks, bound with koffi: lseek with
+// SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges)
+// and posix_fadvise (read-ahead for CACHE). They are synchronous: each is
+// a metadata operation that costs microseconds, cheaper than a hop to a
+// worker thread. Failures throw an Error carrying the errno name in
+// `code`, like Node's own fs errors. Where libc or a call is missing (not
+// Linux, no koffi), the call throws ENOSYS and callers fall back.
+
+import { constants as osConstants } from 'node:os';
+import { createRequire } from 'node:module';
+
+const SEEK_END = 2;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const POSIX_FADV_WILLNEED = 3;
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+type Fn = (...args: number[]) => number;
+
+interface Bindings {
+  lseek: Fn;
+  fallocate: Fn | null;
+  fadvise: Fn | null;
+  errno: () => number;
+}
+
+const ERRNO_NAMES = new Map<number, string>(
+  Object.entries(osConstants.errno).map(([name, value]) => [value as number, name]),
+);
+
+function load(): Bindings | null {
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
+    const libc = koffi.load(process.platform === 'darwin' ? 'libSystem.B.dylib' : 'libc.so.6');
+    const optional = (proto: string): Fn | null => {
+      try {
+        return libc.func(proto) as Fn;
+      } catch {
+        return null;
+      }
+    };
+    return {
+      lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)') as Fn,
+      fallocate: optional('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
+      fadvise: optional('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)'),
+      errno: () => koffi.errno(),
+    };
+  } catch {
+    return null;
+  }
+}
+
+const bindings = load();
+
+/** Why the bindings are missing, or null when they loaded. */
+export const syscallsUnavailable: string | null = bindings ? null : 'koffi or libc could not be loaded';
+
+function systemError(call: string, errno: number): Error {
+  const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
+  return Object.assign(new Error(`${call} failed: ${code}`), { code, errno: -errno, syscall: call });
+}
+
+function unavailable(call: string): Error {
+  return Object.assign(new Error(`${call} is not available on this host`), { code: 'ENOSYS', syscall: call });
+}
+
+const WHENCE = { end: SEEK_END, data: SEEK_DATA, hole: SEEK_HOLE };
+
+/**
+ * lseek: the next offset at or after `offset` where data ('data') or a
+ * hole ('hole') starts, or `offset` from the end ('end'). Returns null
+ * when there is no data at or after `offset` (ENXIO). Every file ends in
+ * a virtual hole at its size.
+ */
+export function seek(fd: number, offset: number, whence: keyof typeof WHENCE): number | null {
+  if (!bindings) throw unavailable('lseek');
+  const r = bindings.lseek(fd, offset, WHENCE[whence]);
+  if (r >= 0) return Number(r);
+  const errno = bindings.errno();
+  if (ERRNO_NAMES.get(errno) === 'ENXIO') return null;
+  throw systemError('lseek', errno);
+}
+
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  if (!bindings?.fallocate) throw unavailable('fallocate');
+  if (bindings.fallocate(fd, mode, offset, length) !== 0) throw systemError('fallocate', bindings.errno());
+}
+
+export function adviseWillNeed(fd: number, offset: number, length: number): void {
+  if (!bindings?.fadvise) throw unavailable('posix_fadvise');
+  // posix_fadvise returns the error number instead of setting errno.
+  const r = bindings.fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+  if (r !== 0) throw systemError('posix_fadvise', r);
+}

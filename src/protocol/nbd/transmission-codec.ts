@@ -1,0 +1,224 @@
+// Pure encoders and decoders for the transmission phase: requests, simple
+// replies, structured reply chunks and their payloads. Header encoders
+// write into a buffer they are given, so the server can put a reply
+// header and its payload into one corked write without copying the data.
+// Decoders return null when the frame is not complete yet and never
+// validate magics or semantics; that is the caller's job.
+
+import {
+  CHUNK,
+  CHUNK_HEADER_SIZE,
+  REQUEST_MAGIC,
+  REQUEST_SIZE,
+  SIMPLE_REPLY_MAGIC,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_MAGIC,
+} from './constants.js';
+import type { Malformed } from './handshake-codec.js';
+import { readU64, writeU64 } from './u64.js';
+
+// --- requests ---------------------------------------------------------------
+
+export interface RequestHeader {
+  magic: number;
+  flags: number;
+  type: number;
+  cookie: bigint;
+  /** Exact below 2^53; see u64.ts for why that is enough. */
+  offset: number;
+  length: number;
+}
+
+export interface RequestFields {
+  magic?: number;
+  flags: number;
+  type: number;
+  cookie: bigint;
+  offset: number | bigint;
+  length: number;
+}
+
+export function encodeRequest(buf: Buffer, off: number, req: RequestFields): number {
+  buf.writeUInt32BE((req.magic ?? REQUEST_MAGIC) >>> 0, off);
+  buf.writeUInt16BE(req.flags, off + 4);
+  buf.writeUInt16BE(req.type, off + 6);
+  buf.writeBigUInt64BE(req.cookie, off + 8);
+  writeU64(buf, off + 16, req.offset);
+  buf.writeUInt32BE(req.length >>> 0, off + 24);
+  return off + REQUEST_SIZE;
+}
+
+export function decodeRequest(buf: Buffer, off = 0): RequestHeader | null {
+  if (buf.length - off < REQUEST_SIZE) return null;
+  return {
+    magic: buf.readUInt32BE(off),
+    flags: buf.readUInt16BE(off + 4),
+    type: buf.readUInt16BE(off + 6),
+    cookie: buf.readBigUInt64BE(off + 8),
+    offset: readU64(buf, off + 16),
+    length: buf.readUInt32BE(off + 24),
+  };
+}
+
+// --- replies ----------------------------------------------------------------
+
+export interface SimpleReply {
+  kind: 'simple';
+  error: number;
+  cookie: bigint;
+}
+
+export interface ChunkHeader {
+  kind: 'chunk';
+  flags: number;
+  type: number;
+  cookie: bigint;
+  length: number;
+}
+
+export function encodeSimpleReply(buf: Buffer, off: number, error: number, cookie: bigint): number {
+  buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, off);
+  buf.writeUInt32BE(error >>> 0, off + 4);
+  buf.writeBigUInt64BE(cookie, off + 8);
+  return off + SIMPLE_REPLY_SIZE;
+}
+
+export function encodeChunkHeader(
+  buf: Buffer,
+  off: number,
+  flags: number,
+  type: number,
+  cookie: bigint,
+  length: number,
+): number {
+  buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, off);
+  buf.writeUInt16BE(flags, off + 4);
+  buf.writeUInt16BE(type, off + 6);
+  buf.writeBigUInt64BE(cookie, off + 8);
+  buf.writeUInt32BE(length >>> 0, off + 16);
+  return off + CHUNK_HEADER_SIZE;
+}
+
+/**
+ * Decodes the header of whatever reply comes next: a simple reply (16
+ * bytes) or a structured chunk header (20 bytes). Returns null when more
+ * bytes are needed, and { kind: 'unknown', magic } for a magic that is
+ * neither.
+ */
+export function decodeReplyHeader(
+  buf: Buffer,
+  off = 0,
+): SimpleReply | ChunkHeader | { kind: 'unknown'; magic: number } | null {
+  if (buf.length - off < 4) return null;
+  const magic = buf.readUInt32BE(off);
+  if (magic === SIMPLE_REPLY_MAGIC) {
+    if (buf.length - off < SIMPLE_REPLY_SIZE) return null;
+    return { kind: 'simple', error: buf.readUInt32BE(off + 4), cookie: buf.readBigUInt64BE(off + 8) };
+  }
+  if (magic === STRUCTURED_REPLY_MAGIC) {
+    if (buf.length - off < CHUNK_HEADER_SIZE) return null;
+    return {
+      kind: 'chunk',
+      flags: buf.readUInt16BE(off + 4),
+      type: buf.readUInt16BE(off + 6),
+      cookie: buf.readBigUInt64BE(off + 8),
+      length: buf.readUInt32BE(off + 16),
+    };
+  }
+  return { kind: 'unknown', magic };
+}
+
+// --- structured chunk payloads ---------------------------------------------
+
+/** The 8-byte offset that starts an OFFSET_DATA payload; the data follows. */
+export const OFFSET_DATA_PREFIX = 8;
+export const OFFSET_HOLE_SIZE = 12;
+
+export function encodeOffsetDataPrefix(buf: Buffer, off: number, offset: number): number {
+  writeU64(buf, off, offset);
+  return off + OFFSET_DATA_PREFIX;
+}
+
+export function encodeOffsetHole(buf: Buffer, off: number, offset: number, size: number): number {
+  writeU64(buf, off, offset);
+  buf.writeUInt32BE(size >>> 0, off + 8);
+  return off + OFFSET_HOLE_SIZE;
+}
+
+export interface BlockDescriptor {
+  length: number;
+  flags: number;
+}
+
+export function blockStatusSize(count: number): number {
+  return 4 + 8 * count;
+}
+
+export function encodeBlockStatus(buf: Buffer, off: number, contextId: number, extents: BlockDescriptor[]): number {
+  buf.writeUInt32BE(contextId >>> 0, off);
+  let p = off + 4;
+  for (const e of extents) {
+    buf.writeUInt32BE(e.length >>> 0, p);
+    buf.writeUInt32BE(e.flags >>> 0, p + 4);
+    p += 8;
+  }
+  return p;
+}
+
+/** Size of an ERROR chunk payload carrying a message of `messageBytes`. */
+export function errorPayloadSize(messageBytes: number): number {
+  return 6 + messageBytes;
+}
+
+export function encodeErrorPayload(buf: Buffer, off: number, error: number, message: Buffer): number {
+  buf.writeUInt32BE(error >>> 0, off);
+  buf.writeUInt16BE(message.length, off + 4);
+  message.copy(buf, off + 6);
+  return off + 6 + message.length;
+}
+
+export type ChunkPayload =
+  | { type: typeof CHUNK.NONE }
+  | { type: typeof CHUNK.OFFSET_DATA; offset: number; data: Buffer }
+  | { type: typeof CHUNK.OFFSET_HOLE; offset: number; size: number }
+  | { type: typeof CHUNK.BLOCK_STATUS; contextId: number; extents: BlockDescriptor[] }
+  | { type: typeof CHUNK.ERROR; error: number; message: string }
+  | { type: typeof CHUNK.ERROR_OFFSET; error: number; message: string; offset: number }
+  | { type: number; unknown: Buffer };
+
+/** Decodes a chunk payload, checking the lengths the protocol fixes for each type. */
+export function decodeChunkPayload(type: number, payload: Buffer): ChunkPayload | Malformed {
+  switch (type) {
+    case CHUNK.NONE:
+      return payload.length === 0 ? { type } : { error: 'NONE chunk with a payload' };
+    case CHUNK.OFFSET_DATA:
+      if (payload.length < 9) return { error: 'OFFSET_DATA chunk shorter than 9 bytes' };
+      return { type, offset: readU64(payload, 0), data: payload.subarray(8) };
+    case CHUNK.OFFSET_HOLE:
+      if (payload.length !== OFFSET_HOLE_SIZE) return { error: 'OFFSET_HOLE chunk not 12 bytes' };
+      return { type, offset: readU64(payload, 0), size: payload.readUInt32BE(8) };
+    case CHUNK.BLOCK_STATUS: {
+      if (payload.length < 12 || (payload.length - 4) % 8 !== 0) {
+        return { error: `BLOCK_STATUS chunk of ${payload.length} bytes` };
+      }
+      const extents: BlockDescriptor[] = [];
+      for (let p = 4; p < payload.length; p += 8) {
+        extents.push({ length: payload.readUInt32BE(p), flags: payload.readUInt32BE(p + 4) });
+      }
+      return { type, contextId: payload.readUInt32BE(0), extents };
+    }
+    case CHUNK.ERROR:
+    case CHUNK.ERROR_OFFSET: {
+      const fixed = type === CHUNK.ERROR ? 6 : 14;
+      if (payload.length < fixed) return { error: `error chunk shorter than ${fixed} bytes` };
+      const messageLength = payload.readUInt16BE(4);
+      if (messageLength > payload.length - fixed) return { error: 'error message length exceeds chunk' };
+      const message = payload.toString('utf8', 6, 6 + messageLength);
+      const error = payload.readUInt32BE(0);
+      if (type === CHUNK.ERROR) return { type, error, message };
+      return { type, error, message, offset: readU64(payload, 6 + messageLength) };
+    }
+    default:
+      return { type, unknown: payload };
+  }
+}

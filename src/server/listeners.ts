@@ -1,0 +1,75 @@
+// Listening sockets and the NBD URIs that name them. A UNIX socket path
+// left behind by a dead server is replaced; one a live server still
+// answers on is refused, so two servers never share a path. The socket
+// is created under a umask that gives it exactly the requested mode.
+
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+export type Endpoint = { kind: 'unix'; path: string; mode: number } | { kind: 'tcp'; host: string; port: number };
+
+function answers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+/** Makes `socketPath` free to listen on, or explains why it is not. */
+export async function claimSocketPath(socketPath: string): Promise<void> {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(socketPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!stat.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
+  if (await answers(socketPath)) throw new Error(`another server is already listening on ${socketPath}`);
+  fs.unlinkSync(socketPath);
+}
+
+/** Starts `server` listening on the endpoint; resolves once it is accepting. */
+export async function listen(server: net.Server, endpoint: Endpoint): Promise<void> {
+  if (endpoint.kind === 'unix') await claimSocketPath(endpoint.path);
+  const previousUmask = endpoint.kind === 'unix' ? process.umask(0o777 & ~endpoint.mode) : null;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const done = (): void => {
+        server.off('error', reject);
+        resolve();
+      };
+      if (endpoint.kind === 'unix') server.listen(endpoint.path, done);
+      else server.listen(endpoint.port, endpoint.host, done);
+    });
+  } finally {
+    if (previousUmask !== null) process.umask(previousUmask);
+  }
+  // The umask can only take bits away; chmod makes the mode exact.
+  if (endpoint.kind === 'unix') fs.chmodSync(endpoint.path, endpoint.mode);
+}
+
+export function exportUri(endpoint: Endpoint, exportName: string, tcpPort?: number): string {
+  const name = encodeURIComponent(exportName);
+  if (endpoint.kind === 'unix') {
+    const socket = path.resolve(endpoint.path).split('/').map(encodeURIComponent).join('/');
+    return `nbd+unix:///${name}?socket=${socket}`;
+  }
+  const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host;
+  return `nbd://${host}:${tcpPort ?? endpoint.port}/${name}`;
+}
+
+/** Parses HOST:PORT, [V6]:PORT or PORT (host 127.0.0.1). */
+export function parseListenAddress(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]:|([^:]*):)?(\d+)$/.exec(spec);
+  if (!m) throw new Error(`--listen ${spec}: expected HOST:PORT, [IPv6]:PORT or PORT`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new Error(`--listen ${spec}: port ${port} is out of range`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}

@@ -1,0 +1,200 @@
+// One client connection, from greeting to close. It owns the socket and
+// the input queue, frames the handshake (client flags, option headers,
+// option data) for the Handshake state table, and hands the socket to a
+// TransmissionSession once an export is chosen. Option data beyond
+// MAX_OPTION_DATA is skipped unread and answered TOO_BIG; beyond
+// MAX_OPTION_SKIP the client is cut off. A client that does not finish
+// the handshake in time is cut off too.
+
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { IHAVEOPT, OPTION_HEADER_SIZE } from '../protocol/nbd/constants.js';
+import { decodeClientFlags, decodeOptionHeader, type OptionHeader } from '../protocol/nbd/handshake-codec.js';
+import { Handshake, type Step } from '../protocol/nbd/handshake.js';
+import { ByteQueue } from './byte-queue.js';
+import type { ExportRegistry } from './exports.js';
+import { ReplyWriter } from './reply-writer.js';
+import { TransmissionSession, type ConnectionStats, type SessionHost, type SessionLimits } from './transmission-session.js';
+
+export const MAX_OPTION_DATA = 64 << 10;
+export const MAX_OPTION_SKIP = 16 << 20;
+
+export interface ConnectionOptions {
+  handshakeTimeoutMs: number;
+  limits: SessionLimits;
+}
+
+export class NbdConnection implements SessionHost {
+  readonly input = new ByteQueue();
+  readonly writer: ReplyWriter;
+  private readonly handshake: Handshake;
+  private session: TransmissionSession | null = null;
+  private option: OptionHeader | null = null;
+  private optionSkip = 0;
+  private handshakeTimer: NodeJS.Timeout | null = null;
+  private closing = false;
+  private exportName: string | null = null;
+  private readonly opened = Date.now();
+  private readonly stats: ConnectionStats = { requests: {}, errors: 0, bytesRead: 0, bytesWritten: 0 };
+  private closeReason = 'client disconnected';
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly registry: ExportRegistry,
+    private readonly options: ConnectionOptions,
+    private readonly log: Logger,
+    private readonly onClosed: (conn: NbdConnection) => void,
+  ) {
+    this.writer = new ReplyWriter(socket);
+    this.handshake = new Handshake(registry);
+  }
+
+  get inTransmission(): boolean {
+    return this.session !== null;
+  }
+
+  start(): void {
+    const { socket } = this;
+    socket.setNoDelay?.(true);
+    socket.on('data', (chunk: Buffer) => {
+      if (this.closing) return;
+      this.input.push(chunk);
+      this.pump();
+    });
+    socket.on('end', () => {
+      if (this.session) this.session.endOfInput();
+      else this.finish('client closed during the handshake');
+    });
+    socket.on('drain', () => this.session?.pump());
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      this.closeReason = `socket error: ${err.code ?? err.message}`;
+    });
+    socket.on('close', () => this.closed());
+    this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), this.options.handshakeTimeoutMs);
+    this.log.info({ remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
+    socket.write(this.handshake.greeting());
+  }
+
+  beginShutdown(): void {
+    if (this.session) this.session.beginShutdown();
+    else this.handshake.shuttingDown = true;
+  }
+
+  destroy(reason: string): void {
+    this.closeReason = reason;
+    this.socket.destroy();
+  }
+
+  pauseInput(): void {
+    this.socket.pause();
+  }
+
+  resumeInput(): void {
+    if (!this.closing) this.socket.resume();
+  }
+
+  finish(reason: string): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.closeReason = reason;
+    this.session?.stop();
+    this.socket.end();
+  }
+
+  abort(reason: string): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.log.warn({ reason }, 'closing connection: protocol violation');
+    this.session?.stop();
+    this.destroy(reason);
+  }
+
+  private pump(): void {
+    if (this.session) return this.session.pump();
+    while (!this.closing && !this.session) {
+      if (this.handshake.phase === 'client-flags') {
+        const bytes = this.input.take(4);
+        if (!bytes) return;
+        this.apply(this.handshake.receiveClientFlags(decodeClientFlags(bytes)!));
+      } else if (!this.readOption()) {
+        return;
+      }
+    }
+    if (this.session) (this.session as TransmissionSession).pump();
+  }
+
+  /** Frames one option; false when it needs more bytes. */
+  private readOption(): boolean {
+    if (!this.option) {
+      const bytes = this.input.take(OPTION_HEADER_SIZE);
+      if (!bytes) return false;
+      const header = decodeOptionHeader(bytes)!;
+      if (header.magic !== IHAVEOPT) {
+        this.abort(`bad option magic 0x${header.magic.toString(16)}`);
+        return false;
+      }
+      if (header.length > MAX_OPTION_SKIP) {
+        this.abort(`option ${header.option} with ${header.length} bytes of data`);
+        return false;
+      }
+      this.option = header;
+      this.optionSkip = header.length > MAX_OPTION_DATA ? header.length : 0;
+    }
+    const { option, length } = this.option;
+    if (this.optionSkip > 0) {
+      this.optionSkip -= this.input.skip(this.optionSkip);
+      if (this.optionSkip > 0) return false;
+      this.option = null;
+      this.apply(this.handshake.receiveOption(option, null));
+      return true;
+    }
+    const payload = this.input.take(length);
+    if (!payload) return false;
+    this.option = null;
+    this.apply(this.handshake.receiveOption(option, payload));
+    return true;
+  }
+
+  private apply(step: Step): void {
+    for (const b of step.send) this.socket.write(b);
+    if (step.phase === 'closed') {
+      this.finish(step.reason ?? 'handshake closed');
+      return;
+    }
+    if (step.phase !== 'transmission') return;
+    const agreement = step.agreement!;
+    const served = this.registry.find(agreement.export.name)!;
+    this.clearHandshakeTimer();
+    this.exportName = served.name;
+    const log = this.log.child({ export: served.name });
+    this.session = new TransmissionSession(this, agreement, served.gateway, this.options.limits, this.stats, log);
+    log.info(
+      { structured: agreement.structuredReplies, flags: agreement.flags, metaContexts: agreement.metaContexts.map((c) => c.name) },
+      'transmission started',
+    );
+  }
+
+  private clearHandshakeTimer(): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+  }
+
+  private closed(): void {
+    this.closing = true;
+    this.clearHandshakeTimer();
+    this.session?.stop();
+    this.log.info(
+      {
+        export: this.exportName,
+        reason: this.closeReason,
+        durationMs: Date.now() - this.opened,
+        requests: this.stats.requests,
+        errors: this.stats.errors,
+        bytesRead: this.stats.bytesRead,
+        bytesWritten: this.stats.bytesWritten,
+      },
+      'connection closed',
+    );
+    this.onClosed(this);
+  }
+}

@@ -1,0 +1,107 @@
+// The NBD server: listeners in, connections out, and an orderly shutdown.
+// Shutdown stops accepting, lets every connection in transmission answer
+// what it has in flight (new requests get ESHUTDOWN), closes the ones
+// still negotiating, then flushes and closes the exports and removes the
+// UNIX socket files. A connection that will not finish in time is cut.
+
+import fs from 'node:fs';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { ExportRegistry } from './exports.js';
+import { exportUri, listen, type Endpoint } from './listeners.js';
+import { NbdConnection, type ConnectionOptions } from './nbd-connection.js';
+
+export interface ServerOptions extends ConnectionOptions {
+  shutdownTimeoutMs: number;
+}
+
+interface Listening {
+  endpoint: Endpoint;
+  server: net.Server;
+}
+
+export class NbdServer {
+  private readonly listening: Listening[] = [];
+  private readonly connections = new Set<NbdConnection>();
+  private nextId = 1;
+  private shutdownStarted: Promise<void> | null = null;
+  private connectionsGone: (() => void) | null = null;
+
+  constructor(
+    private readonly registry: ExportRegistry,
+    private readonly options: ServerOptions,
+    private readonly log: Logger,
+  ) {}
+
+  async listen(endpoint: Endpoint): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    await listen(server, endpoint);
+    this.listening.push({ endpoint, server });
+    const where = endpoint.kind === 'unix' ? endpoint.path : `${endpoint.host}:${this.port(server)}`;
+    this.log.info({ listen: where }, 'listening');
+  }
+
+  /** One URI per export and listener. */
+  uris(): string[] {
+    const uris: string[] = [];
+    for (const e of this.registry.list()) {
+      for (const { endpoint, server } of this.listening) uris.push(exportUri(endpoint, e.name, this.port(server)));
+    }
+    return uris;
+  }
+
+  shutdown(): Promise<void> {
+    this.shutdownStarted ??= this.doShutdown();
+    return this.shutdownStarted;
+  }
+
+  private port(server: net.Server): number | undefined {
+    const address = server.address();
+    return typeof address === 'object' && address ? address.port : undefined;
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.shutdownStarted) {
+      socket.destroy();
+      return;
+    }
+    const log = this.log.child({ conn: this.nextId++ });
+    const conn = new NbdConnection(socket, this.registry, this.options, log, (c) => this.forget(c));
+    this.connections.add(conn);
+    conn.start();
+  }
+
+  private forget(conn: NbdConnection): void {
+    this.connections.delete(conn);
+    this.checkDrained();
+  }
+
+  /** During shutdown: wakes doShutdown once no connection is in transmission. */
+  private checkDrained(): void {
+    if (this.connectionsGone && ![...this.connections].some((c) => c.inTransmission)) this.connectionsGone();
+  }
+
+  private async doShutdown(): Promise<void> {
+    this.log.info({ connections: this.connections.size }, 'shutting down');
+    // close() stops accepting at once; its callback waits for every connection.
+    const closed = Promise.all(this.listening.map(({ server }) => new Promise((resolve) => server.close(resolve))));
+    const drained = new Promise<void>((resolve) => {
+      this.connectionsGone = resolve;
+    });
+    for (const conn of this.connections) conn.beginShutdown();
+    this.checkDrained();
+    const timer = setTimeout(() => {
+      this.log.warn({ connections: this.connections.size }, 'shutdown timeout: cutting connections');
+      for (const conn of this.connections) conn.destroy('shutdown timeout');
+    }, this.options.shutdownTimeoutMs);
+    await drained;
+    clearTimeout(timer);
+    for (const conn of this.connections) conn.destroy('server shutdown');
+    await closed;
+    await this.registry.closeAll();
+    for (const { endpoint } of this.listening) {
+      if (endpoint.kind === 'unix') fs.rmSync(endpoint.path, { force: true });
+    }
+    this.log.info('shutdown complete');
+  }
+}

@@ -1,0 +1,256 @@
+// The transmission phase of one NBD connection. Requests are decoded off
+// the input queue and run concurrently; replies go out as each finishes,
+// in any order. Reading stops (the socket is paused) while the requests
+// in flight, the bytes they hold, or the replies queued for a slow client
+// reach their bounds, and resumes as they drain. A WRITE payload is
+// copied once into a buffer of its size, or taken as a view when it
+// arrived in one piece. An oversized WRITE payload is skipped without
+// being stored and answered EINVAL; an absurd one ends the connection.
+
+import type { Logger } from 'pino';
+import type { Gateway } from '../device/gateway.js';
+import { DeviceError, toDeviceError } from '../device/errors.js';
+import type { Result } from '../device/types.js';
+import { checkRequest, commandName, type TransmissionTerms } from '../protocol/nbd/commands.js';
+import { CMD, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../protocol/nbd/constants.js';
+import { nbdErrno } from '../protocol/nbd/errors.js';
+import type { Agreement } from '../protocol/nbd/handshake.js';
+import { blockStatusChunks, errorChunk, readChunks, simpleReply, type Frame } from '../protocol/nbd/replies.js';
+import { decodeRequest, type RequestHeader } from '../protocol/nbd/transmission-codec.js';
+import type { ByteQueue } from './byte-queue.js';
+import type { ReplyWriter } from './reply-writer.js';
+
+export interface SessionLimits {
+  /** Requests in flight before reading stops. */
+  maxInflight: number;
+  /** Payload and reply bytes held by requests in flight before reading stops. */
+  maxInflightBytes: number;
+  /** Reply bytes queued on a slow client's socket before reading stops. */
+  maxBacklogBytes: number;
+  /** Largest oversized WRITE payload skipped and answered EINVAL; beyond it, hang up. */
+  maxSkippedPayload: number;
+}
+
+export interface ConnectionStats {
+  requests: Record<string, number>;
+  errors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+/** What the session needs from the connection that owns the socket. */
+export interface SessionHost {
+  readonly input: ByteQueue;
+  readonly writer: ReplyWriter;
+  pauseInput(): void;
+  resumeInput(): void;
+  /** Close gracefully: pending replies are flushed first. */
+  finish(reason: string): void;
+  /** Hard disconnect after a protocol violation. */
+  abort(reason: string): void;
+}
+
+interface PendingWrite {
+  header: RequestHeader;
+  payload: Buffer;
+  filled: number;
+}
+
+interface SkippedWrite {
+  header: RequestHeader;
+  left: number;
+}
+
+export class TransmissionSession {
+  private readonly terms: TransmissionTerms;
+  private readonly maxPayload: number;
+  private readonly debug: boolean;
+  private inflight = 0;
+  private inflightBytes = 0;
+  private pending: PendingWrite | null = null;
+  private skipped: SkippedWrite | null = null;
+  /** DISC or end of input: answer what is in flight, then close. */
+  private draining: string | null = null;
+  private shuttingDown = false;
+  private stopped = false;
+  private pumping = false;
+
+  constructor(
+    private readonly host: SessionHost,
+    private readonly agreement: Agreement,
+    private readonly gateway: Gateway,
+    private readonly limits: SessionLimits,
+    readonly stats: ConnectionStats,
+    private readonly log: Logger,
+  ) {
+    this.terms = {
+      flags: agreement.flags,
+      structuredReplies: agreement.structuredReplies,
+      metaContextCount: agreement.metaContexts.length,
+    };
+    this.maxPayload = agreement.export.capabilities.blockSizes.maximum;
+    this.debug = log.isLevelEnabled('debug');
+  }
+
+  /** Decodes and starts whatever the input holds, up to the bounds. */
+  pump(): void {
+    if (this.pumping || this.stopped) return;
+    this.pumping = true;
+    try {
+      while (!this.stopped && !this.draining) {
+        if (this.pending) {
+          if (!this.fillPayload(this.pending)) break;
+          continue;
+        }
+        if (this.skipped) {
+          if (!this.skipPayload(this.skipped)) break;
+          continue;
+        }
+        if (this.atBound()) break;
+        const bytes = this.host.input.take(REQUEST_SIZE);
+        if (!bytes) break;
+        this.onHeader(decodeRequest(bytes)!);
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.draining || this.atBound()) this.host.pauseInput();
+    else this.host.resumeInput();
+    this.finishIfIdle();
+  }
+
+  /** The client sent EOF: what is in flight still gets its reply. */
+  endOfInput(): void {
+    if (!this.draining) this.draining = this.pending || this.skipped ? 'client closed mid-request' : 'client closed';
+    this.finishIfIdle();
+  }
+
+  /** Server shutdown: new requests get ESHUTDOWN; close once idle. */
+  beginShutdown(): void {
+    this.shuttingDown = true;
+    this.finishIfIdle();
+  }
+
+  /** The socket is gone: finish quietly, sending nothing more. */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  get idle(): boolean {
+    return this.inflight === 0 && !this.pending && !this.skipped;
+  }
+
+  private atBound(): boolean {
+    return (
+      this.inflight >= this.limits.maxInflight ||
+      this.inflightBytes >= this.limits.maxInflightBytes ||
+      this.host.writer.backlog >= this.limits.maxBacklogBytes
+    );
+  }
+
+  private finishIfIdle(): void {
+    if (this.stopped || this.inflight > 0) return;
+    if (this.draining) this.host.finish(this.draining);
+    else if (this.shuttingDown && this.idle) this.host.finish('server shutdown');
+  }
+
+  private onHeader(h: RequestHeader): void {
+    if (h.magic !== REQUEST_MAGIC) {
+      this.host.abort(`bad request magic 0x${(h.magic >>> 0).toString(16)}`);
+      this.stopped = true;
+      return;
+    }
+    const name = commandName(h.type);
+    this.stats.requests[name] = (this.stats.requests[name] ?? 0) + 1;
+    if (this.debug) this.log.debug({ cmd: name, flags: h.flags, offset: h.offset, length: h.length }, 'request');
+    if (h.type === CMD.DISC) {
+      this.draining = 'client sent NBD_CMD_DISC';
+      return;
+    }
+    if (h.type !== CMD.WRITE) return this.dispatch(h);
+    if (h.length > this.maxPayload) {
+      if (h.length > this.limits.maxSkippedPayload) {
+        this.host.abort(`write payload of ${h.length} bytes is beyond any limit`);
+        this.stopped = true;
+        return;
+      }
+      this.skipped = { header: h, left: h.length };
+      return;
+    }
+    const whole = this.host.input.length >= h.length ? this.host.input.take(h.length) : null;
+    if (whole) return this.dispatch(h, whole);
+    const payload = Buffer.allocUnsafe(h.length);
+    this.pending = { header: h, payload, filled: 0 };
+    this.inflightBytes += h.length;
+  }
+
+  private fillPayload(p: PendingWrite): boolean {
+    p.filled += this.host.input.copyInto(p.payload, p.filled, p.payload.length - p.filled);
+    if (p.filled < p.payload.length) return false;
+    this.pending = null;
+    this.inflightBytes -= p.payload.length;
+    this.dispatch(p.header, p.payload);
+    return true;
+  }
+
+  private skipPayload(s: SkippedWrite): boolean {
+    s.left -= this.host.input.skip(s.left);
+    if (s.left > 0) return false;
+    this.skipped = null;
+    const max = this.maxPayload;
+    this.replyError(s.header, NBD_ERR.EINVAL, `write of ${s.header.length} bytes exceeds the maximum payload of ${max}`);
+    return true;
+  }
+
+  private dispatch(h: RequestHeader, payload?: Buffer): void {
+    if (this.shuttingDown) return this.replyError(h, NBD_ERR.ESHUTDOWN, 'the server is shutting down');
+    const checked = checkRequest(h, this.terms);
+    if ('errno' in checked) return this.replyError(h, checked.errno, checked.message);
+    const req = checked.request;
+    if (payload) req.data = payload;
+    const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? h.length : 0;
+    this.inflight++;
+    this.inflightBytes += bytes;
+    this.gateway.execute(req).then(
+      (result) => this.complete(h, bytes, result),
+      (err: unknown) => this.complete(h, bytes, toDeviceError(err)),
+    );
+  }
+
+  private complete(h: RequestHeader, bytes: number, outcome: Result | DeviceError): void {
+    if (outcome instanceof DeviceError) this.replyError(h, nbdErrno(outcome.code), outcome.message);
+    else this.replyResult(h, outcome);
+    this.inflight--;
+    this.inflightBytes -= bytes;
+    if (this.draining || this.shuttingDown) this.finishIfIdle();
+    else this.pump();
+  }
+
+  private replyResult(h: RequestHeader, result: Result): void {
+    if (result.op === 'read') {
+      this.stats.bytesRead += h.length;
+      if (!this.agreement.structuredReplies) {
+        return this.send(simpleReply(h.cookie, 0, result.segments[0]?.data ?? undefined));
+      }
+      for (const frame of readChunks(h.cookie, result.segments)) this.send(frame);
+      return;
+    }
+    if (result.op === 'blockStatus') {
+      for (const frame of blockStatusChunks(h.cookie, this.agreement.metaContexts, result.extents)) this.send(frame);
+      return;
+    }
+    if (result.op === 'write') this.stats.bytesWritten += h.length;
+    this.send(simpleReply(h.cookie, 0));
+  }
+
+  private replyError(h: RequestHeader, errno: number, message: string): void {
+    this.stats.errors++;
+    if (this.debug) this.log.debug({ cmd: commandName(h.type), errno, message }, 'request failed');
+    if (this.agreement.structuredReplies) this.send(errorChunk(h.cookie, errno, message));
+    else this.send(simpleReply(h.cookie, errno));
+  }
+
+  private send([header, payload]: Frame): void {
+    if (!this.stopped) this.host.writer.send(header, payload);
+  }
+}

@@ -44,3 +44,12 @@ export function numberOption(name: string, text: string | undefined, fallback: n
   if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number from ${min} to ${max}`);
   return n;
 }
+
+/** Runs a parser of command-line text; its errors are command-line mistakes. */
+export function usage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}

@@ -1,7 +1,7 @@
 // vblk create: a new sparse raw image.
 
 import { RawImage } from '../device/images/raw.js';
-import { UsageError, type Command } from './command.js';
+import { usage, UsageError, type Command } from './command.js';
 import { formatSize, parseSize } from './size.js';
 
 const HELP = `Usage: vblk create FILE --size SIZE
@@ -28,7 +28,7 @@ export const create: Command<{ size?: string }> = {
   async run(v, positionals) {
     if (positionals.length !== 1) throw new UsageError('expected exactly one FILE');
     if (v.size === undefined) throw new UsageError('--size is required');
-    const size = parseSize(v.size);
+    const size = usage(() => parseSize(v.size!));
     RawImage.create(positionals[0], size);
     process.stdout.write(`created ${positionals[0]}: raw, ${formatSize(size)} (${size} bytes), sparse\n`);
     return 0;

@@ -8,7 +8,7 @@ import { ThreadsEngine } from '../io/threads-engine.js';
 import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { NbdServer } from '../server/server.js';
-import { numberOption, UsageError, type Command } from './command.js';
+import { numberOption, usage, UsageError, type Command } from './command.js';
 import { createLogger } from './logger.js';
 import { parseSize } from './size.js';
 
@@ -102,7 +102,7 @@ export const serve: Command<ServeValues> = {
     if (specs.length === 0) throw new UsageError('nothing to serve: give FILE or --export NAME=FILE');
     if (v.create !== undefined) {
       if (!positionals[0]) throw new UsageError('--create needs FILE');
-      const size = parseSize(v.create);
+      const size = usage(() => parseSize(v.create!));
       if (!fs.existsSync(positionals[0])) RawImage.create(positionals[0], size);
     }
     const endpoints: Endpoint[] = [];
@@ -111,7 +111,7 @@ export const serve: Command<ServeValues> = {
       if (!(mode >= 0 && mode <= 0o777)) throw new UsageError('--socket-mode must be octal, like 0600 or 660');
       endpoints.push({ kind: 'unix', path: v.socket, mode });
     }
-    for (const spec of v.listen ?? []) endpoints.push({ kind: 'tcp', ...parseListenAddress(spec) });
+    for (const spec of v.listen ?? []) endpoints.push({ kind: 'tcp', ...usage(() => parseListenAddress(spec)) });
     if (endpoints.length === 0) throw new UsageError('nowhere to listen: give --socket PATH or --listen [HOST:]PORT');
     const options = {
       handshakeTimeoutMs: numberOption('handshake-timeout', v['handshake-timeout'], 10, 0.1, 3600) * 1000,

@@ -18,6 +18,12 @@ import { TransmissionSession, type ConnectionStats, type SessionHost, type Sessi
 
 export const MAX_OPTION_DATA = 64 << 10;
 export const MAX_OPTION_SKIP = 16 << 20;
+/**
+ * At shutdown, requests already on their way are answered ESHUTDOWN rather
+ * than cut off: the connection closes once the client has been silent
+ * this long (the shutdown timeout bounds the wait).
+ */
+const QUIET_MS = 100;
 
 export interface ConnectionOptions {
   handshakeTimeoutMs: number;
@@ -32,6 +38,8 @@ export class NbdConnection implements SessionHost {
   private option: OptionHeader | null = null;
   private optionSkip = 0;
   private handshakeTimer: NodeJS.Timeout | null = null;
+  private quietTimer: NodeJS.Timeout | null = null;
+  private lastInput = 0;
   private closing = false;
   private exportName: string | null = null;
   private readonly opened = Date.now();
@@ -58,6 +66,7 @@ export class NbdConnection implements SessionHost {
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.closing) return;
+      this.lastInput = Date.now();
       this.input.push(chunk);
       this.pump();
     });
@@ -99,6 +108,20 @@ export class NbdConnection implements SessionHost {
     this.closeReason = reason;
     this.session?.stop();
     this.socket.end();
+  }
+
+  finishWhenQuiet(reason: string): void {
+    if (this.quietTimer || this.closing) return;
+    const check = (): void => {
+      const quietFor = Date.now() - this.lastInput;
+      if (quietFor < QUIET_MS) {
+        this.quietTimer = setTimeout(check, QUIET_MS - quietFor);
+        return;
+      }
+      this.quietTimer = null;
+      if (this.session?.idle) this.finish(reason);
+    };
+    this.quietTimer = setTimeout(check, QUIET_MS);
   }
 
   abort(reason: string): void {
@@ -182,6 +205,7 @@ export class NbdConnection implements SessionHost {
   private closed(): void {
     this.closing = true;
     this.clearHandshakeTimer();
+    if (this.quietTimer) clearTimeout(this.quietTimer);
     this.session?.stop();
     this.log.info(
       {

@@ -46,6 +46,8 @@ export interface SessionHost {
   resumeInput(): void;
   /** Close gracefully: pending replies are flushed first. */
   finish(reason: string): void;
+  /** Close gracefully once the client has sent nothing for a moment. */
+  finishWhenQuiet(reason: string): void;
   /** Hard disconnect after a protocol violation. */
   abort(reason: string): void;
 }
@@ -151,7 +153,7 @@ export class TransmissionSession {
   private finishIfIdle(): void {
     if (this.stopped || this.inflight > 0) return;
     if (this.draining) this.host.finish(this.draining);
-    else if (this.shuttingDown && this.idle) this.host.finish('server shutdown');
+    else if (this.shuttingDown && this.idle) this.host.finishWhenQuiet('server shutdown');
   }
 
   private onHeader(h: RequestHeader): void {

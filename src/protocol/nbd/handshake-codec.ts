@@ -3,7 +3,7 @@
 // one definition of the wire. Decoders of fixed-size frames take
 // (buf, off) and return null when the bytes are not all there yet; they
 // never validate magics (the caller decides what a bad magic means).
-// Decoders of option payloads return { error } for malformed input.
+// Decoders of payloads return { malformed: reason } for malformed input.
 
 import {
   EXPORT_NAME_PADDING,
@@ -19,10 +19,10 @@ import {
 } from './constants.js';
 import { readU64, writeU64 } from './u64.js';
 
-export type Malformed = { error: string };
+export type Malformed = { malformed: string };
 
 export function isMalformed<T extends object>(v: T | Malformed): v is Malformed {
-  return 'error' in v;
+  return 'malformed' in v;
 }
 
 // --- greeting and client flags -------------------------------------------
@@ -109,16 +109,16 @@ export function encodeInfoRequest(req: InfoRequest): Buffer {
 }
 
 export function decodeInfoRequest(payload: Buffer): InfoRequest | Malformed {
-  if (payload.length < 6) return { error: 'option data shorter than 6 bytes' };
+  if (payload.length < 6) return { malformed: 'option data shorter than 6 bytes' };
   const nameLength = payload.readUInt32BE(0);
-  if (nameLength > payload.length - 6) return { error: 'export name length exceeds option data' };
-  if (nameLength > MAX_STRING) return { error: 'export name longer than 4096 bytes' };
+  if (nameLength > payload.length - 6) return { malformed: 'export name length exceeds option data' };
+  if (nameLength > MAX_STRING) return { malformed: 'export name longer than 4096 bytes' };
   const name = payload.toString('utf8', 4, 4 + nameLength);
   let p = 4 + nameLength;
   const count = payload.readUInt16BE(p);
   p += 2;
   if (payload.length - p !== 2 * count) {
-    return { error: `option data holds ${payload.length - p} bytes for ${count} information requests` };
+    return { malformed: `option data holds ${payload.length - p} bytes for ${count} information requests` };
   }
   const requests: number[] = [];
   for (let i = 0; i < count; i++, p += 2) requests.push(payload.readUInt16BE(p));
@@ -150,27 +150,27 @@ export function encodeMetaContextRequest(req: MetaContextRequest): Buffer {
 }
 
 export function decodeMetaContextRequest(payload: Buffer): MetaContextRequest | Malformed {
-  if (payload.length < 8) return { error: 'option data shorter than 8 bytes' };
+  if (payload.length < 8) return { malformed: 'option data shorter than 8 bytes' };
   const nameLength = payload.readUInt32BE(0);
-  if (nameLength > payload.length - 8) return { error: 'export name length exceeds option data' };
-  if (nameLength > MAX_STRING) return { error: 'export name longer than 4096 bytes' };
+  if (nameLength > payload.length - 8) return { malformed: 'export name length exceeds option data' };
+  if (nameLength > MAX_STRING) return { malformed: 'export name longer than 4096 bytes' };
   const name = payload.toString('utf8', 4, 4 + nameLength);
   let p = 4 + nameLength;
   const count = payload.readUInt32BE(p);
   p += 4;
   // Each query needs at least its 4-byte length, so a count beyond that is a lie.
-  if (count > (payload.length - p) / 4) return { error: `${count} queries cannot fit in the option data` };
+  if (count > (payload.length - p) / 4) return { malformed: `${count} queries cannot fit in the option data` };
   const queries: string[] = [];
   for (let i = 0; i < count; i++) {
-    if (payload.length - p < 4) return { error: `query ${i} is truncated` };
+    if (payload.length - p < 4) return { malformed: `query ${i} is truncated` };
     const length = payload.readUInt32BE(p);
     p += 4;
-    if (length > payload.length - p) return { error: `query ${i} length exceeds option data` };
-    if (length > MAX_STRING) return { error: `query ${i} longer than 4096 bytes` };
+    if (length > payload.length - p) return { malformed: `query ${i} length exceeds option data` };
+    if (length > MAX_STRING) return { malformed: `query ${i} longer than 4096 bytes` };
     queries.push(payload.toString('utf8', p, p + length));
     p += length;
   }
-  if (p !== payload.length) return { error: `${payload.length - p} stray bytes after the queries` };
+  if (p !== payload.length) return { malformed: `${payload.length - p} stray bytes after the queries` };
   return { name, queries };
 }
 
@@ -220,9 +220,9 @@ export function encodeServerReply(reply: ServerReply): Buffer {
 }
 
 export function decodeServerReply(payload: Buffer): ServerReply | Malformed {
-  if (payload.length < 4) return { error: 'NBD_REP_SERVER shorter than 4 bytes' };
+  if (payload.length < 4) return { malformed: 'NBD_REP_SERVER shorter than 4 bytes' };
   const nameLength = payload.readUInt32BE(0);
-  if (nameLength > payload.length - 4) return { error: 'NBD_REP_SERVER name length exceeds reply' };
+  if (nameLength > payload.length - 4) return { malformed: 'NBD_REP_SERVER name length exceeds reply' };
   return {
     name: payload.toString('utf8', 4, 4 + nameLength),
     details: payload.toString('utf8', 4 + nameLength),
@@ -262,14 +262,14 @@ export function encodeInfoReply(info: InfoReply): Buffer {
 }
 
 export function decodeInfoReply(payload: Buffer): InfoReply | Malformed {
-  if (payload.length < 2) return { error: 'NBD_REP_INFO shorter than 2 bytes' };
+  if (payload.length < 2) return { malformed: 'NBD_REP_INFO shorter than 2 bytes' };
   const type = payload.readUInt16BE(0);
   switch (type) {
     case INFO.EXPORT:
-      if (payload.length !== 12) return { error: `NBD_INFO_EXPORT of ${payload.length} bytes, not 12` };
+      if (payload.length !== 12) return { malformed: `NBD_INFO_EXPORT of ${payload.length} bytes, not 12` };
       return { type, size: readU64(payload, 2), flags: payload.readUInt16BE(10) };
     case INFO.BLOCK_SIZE:
-      if (payload.length !== 14) return { error: `NBD_INFO_BLOCK_SIZE of ${payload.length} bytes, not 14` };
+      if (payload.length !== 14) return { malformed: `NBD_INFO_BLOCK_SIZE of ${payload.length} bytes, not 14` };
       return {
         type,
         minimum: payload.readUInt32BE(2),
@@ -300,7 +300,7 @@ export function encodeMetaContextReply(reply: MetaContextReply): Buffer {
 }
 
 export function decodeMetaContextReply(payload: Buffer): MetaContextReply | Malformed {
-  if (payload.length < 4) return { error: 'NBD_REP_META_CONTEXT shorter than 4 bytes' };
+  if (payload.length < 4) return { malformed: 'NBD_REP_META_CONTEXT shorter than 4 bytes' };
   return { id: payload.readUInt32BE(0), name: payload.toString('utf8', 4) };
 }
 

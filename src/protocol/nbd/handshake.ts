@@ -185,7 +185,7 @@ function startTls(hs: Handshake, option: number): Step {
 
 function infoOrGo(hs: Handshake, option: number, payload: Buffer): Step {
   const req = decodeInfoRequest(payload);
-  if (isMalformed(req)) return hs.error(option, REP.ERR_INVALID, req.error);
+  if (isMalformed(req)) return hs.error(option, REP.ERR_INVALID, req.malformed);
   const exp = hs.catalog.find(req.name);
   if (!exp) return hs.error(option, REP.ERR_UNKNOWN, `export '${req.name}' not found`);
   const flags = transmissionFlags(exp.capabilities, hs.structuredReplies);
@@ -227,7 +227,7 @@ function metaContext(hs: Handshake, option: number, payload: Buffer): Step {
     return hs.error(option, REP.ERR_INVALID, 'meta contexts need structured replies first');
   }
   const req = decodeMetaContextRequest(payload);
-  if (isMalformed(req)) return hs.error(option, REP.ERR_INVALID, req.error);
+  if (isMalformed(req)) return hs.error(option, REP.ERR_INVALID, req.malformed);
   if (!hs.catalog.find(req.name)) return hs.error(option, REP.ERR_UNKNOWN, `export '${req.name}' not found`);
   const names = new Set<string>();
   if (req.queries.length === 0 && !set) META_CONTEXTS.forEach((c) => names.add(c));

@@ -190,16 +190,16 @@ export type ChunkPayload =
 export function decodeChunkPayload(type: number, payload: Buffer): ChunkPayload | Malformed {
   switch (type) {
     case CHUNK.NONE:
-      return payload.length === 0 ? { type } : { error: 'NONE chunk with a payload' };
+      return payload.length === 0 ? { type } : { malformed: 'NONE chunk with a payload' };
     case CHUNK.OFFSET_DATA:
-      if (payload.length < 9) return { error: 'OFFSET_DATA chunk shorter than 9 bytes' };
+      if (payload.length < 9) return { malformed: 'OFFSET_DATA chunk shorter than 9 bytes' };
       return { type, offset: readU64(payload, 0), data: payload.subarray(8) };
     case CHUNK.OFFSET_HOLE:
-      if (payload.length !== OFFSET_HOLE_SIZE) return { error: 'OFFSET_HOLE chunk not 12 bytes' };
+      if (payload.length !== OFFSET_HOLE_SIZE) return { malformed: 'OFFSET_HOLE chunk not 12 bytes' };
       return { type, offset: readU64(payload, 0), size: payload.readUInt32BE(8) };
     case CHUNK.BLOCK_STATUS: {
       if (payload.length < 12 || (payload.length - 4) % 8 !== 0) {
-        return { error: `BLOCK_STATUS chunk of ${payload.length} bytes` };
+        return { malformed: `BLOCK_STATUS chunk of ${payload.length} bytes` };
       }
       const extents: BlockDescriptor[] = [];
       for (let p = 4; p < payload.length; p += 8) {
@@ -210,9 +210,9 @@ export function decodeChunkPayload(type: number, payload: Buffer): ChunkPayload 
     case CHUNK.ERROR:
     case CHUNK.ERROR_OFFSET: {
       const fixed = type === CHUNK.ERROR ? 6 : 14;
-      if (payload.length < fixed) return { error: `error chunk shorter than ${fixed} bytes` };
+      if (payload.length < fixed) return { malformed: `error chunk shorter than ${fixed} bytes` };
       const messageLength = payload.readUInt16BE(4);
-      if (messageLength > payload.length - fixed) return { error: 'error message length exceeds chunk' };
+      if (messageLength > payload.length - fixed) return { malformed: 'error message length exceeds chunk' };
       const message = payload.toString('utf8', 6, 6 + messageLength);
       const error = payload.readUInt32BE(0);
       if (type === CHUNK.ERROR) return { type, error, message };

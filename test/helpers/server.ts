@@ -1,0 +1,107 @@
+// Starts `vblk serve` as a child process on a UNIX socket in a fresh
+// temporary directory and always stops it when the test ends. The server
+// counts as ready when it logs 'ready' (its URIs are in that line too).
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The compiled CLI: this file is dist/test/helpers/server.js. */
+export const VBLK = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface Served {
+  socket: string;
+  dir: string;
+  uris: string[];
+  /** URI of an export over the UNIX socket ('' for the default export). */
+  uri(name?: string): string;
+  proc: ChildProcess;
+  exited: Promise<Exit>;
+  /** Everything the server logged so far, one JSON object per line. */
+  logs(): Record<string, unknown>[];
+  /** Sends a signal (SIGTERM by default) and waits for the exit. */
+  stop(signal?: NodeJS.Signals): Promise<Exit>;
+}
+
+/** A short temporary directory (UNIX socket paths must stay under 108 bytes). */
+export function tempDir(t: Teardown, prefix = 'vblk-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Runs the CLI to completion. */
+export function vblk(args: string[], cwd?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [VBLK, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/**
+ * `vblk serve ARGS --socket DIR/vblk.sock`, waiting until it is ready.
+ * Pass `socket: false` to leave --socket out (the args then carry it or --listen).
+ */
+export async function serve(t: Teardown, args: string[], options: { socket?: boolean; readyTimeoutMs?: number } = {}): Promise<Served> {
+  const dir = tempDir(t, 'vblk-srv-');
+  const socket = path.join(dir, 'vblk.sock');
+  const full = options.socket === false ? args : [...args, '--socket', socket];
+  const proc = spawn(process.execPath, [VBLK, 'serve', ...full], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  proc.stdout!.resume();
+  proc.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise<Exit>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  let alive = true;
+  void exited.then(() => (alive = false));
+  t.teardown(async () => {
+    if (alive) {
+      proc.kill('SIGKILL');
+      await exited;
+    }
+  });
+  const logs = (): Record<string, unknown>[] =>
+    stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 15_000);
+  let ready: Record<string, unknown> | undefined;
+  while (!(ready = logs().find((l) => l.msg === 'ready'))) {
+    if (!alive || Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`vblk serve ${full.join(' ')} did not become ready:\n${stderr}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const uris = ready.uris as string[];
+  return {
+    socket,
+    dir,
+    uris,
+    uri: (name = '') => `nbd+unix:///${encodeURIComponent(name)}?socket=${socket}`,
+    proc,
+    exited,
+    logs,
+    stop: async (signal = 'SIGTERM') => {
+      if (alive) proc.kill(signal);
+      return exited;
+    },
+  };
+}

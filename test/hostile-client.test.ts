@@ -1,0 +1,228 @@
+// What a client that breaks the rules gets: the protocol's answer, or a
+// closed connection where the protocol says so, and never a server that
+// stops serving the others. Sent with our own raw client, because real
+// clients refuse to send most of this.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { CHUNK, CMD, CMD_FLAG, NBD_ERR, OPT, REP } from '../src/protocol/nbd/constants.js';
+import { encodeClientFlags, encodeOption } from '../src/protocol/nbd/handshake-codec.js';
+import { RawClient, replyError } from './helpers/nbd-client.js';
+import { serve, tempDir, type Served } from './helpers/server.js';
+
+const SIZE = 16 << 20;
+
+async function server(t: Test, extra: string[] = []): Promise<Served & { file: string }> {
+  const file = path.join(tempDir(t), 'disk.img');
+  fs.writeFileSync(file, Buffer.alloc(0));
+  fs.truncateSync(file, SIZE);
+  return { ...(await serve(t, [file, ...extra])), file };
+}
+
+/** A fresh connection in transmission, to show the server still serves. */
+async function stillServes(t: Test, srv: Served): Promise<void> {
+  const c = await RawClient.connect(srv.socket);
+  const { size } = await c.handshake();
+  t.equal(size, SIZE, 'a new connection completes the handshake');
+  c.request({ flags: 0, type: CMD.READ, cookie: 7n, offset: 0, length: 512 });
+  const chunks = await c.structuredReply();
+  t.equal(chunks.length > 0 && chunks[0].cookie, 7n, 'and gets its read answered');
+  c.close();
+}
+
+t.test('an unknown client flag closes the connection', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  c.send(encodeClientFlags(1 | 1 << 5));
+  t.ok(await c.closesWithin(2000), 'closed');
+  await stillServes(t, srv);
+});
+
+t.test('an unknown option gets UNSUP and the handshake goes on', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  c.send(encodeClientFlags(3));
+  const [r] = await c.option(999, Buffer.from('some data the server must skip'));
+  t.equal(r.type, REP.ERR_UNSUP);
+  t.equal(r.option, 999);
+  const [peek] = await c.option(OPT.PEEK_EXPORT);
+  t.equal(peek.type, REP.ERR_UNSUP, 'the withdrawn PEEK_EXPORT is unknown too');
+  const [tls] = await c.option(OPT.STARTTLS);
+  t.equal(tls.type, REP.ERR_UNSUP, 'STARTTLS is unsupported');
+  const [ext] = await c.option(OPT.EXTENDED_HEADERS);
+  t.equal(ext.type, REP.ERR_UNSUP, 'EXTENDED_HEADERS is unsupported');
+  const [sr] = await c.option(OPT.STRUCTURED_REPLY);
+  t.equal(sr.type, REP.ACK, 'a known option still works afterwards');
+  c.close();
+});
+
+t.test('a bad option magic closes the connection', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  const opt = encodeOption(OPT.LIST);
+  opt[0] ^= 0xff;
+  c.send(encodeClientFlags(3), opt);
+  t.ok(await c.closesWithin(2000));
+  await stillServes(t, srv);
+});
+
+t.test('oversized option data is skipped and answered TOO_BIG; absurd lengths close', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  c.send(encodeClientFlags(3));
+  const [r] = await c.option(OPT.GO, Buffer.alloc(200 << 10));
+  t.equal(r.type, REP.ERR_TOO_BIG);
+  const [list] = await c.option(OPT.STRUCTURED_REPLY);
+  t.equal(list.type, REP.ACK, 'the connection is still in sync after skipping');
+  c.close();
+
+  const d = await RawClient.connect(srv.socket);
+  await d.greeting();
+  const header = encodeOption(OPT.GO);
+  header.writeUInt32BE(0x7fffffff, 12);
+  d.send(encodeClientFlags(3), header);
+  t.ok(await d.closesWithin(2000), 'a 2 GiB option closes without being read');
+});
+
+t.test('NBD_OPT_EXPORT_NAME: padding without NO_ZEROES, close for an unknown name', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  c.send(encodeClientFlags(1), encodeOption(OPT.EXPORT_NAME));
+  const reply = await c.read(10 + 124);
+  t.equal(Number(reply.readBigUInt64BE(0)), SIZE);
+  t.ok(reply.subarray(10).every((b) => b === 0), '124 zero bytes follow');
+  c.request({ flags: 0, type: CMD.READ, cookie: 1n, offset: 0, length: 16 });
+  const r = await c.reply(16);
+  t.same([r.kind, replyError(r)], ['simple', 0], 'simple replies without structured negotiation');
+  c.close();
+
+  const d = await RawClient.connect(srv.socket);
+  await d.greeting();
+  d.send(encodeClientFlags(3), encodeOption(OPT.EXPORT_NAME, Buffer.from('nope')));
+  t.ok(await d.closesWithin(2000), 'an unknown export name can only be answered by closing');
+});
+
+t.test('a bad request magic closes the connection', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake();
+  c.request({ magic: 0x12560953, flags: 0, type: CMD.READ, cookie: 1n, offset: 0, length: 512 });
+  t.ok(await c.closesWithin(2000));
+  await stillServes(t, srv);
+});
+
+t.test('unknown commands and flags get EINVAL with a message', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake({ meta: true });
+  const cases: [string, number, number, number][] = [
+    ['unknown command 99', 99, 0, 0],
+    ['NBD_CMD_RESIZE, never advertised', CMD.RESIZE, 0, 512],
+    ['an undefined flag bit', CMD.READ, 1 << 9, 512],
+    ['NO_HOLE on a read', CMD.READ, CMD_FLAG.NO_HOLE, 512],
+    ['REQ_ONE on a read', CMD.READ, CMD_FLAG.REQ_ONE, 512],
+    ['PAYLOAD_LEN without extended headers', CMD.READ, CMD_FLAG.PAYLOAD_LEN, 512],
+    ['FLUSH with a length', CMD.FLUSH, 0, 512],
+    ['BLOCK_STATUS of zero bytes', CMD.BLOCK_STATUS, 0, 0],
+  ];
+  let cookie = 100n;
+  for (const [what, type, flags, length] of cases) {
+    c.request({ flags, type, cookie: ++cookie, offset: 0, length });
+    const [chunk] = await c.structuredReply();
+    t.equal(chunk.cookie, cookie, `${what}: reply to the right cookie`);
+    t.equal(chunk.payload.type, CHUNK.ERROR, `${what}: an ERROR chunk`);
+    t.equal(replyError(chunk), NBD_ERR.EINVAL, `${what}: EINVAL`);
+    t.match((chunk.payload as { message: string }).message, /\w+/, `${what}: with a message`);
+  }
+  await stillServes(t, srv);
+  c.close();
+});
+
+t.test('WRITE over the maximum payload: EINVAL after the payload; absurd ones close', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake();
+  const big = (32 << 20) + 4096;
+  c.request({ flags: 0, type: CMD.WRITE, cookie: 1n, offset: 0, length: big }, Buffer.alloc(big, 0xee));
+  const [chunk] = await c.structuredReply();
+  t.equal(replyError(chunk), NBD_ERR.EINVAL, 'EINVAL');
+  c.request({ flags: 0, type: CMD.READ, cookie: 2n, offset: 0, length: 4096 });
+  const read = await c.structuredReply();
+  t.equal(read[0].cookie, 2n, 'the stream is still in sync: the payload was consumed');
+  t.same(read[0].payload.type === CHUNK.OFFSET_HOLE || read[0].payload.type === CHUNK.OFFSET_DATA, true);
+  const onDisk = fs.readFileSync(srv.file).subarray(0, 4096);
+  t.ok(onDisk.every((b) => b === 0), 'nothing of the oversized write reached the image');
+  c.close();
+
+  const d = await RawClient.connect(srv.socket);
+  await d.handshake();
+  d.request({ flags: 0, type: CMD.WRITE, cookie: 3n, offset: 0, length: 0xffffffff });
+  t.ok(await d.closesWithin(2000), 'a 4 GiB write closes the connection without reading it');
+  await stillServes(t, srv);
+});
+
+t.test('a client that vanishes mid-request leaves the server serving others', async (t) => {
+  const srv = await server(t);
+  const other = await RawClient.connect(srv.socket);
+  await other.handshake();
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake();
+  c.request({ flags: 0, type: CMD.WRITE, cookie: 1n, offset: 0, length: 1 << 20 }, Buffer.alloc(300 << 10, 1));
+  await new Promise((r) => setTimeout(r, 100));
+  c.close();
+  const d = await RawClient.connect(srv.socket);
+  d.send(Buffer.from('garbage that is not a handshake at all'));
+  d.close();
+  other.request({ flags: 0, type: CMD.READ, cookie: 5n, offset: 0, length: 4096 });
+  t.equal((await other.structuredReply())[0].cookie, 5n, 'an open connection carries on');
+  await stillServes(t, srv);
+  other.close();
+});
+
+t.test('many requests pipelined at once are all answered', async (t) => {
+  const srv = await server(t, ['--max-inflight', '8']);
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake({ structured: false });
+  const n = 500;
+  const payload = Buffer.alloc(4096, 0x42);
+  for (let i = 0; i < n; i++) {
+    const type = i % 2 ? CMD.READ : CMD.WRITE;
+    c.request({ flags: 0, type, cookie: BigInt(i), offset: (i >> 1) * 4096, length: 4096 }, type === CMD.WRITE ? payload : undefined);
+  }
+  const seen = new Set<bigint>();
+  for (let i = 0; i < n; i++) {
+    // Writes and reads are told apart by the cookie's parity.
+    const r = await c.reply(0);
+    if (r.kind === 'simple' && r.cookie % 2n === 1n) await c.read(4096);
+    t.equal(replyError(r), 0);
+    seen.add(r.cookie);
+  }
+  t.equal(seen.size, n, 'one reply per request');
+  c.close();
+});
+
+t.test('DISC answers what is in flight, then closes', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake();
+  for (let i = 0; i < 4; i++) c.request({ flags: 0, type: CMD.READ, cookie: BigInt(i), offset: i << 20, length: 1 << 20 });
+  c.request({ flags: 0, type: CMD.DISC, cookie: 99n, offset: 0, length: 0 });
+  const cookies = [];
+  for (let i = 0; i < 4; i++) cookies.push((await c.structuredReply())[0].cookie);
+  t.same(cookies.sort(), [0n, 1n, 2n, 3n], 'every read before DISC is answered');
+  t.ok(await c.closesWithin(2000), 'then the server closes');
+});
+
+t.test('a client that never finishes the handshake is cut off', async (t) => {
+  const srv = await server(t, ['--handshake-timeout', '0.3']);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  t.ok(await c.closesWithin(3000), 'closed after the handshake timeout');
+  await stillServes(t, srv);
+});

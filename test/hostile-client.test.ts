@@ -144,6 +144,55 @@ t.test('unknown commands and flags get EINVAL with a message', async (t) => {
   c.close();
 });
 
+t.test('hostile offsets and lengths get EINVAL or ENOSPC and the connection lives on', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.handshake({ meta: true });
+  const cases: [string, number, number | bigint, number, number][] = [
+    ['READ over the 32 MiB maximum', CMD.READ, 0, (32 << 20) + 1, NBD_ERR.EINVAL],
+    ['READ at offset 2^64-1', CMD.READ, 2n ** 64n - 1n, 1, NBD_ERR.EINVAL],
+    ['READ at offset 2^63', CMD.READ, 2n ** 63n, 4096, NBD_ERR.EINVAL],
+    ['READ ending one byte past the end', CMD.READ, SIZE - 4095, 4096, NBD_ERR.EINVAL],
+    ['TRIM of 4 GiB - 1', CMD.TRIM, 0, 0xffffffff, NBD_ERR.EINVAL],
+    ['WRITE_ZEROES past the end', CMD.WRITE_ZEROES, SIZE, 1, NBD_ERR.ENOSPC],
+    ['BLOCK_STATUS at offset 2^63', CMD.BLOCK_STATUS, 2n ** 63n, 512, NBD_ERR.EINVAL],
+    ['CACHE past the end', CMD.CACHE, SIZE, 1, NBD_ERR.EINVAL],
+  ];
+  let cookie = 0n;
+  for (const [what, type, offset, length, errno] of cases) {
+    c.request({ flags: 0, type, cookie: ++cookie, offset, length });
+    const [chunk] = await c.structuredReply();
+    t.equal(replyError(chunk), errno, what);
+  }
+  c.request({ flags: 0, type: CMD.BLOCK_STATUS, cookie: ++cookie, offset: 0, length: 0xffffffff });
+  const [status] = await c.structuredReply();
+  t.equal(replyError(status), NBD_ERR.EINVAL, 'BLOCK_STATUS longer than the export: EINVAL');
+  c.request({ flags: 0, type: CMD.BLOCK_STATUS, cookie: ++cookie, offset: 0, length: SIZE });
+  const [whole] = await c.structuredReply();
+  t.same(whole.payload, { type: CHUNK.BLOCK_STATUS, contextId: 1, extents: [{ length: SIZE, flags: 3 }] }, 'the whole export is one hole');
+  c.close();
+});
+
+t.test('malformed option payloads get INVALID and the handshake goes on', async (t) => {
+  const srv = await server(t);
+  const c = await RawClient.connect(srv.socket);
+  await c.greeting();
+  c.send(encodeClientFlags(3));
+  const lying = Buffer.alloc(10);
+  lying.writeUInt32BE(1000, 0);
+  const [go] = await c.option(OPT.GO, lying);
+  t.equal(go.type, REP.ERR_INVALID, 'GO whose name length runs past the data');
+  const [list] = await c.option(OPT.LIST, Buffer.from('x'));
+  t.equal(list.type, REP.ERR_INVALID, 'LIST with data');
+  const [meta] = await c.option(OPT.SET_META_CONTEXT, Buffer.alloc(8));
+  t.equal(meta.type, REP.ERR_INVALID, 'SET_META_CONTEXT before structured replies');
+  const [unknown] = await c.option(OPT.INFO, Buffer.from([0, 0, 0, 3, 0x61, 0x62, 0x63, 0, 0]));
+  t.equal(unknown.type, REP.ERR_UNKNOWN, 'INFO for an export that does not exist');
+  const replies = await c.option(OPT.GO, Buffer.from([0, 0, 0, 0, 0, 0]));
+  t.equal(replies.at(-1)!.type, REP.ACK, 'GO for the default export still succeeds afterwards');
+  c.close();
+});
+
 t.test('WRITE over the maximum payload: EINVAL after the payload; absurd ones close', async (t) => {
   const srv = await server(t);
   const c = await RawClient.connect(srv.socket);

@@ -1,0 +1,20 @@
+// vblk's native addon: io_uring and POSIX AIO rings, aligned buffers.
+#include <napi.h>
+
+#include "aio.h"
+#include "uring.h"
+
+namespace vblk {
+Napi::Value AlignedBuffer(const Napi::CallbackInfo& info);
+Napi::Value AddressModulo(const Napi::CallbackInfo& info);
+}  // namespace vblk
+
+static Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
+  vblk::Uring::Init(env, exports);
+  vblk::Aio::Init(env, exports);
+  exports.Set("alignedBuffer", Napi::Function::New(env, vblk::AlignedBuffer));
+  exports.Set("addressModulo", Napi::Function::New(env, vblk::AddressModulo));
+  return exports;
+}
+
+NODE_API_MODULE(vblk_native, InitAll)

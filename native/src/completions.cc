@@ -1,0 +1,78 @@
+#include "completions.h"
+
+namespace vblk {
+
+CompletionSink::~CompletionSink() { Stop(); }
+
+bool CompletionSink::Start(Napi::Env env, int fd, Napi::Int32Array out, Napi::Function callback,
+                           void (*onReadable)(void*), void* owner, const char* name) {
+  env_ = env;
+  out_ = Napi::Persistent(out);
+  callback_ = Napi::Persistent(callback);
+  context_ = new Napi::AsyncContext(env, name);
+  pairs_ = out.Data();
+  capacity_ = out.ElementLength() / 2;
+  onReadable_ = onReadable;
+  owner_ = owner;
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return false;
+  poll_ = new uv_poll_t;
+  if (uv_poll_init(loop, poll_, fd) != 0) {
+    delete poll_;
+    poll_ = nullptr;
+    return false;
+  }
+  poll_->data = this;
+  uv_poll_start(poll_, UV_READABLE, OnPoll);
+  uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  return true;
+}
+
+void CompletionSink::Stop() {
+  if (poll_) {
+    uv_poll_stop(poll_);
+    poll_->data = nullptr;
+    // The handle outlives this object until libuv has closed it.
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+  }
+  delete context_;
+  context_ = nullptr;
+  callback_.Reset();
+  out_.Reset();
+}
+
+void CompletionSink::OnPoll(uv_poll_t* handle, int status, int events) {
+  auto* self = static_cast<CompletionSink*>(handle->data);
+  if (!self) return;
+  Napi::HandleScope scope(self->env_);
+  self->onReadable_(self->owner_);
+  self->Flush();
+}
+
+void CompletionSink::Push(uint64_t id, int32_t result) {
+  if (count_ == capacity_) Flush();
+  pairs_[2 * count_] = static_cast<int32_t>(id);
+  pairs_[2 * count_ + 1] = result;
+  count_++;
+  Track(-1);
+}
+
+void CompletionSink::Flush() {
+  if (count_ == 0 || callback_.IsEmpty()) return;
+  size_t n = count_;
+  count_ = 0;
+  // MakeCallback runs the microtask queue afterwards, so promises resolved
+  // by the callback settle before the loop goes back to polling.
+  callback_.MakeCallback(env_.Global(), {Napi::Number::New(env_, static_cast<double>(n))}, *context_);
+}
+
+void CompletionSink::Track(int delta) {
+  int before = inflight_;
+  inflight_ += delta;
+  if (!poll_) return;
+  if (before == 0 && inflight_ > 0) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+  if (before > 0 && inflight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+}
+
+}  // namespace vblk

@@ -129,8 +129,9 @@ void Aio::BatchNotice(struct sigevent* sev) {
 #endif
 }
 
-// prep(op, fd, buffer | null, position, slot, id): op 0 read, 1 write, 2 fdatasync, 3 fsync.
-// `slot` indexes the operation's aiocb; JavaScript hands out free slots.
+// prep(op, fd, buffer | null, position, id): op 0 read, 1 write, 2 fdatasync, 3 fsync.
+// `id` is also the index of the operation's aiocb: JavaScript hands out
+// free ids below the slot count it asked for.
 Napi::Value Aio::Prep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t op = info[0].As<Napi::Number>().Uint32Value();
@@ -142,7 +143,7 @@ Napi::Value Aio::Prep(const Napi::CallbackInfo& info) {
   Slot& s = slots_[index];
   memset(&s.cb, 0, sizeof s.cb);
   s.cb.aio_fildes = info[1].As<Napi::Number>().Int32Value();
-  s.id = info[5].As<Napi::Number>().Uint32Value();
+  s.id = index;
   s.active = true;
   OperationNotice(&s.cb.aio_sigevent, &s);
   sink_.Track(+1);
@@ -153,7 +154,7 @@ Napi::Value Aio::Prep(const Napi::CallbackInfo& info) {
     s.cb.aio_offset = static_cast<off_t>(info[3].As<Napi::Number>().DoubleValue());
     s.cb.aio_lio_opcode = op == 0 ? LIO_READ : LIO_WRITE;
     batch_.push_back(&s.cb);
-    return env.Undefined();
+    return Napi::Boolean::New(env, true);
   }
   // Syncs cannot go through lio_listio; they start at once, and on Linux
   // each is a batch of its own for notification.
@@ -165,8 +166,15 @@ Napi::Value Aio::Prep(const Napi::CallbackInfo& info) {
 #else
   int mode = O_SYNC;
 #endif
-  if (aio_fsync(mode, &s.cb) != 0) Finish(s, -errno);
-  return env.Undefined();
+  if (aio_fsync(mode, &s.cb) != 0) {
+    Finish(s, -errno);
+#ifdef VBLK_AIO_EVENTFD
+    uint64_t one = 1;
+    ssize_t w = write(fd_, &one, sizeof one);
+    (void)w;
+#endif
+  }
+  return Napi::Boolean::New(env, true);
 }
 
 Napi::Value Aio::Submit(const Napi::CallbackInfo& info) {
@@ -178,9 +186,16 @@ Napi::Value Aio::Submit(const Napi::CallbackInfo& info) {
   batch_.clear();
   if (r != 0) {
     // Some or all did not start (EAGAIN, EIO): each aiocb tells which, and
-    // no notification may come, so look now.
+    // no notification may come, so look now; the results reach JavaScript
+    // from the poll callback, never from inside this call.
     Scan();
+#ifdef VBLK_AIO_EVENTFD
+    uint64_t one = 1;
+    ssize_t w = write(fd_, &one, sizeof one);
+    (void)w;
+#else
     sink_.Flush();
+#endif
   }
   return Napi::Number::New(info.Env(), static_cast<double>(n));
 }

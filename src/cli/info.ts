@@ -3,33 +3,55 @@
 import fs from 'node:fs';
 import { RawImage } from '../device/images/raw.js';
 import { request } from '../device/types.js';
-import { ThreadsEngine } from '../io/threads-engine.js';
+import { engineReports } from '../io/probe.js';
+import { SyncEngine } from '../io/sync-engine.js';
 import { UsageError, type Command } from './command.js';
 import { formatSize } from './size.js';
 
 const HELP = `Usage: vblk info FILE [--json]
+       vblk info --engines [--json]
 
 Print an image's format, virtual size, the disk space it takes, and how
-many bytes of it hold data (the rest reads as zeroes from holes).
+many bytes of it hold data (the rest reads as zeroes from holes). With
+--engines, list the I/O engines this host can run instead, and why any
+cannot.
 
 Options:
   --json       print one JSON object instead of text
+  --engines    list the I/O engines (for vblk serve --engine)
   -h, --help   show this help
 
 Examples:
   vblk info disk.img
   vblk info disk.img --json | jq .dataBytes
+  vblk info --engines
 `;
 
-export const info: Command<{ json?: boolean }> = {
+function printEngines(json: boolean): number {
+  const reports = engineReports();
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ engines: reports })}\n`);
+  } else {
+    for (const r of reports) {
+      process.stdout.write(`${r.name.padEnd(10)} ${r.available ? 'yes' : 'no '}  ${r.detail}\n`);
+    }
+  }
+  return 0;
+}
+
+export const info: Command<{ json?: boolean; engines?: boolean }> = {
   name: 'info',
-  summary: 'show size and allocation of an image',
+  summary: 'show size and allocation of an image, or the I/O engines',
   help: HELP,
-  options: { json: { type: 'boolean' } },
+  options: { json: { type: 'boolean' }, engines: { type: 'boolean' } },
   async run(v, positionals) {
+    if (v.engines) {
+      if (positionals.length > 0) throw new UsageError('--engines takes no FILE');
+      return printEngines(v.json === true);
+    }
     if (positionals.length !== 1) throw new UsageError('expected exactly one FILE');
     const file = positionals[0];
-    const image = RawImage.open(file, { readOnly: true, engine: new ThreadsEngine() });
+    const image = RawImage.open(file, { readOnly: true, engine: new SyncEngine() });
     try {
       let dataBytes = 0;
       let dataExtents = 0;

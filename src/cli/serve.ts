@@ -4,7 +4,8 @@
 
 import fs from 'node:fs';
 import { RawImage } from '../device/images/raw.js';
-import { ThreadsEngine } from '../io/threads-engine.js';
+import { ENGINE_NAMES } from '../io/engine.js';
+import { chooseEngine } from '../io/probe.js';
 import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { NbdServer } from '../server/server.js';
@@ -22,6 +23,8 @@ interface ServeValues {
   'handshake-timeout'?: string;
   'shutdown-timeout'?: string;
   'max-inflight'?: string;
+  engine?: string;
+  direct?: boolean;
   'log-level'?: string;
 }
 
@@ -48,6 +51,11 @@ Options:
                            before connections are cut (default 30)
   --max-inflight N         requests in flight per connection before vblk
                            stops reading from it (default 64)
+  --engine NAME            how to do the I/O: auto (default), sync, threads,
+                           uring or posix-aio; 'vblk info --engines' lists
+                           what this host has
+  --direct                 bypass the page cache (O_DIRECT on Linux,
+                           F_NOCACHE on macOS); any request still works
   --log-level LEVEL        fatal, error, warn, info, debug, trace or silent
                            (default info)
   -h, --help               show this help
@@ -59,6 +67,7 @@ Examples:
       nbdinfo --list nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve disk.img --listen 10809 --read-only
       nbdinfo nbd://127.0.0.1:10809
+  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --direct
   vblk serve var/default.img --create 1G --socket var/vblk.sock
 `;
 
@@ -92,6 +101,8 @@ export const serve: Command<ServeValues> = {
     'handshake-timeout': { type: 'string' },
     'shutdown-timeout': { type: 'string' },
     'max-inflight': { type: 'string' },
+    engine: { type: 'string' },
+    direct: { type: 'boolean' },
     'log-level': { type: 'string' },
   },
 
@@ -125,14 +136,22 @@ export const serve: Command<ServeValues> = {
     };
     const log = createLogger(v['log-level'] ?? 'info');
 
-    const engine = new ThreadsEngine();
+    const requested = v.engine ?? 'auto';
+    if (requested !== 'auto' && !(ENGINE_NAMES as readonly string[]).includes(requested)) {
+      throw new UsageError(`--engine must be auto, ${ENGINE_NAMES.join(', ')}`);
+    }
+    const { engine, reason } = chooseEngine(requested);
+    const direct = v.direct === true;
     const registry = new ExportRegistry();
     try {
       for (const s of specs) {
-        registry.add(s.name, RawImage.open(s.file, { readOnly: s.readOnly || v['read-only'] === true, engine }));
+        const readOnly = s.readOnly || v['read-only'] === true;
+        registry.add(s.name, RawImage.open(s.file, { readOnly, engine, direct }));
+        log.info({ export: s.name, file: s.file, readOnly, engine: engine.name, direct, reason }, 'export ready');
       }
     } catch (err) {
       await registry.closeAll();
+      engine.close();
       throw err;
     }
     const server = new NbdServer(registry, options, log);
@@ -140,11 +159,12 @@ export const serve: Command<ServeValues> = {
       for (const e of endpoints) await server.listen(e);
     } catch (err) {
       await server.shutdown();
+      engine.close();
       throw err;
     }
     const uris = server.uris();
     process.stdout.write(uris.map((u) => `${u}\n`).join(''));
-    log.info({ uris, engine: engine.name }, 'ready');
+    log.info({ uris }, 'ready');
 
     return new Promise<number>((resolve) => {
       let signalled = false;
@@ -156,7 +176,10 @@ export const serve: Command<ServeValues> = {
         signalled = true;
         log.info({ signal }, 'signal received');
         server.shutdown().then(
-          () => resolve(0),
+          () => {
+            engine.close();
+            resolve(0);
+          },
           (err: unknown) => {
             log.error({ err }, 'shutdown failed');
             resolve(1);

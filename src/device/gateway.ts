@@ -6,7 +6,7 @@
 // behind it may assume a request is valid.
 
 import { DeviceError, toDeviceError } from './errors.js';
-import { OverlapQueue, type Ticket } from './overlap-queue.js';
+import { OverlapQueue, type Ticket } from '../io/overlap-queue.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request, Result } from './types.js';
 
 const ZERO_WRITE_CHUNK = 1 << 20;

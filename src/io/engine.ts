@@ -1,15 +1,33 @@
-// An IoEngine moves bytes between buffers and file descriptors. Engines
-// differ in how (the libuv thread pool today; io_uring and POSIX AIO
-// later), never in what: a read fills the whole buffer or fails, a write
-// writes all of it or fails, short transfers are retried inside the
-// engine. Errors are Node-style (an Error with an errno name in `code`).
+// An IoEngine moves bytes between buffers and file descriptors. Callers
+// submit a batch of operations; the promise settles when all of them have
+// (it rejects with the first failure). Engines differ in how — on the
+// event loop, on libuv's thread pool, through io_uring or POSIX AIO —
+// never in what: a read fills its whole buffer or fails (EIO at end of
+// file), a write writes all of it, short transfers are finished inside
+// the engine. Errors are Node-style: an Error whose `code` is an errno
+// name.
+
+export type IoOp =
+  | { kind: 'read'; fd: number; buffer: Buffer; position: number }
+  | { kind: 'write'; fd: number; buffer: Buffer; position: number }
+  | { kind: 'sync'; fd: number; dataOnly: boolean };
 
 export interface IoEngine {
-  readonly name: string;
-  /** Reads buffer.length bytes at position; fails with EIO on end of file. */
-  read(fd: number, buffer: Buffer, position: number): Promise<void>;
-  /** Writes all of buffer at position. */
-  write(fd: number, buffer: Buffer, position: number): Promise<void>;
-  /** fdatasync (dataOnly) or fsync. */
-  sync(fd: number, dataOnly: boolean): Promise<void>;
+  readonly name: EngineName;
+  submit(ops: IoOp[]): Promise<void>;
+  /** A buffer suited to this engine's I/O (aligned where the engine needs it). */
+  allocate(size: number): Buffer;
+  /** Waits for nothing: callers drain first. Frees rings and descriptors. */
+  close(): void;
+}
+
+export const ENGINE_NAMES = ['sync', 'threads', 'uring', 'posix-aio'] as const;
+export type EngineName = (typeof ENGINE_NAMES)[number];
+
+export function ioError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+export function endOfFile(position: number): Error {
+  return ioError('EIO', `unexpected end of file at byte ${position}`);
 }

@@ -1,6 +1,7 @@
 // The few system calls Node's fs lacks, bound with koffi: lseek with
-// SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges)
-// and posix_fadvise (read-ahead for CACHE). They are synchronous: each is
+// SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges),
+// posix_fadvise (read-ahead for CACHE) and fcntl(F_NOCACHE) (macOS's
+// direct I/O). They are synchronous: each is
 // a metadata operation that costs microseconds, cheaper than a hop to a
 // worker thread. Failures throw an Error carrying the errno name in
 // `code`, like Node's own fs errors. Where libc or a call is missing (not
@@ -24,6 +25,7 @@ interface Bindings {
   lseek: Fn;
   fallocate: Fn | null;
   fadvise: Fn | null;
+  fcntl: Fn | null;
   errno: () => number;
 }
 
@@ -46,6 +48,7 @@ function load(): Bindings | null {
       lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)') as Fn,
       fallocate: optional('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
       fadvise: optional('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)'),
+      fcntl: optional('int fcntl(int fd, int cmd, int arg)'),
       errno: () => koffi.errno(),
     };
   } catch {
@@ -94,4 +97,12 @@ export function adviseWillNeed(fd: number, offset: number, length: number): void
   // posix_fadvise returns the error number instead of setting errno.
   const r = bindings.fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
   if (r !== 0) throw systemError('posix_fadvise', r);
+}
+
+const F_NOCACHE = 48;
+
+/** macOS: bypass the unified buffer cache for this descriptor. */
+export function setNoCache(fd: number): void {
+  if (process.platform !== 'darwin' || !bindings?.fcntl) throw unavailable('fcntl(F_NOCACHE)');
+  if (bindings.fcntl(fd, F_NOCACHE, 1) === -1) throw systemError('fcntl', bindings.errno());
 }

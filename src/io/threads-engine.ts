@@ -1,53 +1,53 @@
-// The portable engine: fs.read/fs.write on libuv's thread pool, so the
-// event loop never blocks on the disk. Each call moves as much as the
-// kernel gives; the loops finish short transfers.
+// The portable asynchronous engine: fs.read, fs.write and fs.fdatasync on
+// libuv's thread pool (four threads unless UV_THREADPOOL_SIZE says more),
+// so the event loop never waits for the disk.
 
 import fs from 'node:fs';
-import type { IoEngine } from './engine.js';
+import { endOfFile, type IoEngine, type IoOp } from './engine.js';
 
-function endOfFile(position: number): Error {
-  return Object.assign(new Error(`unexpected end of file at byte ${position}`), { code: 'EIO' });
+type Transfer = (
+  fd: number,
+  buffer: Buffer,
+  offset: number,
+  length: number,
+  position: number,
+  callback: (err: NodeJS.ErrnoException | null, n: number) => void,
+) => void;
+
+function transfer(op: Extract<IoOp, { buffer: Buffer }>): Promise<void> {
+  const call = (op.kind === 'read' ? fs.read : fs.write) as Transfer;
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      call(op.fd, op.buffer, done, op.buffer.length - done, op.position + done, (err, n) => {
+        if (err) return reject(err);
+        if (n === 0 && op.kind === 'read') return reject(endOfFile(op.position + done));
+        done += n;
+        if (done === op.buffer.length) resolve();
+        else step();
+      });
+    };
+    if (op.buffer.length === 0) resolve();
+    else step();
+  });
+}
+
+function sync(fd: number, dataOnly: boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    (dataOnly ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? reject(err) : resolve()));
+  });
 }
 
 export class ThreadsEngine implements IoEngine {
   readonly name = 'threads';
 
-  read(fd: number, buffer: Buffer, position: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      let done = 0;
-      const step = (): void => {
-        fs.read(fd, buffer, done, buffer.length - done, position + done, (err, n) => {
-          if (err) return reject(err);
-          if (n === 0) return reject(endOfFile(position + done));
-          done += n;
-          if (done === buffer.length) resolve();
-          else step();
-        });
-      };
-      if (buffer.length === 0) resolve();
-      else step();
-    });
+  async submit(ops: IoOp[]): Promise<void> {
+    await Promise.all(ops.map((op) => (op.kind === 'sync' ? sync(op.fd, op.dataOnly) : transfer(op))));
   }
 
-  write(fd: number, buffer: Buffer, position: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      let done = 0;
-      const step = (): void => {
-        fs.write(fd, buffer, done, buffer.length - done, position + done, (err, n) => {
-          if (err) return reject(err);
-          done += n;
-          if (done === buffer.length) resolve();
-          else step();
-        });
-      };
-      if (buffer.length === 0) resolve();
-      else step();
-    });
+  allocate(size: number): Buffer {
+    return Buffer.allocUnsafe(size);
   }
 
-  sync(fd: number, dataOnly: boolean): Promise<void> {
-    return new Promise((resolve, reject) => {
-      (dataOnly ? fs.fdatasync : fs.fsync)(fd, (err) => (err ? reject(err) : resolve()));
-    });
-  }
+  close(): void {}
 }

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { IoEngine } from '../../io/engine.js';
+import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
 import {
   adviseWillNeed,
   fallocate,
@@ -18,6 +19,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   seek,
+  setNoCache,
 } from '../../io/syscalls.js';
 import { DeviceError } from '../errors.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
@@ -42,6 +44,8 @@ function isUnsupported(err: unknown): boolean {
 export interface RawOptions {
   readOnly: boolean;
   engine: IoEngine;
+  /** Bypass the page cache: O_DIRECT on Linux, F_NOCACHE on macOS. */
+  direct?: boolean;
 }
 
 export class RawImage implements BlockDevice {
@@ -58,8 +62,9 @@ export class RawImage implements BlockDevice {
     readOnly: boolean,
     sparse: boolean,
     punch: boolean,
+    readonly direct: boolean,
   ) {
-    this.description = `raw image ${path}${readOnly ? ' (read-only)' : ''}`;
+    this.description = `raw image ${path}${readOnly ? ' (read-only)' : ''}${direct ? ' (direct I/O)' : ''}`;
     this.capabilities = {
       readOnly,
       flush: !readOnly,
@@ -85,19 +90,24 @@ export class RawImage implements BlockDevice {
   }
 
   static open(path: string, options: RawOptions): RawImage {
-    const flags = options.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
-    const fd = fs.openSync(path, flags);
+    const direct = options.direct === true;
+    const flags = (options.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | directFlag(direct);
+    const fd = openImage(path, flags, direct);
     try {
       const stat = fs.fstatSync(fd);
       if (!stat.isFile() && !stat.isBlockDevice()) throw new Error(`${path} is neither a file nor a block device`);
-      refuseQcow2(fd, path);
+      refuseQcow2(path);
       const size = stat.isFile() ? stat.size : (seek(fd, 0, 'end') ?? 0);
+      if (direct && size % DIRECT_ALIGNMENT !== 0) {
+        throw new Error(`${path}: --direct needs a size that is a multiple of ${DIRECT_ALIGNMENT} bytes, not ${size}`);
+      }
+      const engine = direct ? directEngine(options.engine) : options.engine;
       const sparse = probe(() => seek(fd, 0, 'hole'));
       // Punching a hole past the end of the file changes nothing and tells
       // whether the file system can punch at all.
       const punch = !options.readOnly && probe(() => fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size, 4096));
-      const dsyncFd = options.readOnly ? fd : fs.openSync(path, flags | fs.constants.O_DSYNC);
-      return new RawImage(path, fd, dsyncFd, size, options.engine, options.readOnly, sparse, punch);
+      const dsyncFd = options.readOnly ? fd : openImage(path, flags | fs.constants.O_DSYNC, direct);
+      return new RawImage(path, fd, dsyncFd, size, engine, options.readOnly, sparse, punch, direct);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -116,11 +126,12 @@ export class RawImage implements BlockDevice {
   }
 
   write(req: Request): Promise<void> {
-    return this.engine.write(req.fua ? this.dsyncFd : this.fd, req.data!, req.offset);
+    const fd = req.fua ? this.dsyncFd : this.fd;
+    return this.engine.submit([{ kind: 'write', fd, buffer: req.data!, position: req.offset }]);
   }
 
   flush(): Promise<void> {
-    return this.engine.sync(this.fd, true);
+    return this.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]);
   }
 
   async trim(req: Request): Promise<void> {
@@ -157,9 +168,9 @@ export class RawImage implements BlockDevice {
   }
 
   private async readData(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
-    await this.engine.read(this.fd, buf, offset);
-    return buf;
+    const buffer = this.engine.allocate(length);
+    await this.engine.submit([{ kind: 'read', fd: this.fd, buffer, position: offset }]);
+    return buffer;
   }
 
   /** Data and hole runs covering [offset, end), at most maxRuns of them. */
@@ -212,9 +223,33 @@ function probe(call: () => unknown): boolean {
   }
 }
 
-function refuseQcow2(fd: number, path: string): void {
-  const head = Buffer.alloc(4);
-  if (fs.readSync(fd, head, 0, 4, 0) === 4 && head.readUInt32BE(0) === QCOW2_MAGIC) {
-    throw new Error(`${path} is a qcow2 image; vblk serves raw images only for now`);
+function directFlag(direct: boolean): number {
+  return direct && process.platform === 'linux' ? fs.constants.O_DIRECT : 0;
+}
+
+function openImage(path: string, flags: number, direct: boolean): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, flags);
+  } catch (err) {
+    if (direct && (err as NodeJS.ErrnoException).code === 'EINVAL') {
+      throw new Error(`${path}: this file system does not support direct I/O (O_DIRECT)`);
+    }
+    throw err;
+  }
+  if (direct && process.platform === 'darwin') setNoCache(fd);
+  return fd;
+}
+
+function refuseQcow2(path: string): void {
+  // A plain descriptor of its own: an O_DIRECT one reads only aligned blocks into aligned memory.
+  const fd = fs.openSync(path, fs.constants.O_RDONLY);
+  try {
+    const magic = Buffer.alloc(4);
+    if (fs.readSync(fd, magic, 0, 4, 0) === 4 && magic.readUInt32BE(0) === QCOW2_MAGIC) {
+      throw new Error(`${path} is a qcow2 image; vblk serves raw images only for now`);
+    }
+  } finally {
+    fs.closeSync(fd);
   }
 }

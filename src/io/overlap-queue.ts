@@ -1,5 +1,6 @@
 // Keeps overlapping requests in arrival order while letting everything
-// else run concurrently. A request that changes data (exclusive) waits for
+// else run concurrently. The gateway orders client requests with it; the
+// direct-I/O layer serializes its read-modify-write cycles with it. A request that changes data (exclusive) waits for
 // every earlier request whose range overlaps it; a read waits only for
 // earlier overlapping writes. Requests that do not overlap never wait.
 // The active list is short (bounded by requests in flight), so a linear
@@ -16,10 +17,6 @@ export interface Ticket {
 
 export class OverlapQueue {
   private active: Ticket[] = [];
-
-  get size(): number {
-    return this.active.length;
-  }
 
   /**
    * Takes a ticket for [offset, offset + length). Returns the ticket when it

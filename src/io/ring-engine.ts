@@ -1,0 +1,147 @@
+// The engine over a native ring (io_uring or POSIX AIO, see native/).
+// Operations get a slot id; at most `slots` are in flight and the rest
+// wait in a backlog. Everything prepared during one event-loop tick is
+// handed to the kernel with one submit on the next tick. Completions come
+// back in batches through an Int32Array of (id, result) pairs; short
+// transfers and EAGAIN go back into the ring for the rest. Each pending
+// operation holds its buffer until its completion arrives, so the kernel
+// never writes into freed memory.
+
+import { constants } from 'node:os';
+import { endOfFile, ioError, type EngineName, type IoEngine, type IoOp } from './engine.js';
+import type { NativeRing, NativeRingClass } from './native.js';
+
+const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n as number, name]));
+const RETRY = new Set([constants.errno.EAGAIN, constants.errno.EINTR]);
+
+interface Group {
+  left: number;
+  failed: boolean;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+interface Pending {
+  op: IoOp;
+  done: number;
+  group: Group;
+}
+
+export class RingEngine implements IoEngine {
+  private readonly ring: NativeRing;
+  private readonly completions: Int32Array;
+  private readonly slots: (Pending | null)[];
+  private readonly free: number[];
+  private backlog: Pending[] = [];
+  private submitQueued = false;
+  private closing = false;
+  private inflight = 0;
+
+  constructor(
+    readonly name: EngineName,
+    Ring: NativeRingClass,
+    slots = 256,
+  ) {
+    this.completions = new Int32Array(2 * slots);
+    this.ring = new Ring(slots, this.completions, (count) => this.onComplete(count));
+    this.slots = new Array<Pending | null>(slots).fill(null);
+    this.free = Array.from({ length: slots }, (_, i) => slots - 1 - i);
+  }
+
+  submit(ops: IoOp[]): Promise<void> {
+    if (ops.length === 0) return Promise.resolve();
+    if (this.closing) return Promise.reject(ioError('EBADF', `${this.name} engine is closed`));
+    return new Promise((resolve, reject) => {
+      const group: Group = { left: ops.length, failed: false, resolve, reject };
+      for (const op of ops) this.start({ op, done: 0, group });
+      this.queueSubmit();
+    });
+  }
+
+  allocate(size: number): Buffer {
+    return Buffer.allocUnsafe(size);
+  }
+
+  close(): void {
+    this.closing = true;
+    if (this.inflight === 0) this.ring.close();
+  }
+
+  private start(p: Pending): void {
+    if (this.backlog.length > 0 || !this.place(p)) this.backlog.push(p);
+  }
+
+  /** Puts an operation into the ring; false when no slot is free. */
+  private place(p: Pending): boolean {
+    const id = this.free.pop();
+    if (id === undefined) return false;
+    const { op } = p;
+    const prep = (): boolean =>
+      op.kind === 'sync'
+        ? this.ring.prep(op.dataOnly ? 2 : 3, op.fd, null, 0, id)
+        : this.ring.prep(op.kind === 'read' ? 0 : 1, op.fd, p.done ? op.buffer.subarray(p.done) : op.buffer, op.position + p.done, id);
+    if (!prep()) {
+      // The ring's queue is full of prepared entries: hand them over now.
+      this.ring.submit();
+      if (!prep()) {
+        this.free.push(id);
+        return false;
+      }
+    }
+    this.slots[id] = p;
+    this.inflight++;
+    return true;
+  }
+
+  private queueSubmit(): void {
+    if (this.submitQueued) return;
+    this.submitQueued = true;
+    process.nextTick(() => {
+      this.submitQueued = false;
+      this.ring.submit();
+    });
+  }
+
+  private onComplete(count: number): void {
+    const c = this.completions;
+    for (let i = 0; i < count; i++) {
+      const id = c[2 * i];
+      const result = c[2 * i + 1];
+      const p = this.slots[id]!;
+      this.slots[id] = null;
+      this.free.push(id);
+      this.inflight--;
+      this.settle(p, result);
+    }
+    while (this.backlog.length > 0 && this.free.length > 0) {
+      if (!this.place(this.backlog[0])) break;
+      this.backlog.shift();
+    }
+    if (this.inflight > 0) this.queueSubmit();
+    else if (this.closing) this.ring.close();
+  }
+
+  private settle(p: Pending, result: number): void {
+    const { op, group } = p;
+    if (result < 0) {
+      if (RETRY.has(-result)) return this.start(p);
+      const code = ERRNO_NAMES.get(-result) ?? `E${-result}`;
+      return this.fail(group, ioError(code, `${op.kind} on fd ${op.fd} failed: ${code}`));
+    }
+    if (op.kind !== 'sync') {
+      if (result === 0) {
+        const at = op.position + p.done;
+        return this.fail(group, op.kind === 'read' ? endOfFile(at) : ioError('EIO', `write at ${at} made no progress`));
+      }
+      p.done += result;
+      if (p.done < op.buffer.length) return this.start(p);
+    }
+    if (--group.left === 0 && !group.failed) group.resolve();
+  }
+
+  private fail(group: Group, err: Error): void {
+    if (group.failed) return;
+    group.failed = true;
+    group.reject(err);
+  }
+}

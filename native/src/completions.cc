@@ -25,11 +25,17 @@ bool CompletionSink::Start(Napi::Env env, int fd, Napi::Int32Array out, Napi::Fu
   poll_->data = this;
   uv_poll_start(poll_, UV_READABLE, OnPoll);
   uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  // At environment teardown the loop runs once more; never call into
+  // JavaScript from there.
+  napi_add_env_cleanup_hook(env, CleanupHook, this);
   return true;
 }
 
+void CompletionSink::CleanupHook(void* self) { static_cast<CompletionSink*>(self)->Stop(); }
+
 void CompletionSink::Stop() {
   if (poll_) {
+    napi_remove_env_cleanup_hook(env_, CleanupHook, this);
     uv_poll_stop(poll_);
     poll_->data = nullptr;
     // The handle outlives this object until libuv has closed it.
@@ -55,13 +61,15 @@ void CompletionSink::Push(uint64_t id, int32_t result) {
   pairs_[2 * count_] = static_cast<int32_t>(id);
   pairs_[2 * count_ + 1] = result;
   count_++;
-  Track(-1);
 }
 
 void CompletionSink::Flush() {
   if (count_ == 0 || callback_.IsEmpty()) return;
   size_t n = count_;
   count_ = 0;
+  // Counted as in flight until JavaScript has them: the poll handle keeps
+  // the loop alive until then.
+  Track(-static_cast<int>(n));
   // MakeCallback runs the microtask queue afterwards, so promises resolved
   // by the callback settle before the loop goes back to polling.
   callback_.MakeCallback(env_.Global(), {Napi::Number::New(env_, static_cast<double>(n))}, *context_);

@@ -32,6 +32,7 @@ class CompletionSink {
 
  private:
   static void OnPoll(uv_poll_t* handle, int status, int events);
+  static void CleanupHook(void* self);
 
   Napi::Env env_ = Napi::Env(nullptr);
   uv_poll_t* poll_ = nullptr;

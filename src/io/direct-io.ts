@@ -7,7 +7,7 @@
 // its blocks exclusively in an OverlapQueue, so two writes into the same
 // block (each to different bytes) cannot undo each other.
 
-import type { IoEngine, IoOp } from './engine.js';
+import { settleAll, type IoEngine, type IoOp } from './engine.js';
 import type { AlignedPool } from './aligned-pool.js';
 import { OverlapQueue } from './overlap-queue.js';
 
@@ -37,7 +37,7 @@ export class DirectIo implements IoEngine {
       else if (op.kind === 'read') bounced.push(this.bounceRead(op));
       else bounced.push(this.write(op));
     }
-    await Promise.all([this.inner.submit(direct), ...bounced]);
+    await settleAll([this.inner.submit(direct), ...bounced]);
   }
 
   allocate(size: number): Buffer {

@@ -1,6 +1,7 @@
 // An IoEngine moves bytes between buffers and file descriptors. Callers
 // submit a batch of operations; the promise settles when all of them have
-// (it rejects with the first failure). Engines differ in how — on the
+// (rejecting with the first failure), so no buffer is still in use when a
+// caller sees the outcome. Engines differ in how — on the
 // event loop, on libuv's thread pool, through io_uring or POSIX AIO —
 // never in what: a read fills its whole buffer or fails (EIO at end of
 // file), a write writes all of it, short transfers are finished inside
@@ -30,4 +31,11 @@ export function ioError(code: string, message: string): Error {
 
 export function endOfFile(position: number): Error {
   return ioError('EIO', `unexpected end of file at byte ${position}`);
+}
+
+/** Waits for every promise, then rejects with the first failure if there was one. */
+export async function settleAll(promises: Promise<void>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }

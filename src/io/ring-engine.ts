@@ -16,7 +16,7 @@ const RETRY = new Set([constants.errno.EAGAIN, constants.errno.EINTR]);
 
 interface Group {
   left: number;
-  failed: boolean;
+  error: Error | null;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -52,7 +52,7 @@ export class RingEngine implements IoEngine {
     if (ops.length === 0) return Promise.resolve();
     if (this.closing) return Promise.reject(ioError('EBADF', `${this.name} engine is closed`));
     return new Promise((resolve, reject) => {
-      const group: Group = { left: ops.length, failed: false, resolve, reject };
+      const group: Group = { left: ops.length, error: null, resolve, reject };
       for (const op of ops) this.start({ op, done: 0, group });
       this.queueSubmit();
     });
@@ -60,6 +60,11 @@ export class RingEngine implements IoEngine {
 
   allocate(size: number): Buffer {
     return Buffer.allocUnsafe(size);
+  }
+
+  /** Operations in the ring or waiting for a slot. */
+  get pending(): number {
+    return this.inflight + this.backlog.length;
   }
 
   close(): void {
@@ -122,26 +127,28 @@ export class RingEngine implements IoEngine {
   }
 
   private settle(p: Pending, result: number): void {
-    const { op, group } = p;
+    const { op } = p;
     if (result < 0) {
       if (RETRY.has(-result)) return this.start(p);
       const code = ERRNO_NAMES.get(-result) ?? `E${-result}`;
-      return this.fail(group, ioError(code, `${op.kind} on fd ${op.fd} failed: ${code}`));
+      return this.finish(p, ioError(code, `${op.kind} on fd ${op.fd} failed: ${code}`));
     }
     if (op.kind !== 'sync') {
       if (result === 0) {
         const at = op.position + p.done;
-        return this.fail(group, op.kind === 'read' ? endOfFile(at) : ioError('EIO', `write at ${at} made no progress`));
+        return this.finish(p, op.kind === 'read' ? endOfFile(at) : ioError('EIO', `write at ${at} made no progress`));
       }
       p.done += result;
       if (p.done < op.buffer.length) return this.start(p);
     }
-    if (--group.left === 0 && !group.failed) group.resolve();
+    this.finish(p, null);
   }
 
-  private fail(group: Group, err: Error): void {
-    if (group.failed) return;
-    group.failed = true;
-    group.reject(err);
+  /** The batch settles once every operation in it has, with its first error if any. */
+  private finish({ group }: Pending, error: Error | null): void {
+    group.error ??= error;
+    if (--group.left > 0) return;
+    if (group.error) group.reject(group.error);
+    else group.resolve();
   }
 }

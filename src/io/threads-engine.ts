@@ -3,7 +3,7 @@
 // so the event loop never waits for the disk.
 
 import fs from 'node:fs';
-import { endOfFile, type IoEngine, type IoOp } from './engine.js';
+import { endOfFile, settleAll, type IoEngine, type IoOp } from './engine.js';
 
 type Transfer = (
   fd: number,
@@ -42,7 +42,7 @@ export class ThreadsEngine implements IoEngine {
   readonly name = 'threads';
 
   async submit(ops: IoOp[]): Promise<void> {
-    await Promise.all(ops.map((op) => (op.kind === 'sync' ? sync(op.fd, op.dataOnly) : transfer(op))));
+    await settleAll(ops.map((op) => (op.kind === 'sync' ? sync(op.fd, op.dataOnly) : transfer(op))));
   }
 
   allocate(size: number): Buffer {

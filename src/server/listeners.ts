@@ -9,14 +9,15 @@ import path from 'node:path';
 
 export type Endpoint = { kind: 'unix'; path: string; mode: number } | { kind: 'tcp'; host: string; port: number };
 
-function answers(socketPath: string): Promise<boolean> {
+/** 'stale' only when nobody listens (ECONNREFUSED); anything else might be a live, busy server. */
+function probeSocket(socketPath: string): Promise<'live' | 'stale' | NodeJS.ErrnoException> {
   return new Promise((resolve) => {
     const probe = net.connect(socketPath);
     probe.once('connect', () => {
       probe.destroy();
-      resolve(true);
+      resolve('live');
     });
-    probe.once('error', () => resolve(false));
+    probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED' ? 'stale' : err));
   });
 }
 
@@ -30,7 +31,11 @@ export async function claimSocketPath(socketPath: string): Promise<void> {
     throw err;
   }
   if (!stat.isSocket()) throw new Error(`${socketPath} exists and is not a socket; refusing to replace it`);
-  if (await answers(socketPath)) throw new Error(`another server is already listening on ${socketPath}`);
+  const state = await probeSocket(socketPath);
+  if (state === 'live') throw new Error(`another server is already listening on ${socketPath}`);
+  if (state !== 'stale') {
+    throw new Error(`${socketPath} exists and cannot be probed (${state.code ?? state.message}); is a server using it?`);
+  }
   fs.unlinkSync(socketPath);
 }
 

@@ -29,6 +29,7 @@ import {
   encodeServerReply,
   isMalformed,
 } from './handshake-codec.js';
+import { limitedString } from './strings.js';
 
 /** What the handshake needs to know about an export. */
 export interface ExportSummary {
@@ -109,6 +110,8 @@ export class Handshake {
    */
   receiveOption(option: number, payload: Buffer | null): Step {
     expectPhase(this, 'options');
+    // SET_META_CONTEXT replaces the earlier selection even when it fails, however it fails.
+    if (option === OPT.SET_META_CONTEXT) this.metaSelection = null;
     if (payload === null) {
       if (option === OPT.EXPORT_NAME) return this.close('NBD_OPT_EXPORT_NAME with an oversized name');
       return this.error(option, REP.ERR_TOO_BIG, 'option data too large');
@@ -134,7 +137,7 @@ export class Handshake {
   }
 
   error(option: number, type: number, message: string, send: Buffer[] = []): Step {
-    return this.stay([...send, encodeOptionReply(option, type, Buffer.from(message, 'utf8'))]);
+    return this.stay([...send, encodeOptionReply(option, type, limitedString(message))]);
   }
 
   enterTransmission(exp: ExportSummary, send: Buffer[]): Step {
@@ -221,8 +224,6 @@ function matchQuery(query: string, wildcard: boolean): string[] | 'invalid' {
 
 function metaContext(hs: Handshake, option: number, payload: Buffer): Step {
   const set = option === OPT.SET_META_CONTEXT;
-  // SET replaces the earlier selection even when it fails.
-  if (set) hs.metaSelection = null;
   if (!hs.structuredReplies) {
     return hs.error(option, REP.ERR_INVALID, 'meta contexts need structured replies first');
   }

@@ -4,8 +4,9 @@
 // the header buffer. Pure functions: no sockets here.
 
 import type { Extent, ReadSegment } from '../../device/types.js';
-import { CHUNK, CHUNK_HEADER_SIZE, MAX_STRING, REPLY_FLAG_DONE, SIMPLE_REPLY_SIZE, STATE_HOLE, STATE_ZERO } from './constants.js';
+import { CHUNK, CHUNK_HEADER_SIZE, REPLY_FLAG_DONE, SIMPLE_REPLY_SIZE, STATE_HOLE, STATE_ZERO } from './constants.js';
 import type { MetaContext } from './handshake.js';
+import { limitedString } from './strings.js';
 import {
   blockStatusSize,
   encodeBlockStatus,
@@ -27,15 +28,8 @@ export function simpleReply(cookie: bigint, error: number, data?: Buffer): Frame
   return [header, data];
 }
 
-/** A message fits the string limit and the u16 length field; cut at a character boundary. */
-function messageBytes(message: string): Buffer {
-  const bytes = Buffer.from(message, 'utf8');
-  if (bytes.length <= MAX_STRING) return bytes;
-  return Buffer.from(bytes.subarray(0, MAX_STRING).toString('utf8').replace(/\uFFFD+$/, ''), 'utf8');
-}
-
 export function errorChunk(cookie: bigint, error: number, message: string): Frame {
-  const msg = messageBytes(message);
+  const msg = limitedString(message);
   const size = errorPayloadSize(msg.length);
   const buf = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + size);
   const p = encodeChunkHeader(buf, 0, REPLY_FLAG_DONE, CHUNK.ERROR, cookie, size);

@@ -75,6 +75,14 @@ void CompletionSink::Flush() {
   callback_.MakeCallback(env_.Global(), {Napi::Number::New(env_, static_cast<double>(n))}, *context_);
 }
 
+void CompletionSink::Deliver() {
+  if (count_ == 0 || callback_.IsEmpty()) return;
+  size_t n = count_;
+  count_ = 0;
+  Track(-static_cast<int>(n));
+  callback_.Call({Napi::Number::New(env_, static_cast<double>(n))});
+}
+
 void CompletionSink::Track(int delta) {
   int before = inflight_;
   inflight_ += delta;

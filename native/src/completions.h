@@ -24,8 +24,10 @@ class CompletionSink {
 
   // Records one completion; flushes to JavaScript when the array is full.
   void Push(uint64_t id, int32_t result);
-  // Hands everything recorded so far to JavaScript.
+  // Hands everything recorded so far to JavaScript, from the poll callback.
   void Flush();
+  // The same from inside a call JavaScript made (no new async context).
+  void Deliver();
 
   void Track(int delta);
   int Inflight() const { return inflight_; }

@@ -16,9 +16,11 @@ class Uring : public Napi::ObjectWrap<Uring> {
   struct Ring;
   static Napi::Value Probe(const Napi::CallbackInfo& info);
   static void Reap(void* self);
+  static void ReapQueue(Uring* self);
   Napi::Value Prep(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value TryRead(const Napi::CallbackInfo& info);
   Napi::Value Entries(const Napi::CallbackInfo& info);
 
   Ring* ring_ = nullptr;

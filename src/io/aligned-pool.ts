@@ -7,6 +7,8 @@ const MIN_CLASS = 12; // 4 KiB
 
 export class AlignedPool {
   private readonly classes = new Map<number, Buffer[]>();
+  /** Every block this pool allocated: their memory starts aligned. */
+  private readonly blocks = new WeakSet<ArrayBufferLike>();
 
   constructor(
     private readonly allocate: (size: number, alignment: number) => Buffer,
@@ -17,8 +19,17 @@ export class AlignedPool {
   /** An aligned buffer of exactly `size` bytes (a view of a pooled block). */
   take(size: number): Buffer {
     const bits = Math.max(MIN_CLASS, Math.ceil(Math.log2(Math.max(size, 1))));
-    const block = this.classes.get(bits)?.pop() ?? this.allocate(2 ** bits, this.alignment);
+    let block = this.classes.get(bits)?.pop();
+    if (!block) {
+      block = this.allocate(2 ** bits, this.alignment);
+      this.blocks.add(block.buffer);
+    }
     return block.subarray(0, size);
+  }
+
+  /** Whether the buffer is a view into memory this pool allocated. */
+  owns(buffer: Buffer): boolean {
+    return this.blocks.has(buffer.buffer);
   }
 
   /** Returns a buffer from take() to its class. */

@@ -1,4 +1,5 @@
-// Direct I/O on top of any engine. Files opened O_DIRECT (Linux) need
+// Direct I/O on top of any engine. Reads passed on are marked uncached
+// (their descriptor bypasses the page cache). Files opened O_DIRECT (Linux) need
 // buffer address, file offset and length all aligned (4096 is safe on
 // every device); clients send what they like. Aligned operations pass
 // straight through. An unaligned read reads the aligned blocks around it
@@ -12,6 +13,7 @@ import type { AlignedPool } from './aligned-pool.js';
 import { OverlapQueue } from './overlap-queue.js';
 
 type Transfer = Extract<IoOp, { buffer: Buffer }>;
+
 
 export class DirectIo implements IoEngine {
   private readonly blocks = new OverlapQueue();
@@ -29,15 +31,23 @@ export class DirectIo implements IoEngine {
     return this.inner.name;
   }
 
-  async submit(ops: IoOp[]): Promise<void> {
+  submit(ops: IoOp[]): Promise<void> {
+    if (ops.every((op) => this.passes(op))) return this.inner.submit(ops);
     const direct: IoOp[] = [];
     const bounced: Promise<void>[] = [];
     for (const op of ops) {
-      if (op.kind === 'sync' || (op.kind === 'read' && this.aligned(op))) direct.push(op);
-      else if (op.kind === 'read') bounced.push(this.bounceRead(op));
-      else bounced.push(this.write(op));
+      if (this.passes(op)) direct.push(op);
+      else bounced.push(op.kind === 'read' ? this.bounceRead(op) : this.write(op as Transfer));
     }
-    await settleAll([this.inner.submit(direct), ...bounced]);
+    return settleAll([this.inner.submit(direct), ...bounced]);
+  }
+
+  /** Syncs and aligned reads go through as they are (reads marked uncached). */
+  private passes(op: IoOp): boolean {
+    if (op.kind === 'sync') return true;
+    if (op.kind !== 'read' || !this.aligned(op)) return false;
+    op.uncached = true;
+    return true;
   }
 
   allocate(size: number): Buffer {
@@ -50,7 +60,10 @@ export class DirectIo implements IoEngine {
 
   private aligned(op: Transfer): boolean {
     const a = this.a;
-    return op.position % a === 0 && op.buffer.length % a === 0 && this.addressModulo(op.buffer, a) === 0;
+    if (op.position % a !== 0 || op.buffer.length % a !== 0) return false;
+    const { buffer } = op;
+    // The pool's own buffers are known to be aligned; ask the addon about others.
+    return (buffer.byteOffset % a === 0 && this.pool.owns(buffer)) || this.addressModulo(buffer, a) === 0;
   }
 
   /** The aligned span around an operation. */
@@ -64,7 +77,7 @@ export class DirectIo implements IoEngine {
     const { start, length } = this.span(op);
     const bounce = this.pool.take(length);
     try {
-      await this.inner.submit([{ kind: 'read', fd: op.fd, buffer: bounce, position: start }]);
+      await this.inner.submit([{ kind: 'read', fd: op.fd, buffer: bounce, position: start, uncached: true }]);
       bounce.copy(op.buffer, 0, op.position - start, op.position - start + op.buffer.length);
     } finally {
       this.pool.give(bounce);
@@ -80,7 +93,7 @@ export class DirectIo implements IoEngine {
       const bounce = this.pool.take(length);
       try {
         const partial = op.position !== start || op.buffer.length !== length;
-        if (partial) await this.inner.submit([{ kind: 'read', fd: op.fd, buffer: bounce, position: start }]);
+        if (partial) await this.inner.submit([{ kind: 'read', fd: op.fd, buffer: bounce, position: start, uncached: true }]);
         op.buffer.copy(bounce, op.position - start);
         await this.inner.submit([{ kind: 'write', fd: op.fd, buffer: bounce, position: start }]);
       } finally {

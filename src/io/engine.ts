@@ -9,7 +9,14 @@
 // name.
 
 export type IoOp =
-  | { kind: 'read'; fd: number; buffer: Buffer; position: number }
+  | {
+      kind: 'read';
+      fd: number;
+      buffer: Buffer;
+      position: number;
+      /** The descriptor bypasses the page cache (O_DIRECT): no data can be there already. */
+      uncached?: boolean;
+    }
   | { kind: 'write'; fd: number; buffer: Buffer; position: number }
   | { kind: 'sync'; fd: number; dataOnly: boolean };
 

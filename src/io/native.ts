@@ -13,6 +13,8 @@ export interface NativeRing {
   prep(op: number, fd: number, buffer: Buffer | null, position: number, id: number): boolean;
   submit(): number;
   close(): void;
+  /** io_uring only: a non-blocking read (preadv2 RWF_NOWAIT); bytes read or -errno. */
+  tryRead?(fd: number, buffer: Buffer, position: number): number;
 }
 
 export interface NativeRingClass {

@@ -54,6 +54,13 @@ export function vblk(args: string[], cwd?: string): Promise<{ code: number | nul
   });
 }
 
+/** --engine and --direct for the engine matrix (test/engine-matrix.mjs). */
+function engineArgs(): string[] {
+  const args = process.env.VBLK_TEST_ENGINE ? ['--engine', process.env.VBLK_TEST_ENGINE] : [];
+  if (process.env.VBLK_TEST_DIRECT === '1') args.push('--direct');
+  return args;
+}
+
 /**
  * `vblk serve ARGS --socket DIR/vblk.sock`, waiting until it is ready.
  * Pass `socket: false` to leave --socket out (the args then carry it or --listen).
@@ -61,7 +68,7 @@ export function vblk(args: string[], cwd?: string): Promise<{ code: number | nul
 export async function serve(t: Teardown, args: string[], options: { socket?: boolean; readyTimeoutMs?: number } = {}): Promise<Served> {
   const dir = tempDir(t, 'vblk-srv-');
   const socket = path.join(dir, 'vblk.sock');
-  const full = options.socket === false ? args : [...args, '--socket', socket];
+  const full = [...(options.socket === false ? args : [...args, '--socket', socket]), ...engineArgs()];
   const proc = spawn(process.execPath, [VBLK, 'serve', ...full], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stdout!.resume();

@@ -34,6 +34,8 @@ t.test('command-line mistakes exit 2 with a pointer to --help', async (t) => {
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--export', 'noequals'], /expected NAME=FILE/],
     [['serve', 'x.img', '--listen', 'host:port'], /expected HOST:PORT/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--log-level', 'loud'], /--log-level must be one of/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--engine', 'warp'], /--engine must be auto, sync, threads, uring, posix-aio/],
+    [['info', 'x.img', '--engines'], /--engines takes no FILE/],
     [['create', 'x.img'], /--size is required/],
     [['create', 'x.img', '--size', 'lots'], /is not a size/],
   ];

@@ -3,8 +3,12 @@
 // non-blocking preadv2: a page-cache hit is done then and there, for the
 // price of one system call, and only misses go through the ring.
 // Operations get a slot id; at most `slots` are in flight and the rest
-// wait in a backlog. Everything prepared during one event-loop tick is
-// handed to the kernel with one submit on the next tick. Completions come
+// wait in a backlog. Each batch goes to the kernel as soon as it is
+// prepared. Gathering a whole tick's batches into one submit costs fewer
+// system calls but leaves the device idle while the rest of the tick is
+// prepared: at depth 32 with direct I/O it cost a fifth of the IOPS here
+// (53k against 62-68k, fio 68k). Operations waiting for a slot go in
+// together on the next tick. Completions come
 // back in batches through an Int32Array of (id, result) pairs; short
 // transfers and EAGAIN go back into the ring for the rest. Each pending
 // operation holds its buffer until its completion arrives, so the kernel
@@ -69,11 +73,10 @@ export class RingEngine implements IoEngine {
     let rest: Pending[] | null = null;
     let error: Error | null = null;
     for (const op of ops) {
-      const p: Pending = { op, done: 0, group: null! };
-      const now = this.readNow(p);
-      if (now === true) continue;
-      if (now instanceof Error) error ??= now;
-      else (rest ??= []).push(p);
+      const done = this.readNow(op);
+      if (done === op) continue;
+      if (done instanceof Error) error ??= done;
+      else (rest ??= []).push({ op, done: done as number, group: null! });
     }
     if (!rest) return error ? Promise.reject(error) : DONE;
     const waiting = rest;
@@ -83,25 +86,22 @@ export class RingEngine implements IoEngine {
         p.group = group;
         this.start(p);
       }
-      this.queueSubmit();
+      this.ring.submit();
     });
   }
 
   /**
-   * Tries a read the page cache may hold without blocking: true when it
-   * is done, an Error when it failed, false when it must go through the
-   * ring (p.done says how much is already there).
+   * Tries a read the page cache may hold, without blocking. Returns the
+   * operation itself when it is done, an Error when it failed, or how many
+   * bytes are already there (0 or more) when the rest must go through the
+   * ring.
    */
-  private readNow(p: Pending): boolean | Error {
-    const { op } = p;
-    if (op.kind !== 'read' || op.uncached || !this.ring.tryRead) return false;
+  private readNow(op: IoOp): IoOp | Error | number {
+    if (op.kind !== 'read' || op.uncached || !this.ring.tryRead) return 0;
     const result = this.ring.tryRead(op.fd, op.buffer, op.position);
-    if (result === op.buffer.length) return true;
-    if (result === -EAGAIN || result === -EINTR) return false;
-    if (result > 0) {
-      p.done = result;
-      return false;
-    }
+    if (result === op.buffer.length) return op;
+    if (result > 0) return result;
+    if (result === -EAGAIN || result === -EINTR) return 0;
     return result === 0 ? endOfFile(op.position) : errnoError(op, -result);
   }
 

@@ -2,11 +2,12 @@
 //
 // JavaScript prepares operations with prep() (one SQE each; it returns
 // false when the submission queue is full) and hands them to the kernel
-// with submit(), which it calls once per event-loop tick: one
-// io_uring_enter for everything prepared in that tick. An eventfd
-// registered on the ring becomes readable when completions arrive; a
-// uv_poll on it reaps the completion queue and calls JavaScript once per
-// batch (see completions.h). The JavaScript engine keeps every buffer
+// with submit(): one io_uring_enter per batch of operations, which also
+// reaps whatever completed during it (page-cache hits complete inline)
+// and delivers that before returning. An eventfd registered on the ring
+// becomes readable when later completions are ready; a uv_poll on it
+// reaps the completion queue and calls JavaScript once per batch (see
+// completions.h). The JavaScript engine keeps every buffer
 // referenced until its completion, caps operations in flight at the
 // submission queue size (the completion queue is twice that, so it cannot
 // overflow in normal operation), and retries short transfers and EAGAIN.

@@ -33,7 +33,7 @@ export function engineReports(): EngineReport[] {
   reports = [
     { name: 'sync', available: true, detail: 'pread/pwrite on the event loop' },
     { name: 'threads', available: true, detail: `fs.read/fs.write on libuv's thread pool (${pool} threads)` },
-    ring('uring', native?.Uring.probe, 'io_uring, one io_uring_enter per tick, eventfd completions'),
+    ring('uring', native?.Uring.probe, 'io_uring: page-cache reads by RWF_NOWAIT, the rest through the ring, eventfd completions'),
     ring(
       'posix-aio',
       native?.Aio.probe,

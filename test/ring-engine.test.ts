@@ -1,0 +1,186 @@
+// RingEngine against a scripted ring, for what a real kernel rarely does
+// on demand: short transfers, EAGAIN, a full submission queue, more
+// operations than slots, failures inside a batch, and closing with
+// operations still in flight.
+
+import t from 'tap';
+import type { IoOp } from '../src/io/engine.js';
+import type { NativeRing } from '../src/io/native.js';
+import { RingEngine } from '../src/io/ring-engine.js';
+
+interface Prepared {
+  op: number;
+  fd: number;
+  buffer: Buffer | null;
+  position: number;
+  id: number;
+}
+
+/** A ring whose kernel is the test: it decides what completes, and how. */
+class ScriptedRing implements NativeRing {
+  static last: ScriptedRing;
+  static probe(): null {
+    return null;
+  }
+  prepared: Prepared[] = [];
+  submitted: Prepared[] = [];
+  queueRoom = Infinity;
+  closed = false;
+  cached: ((fd: number, buffer: Buffer, position: number) => number) | null = null;
+
+  constructor(
+    readonly slots: number,
+    private readonly completions: Int32Array,
+    private readonly onComplete: (count: number) => void,
+  ) {
+    ScriptedRing.last = this;
+  }
+
+  prep(op: number, fd: number, buffer: Buffer | null, position: number, id: number): boolean {
+    if (this.prepared.length >= this.queueRoom) return false;
+    this.prepared.push({ op, fd, buffer, position, id });
+    return true;
+  }
+
+  submit(): number {
+    const n = this.prepared.length;
+    this.submitted.push(...this.prepared);
+    this.prepared = [];
+    return n;
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  get tryRead(): ((fd: number, buffer: Buffer, position: number) => number) | undefined {
+    return this.cached ?? undefined;
+  }
+
+  /** Completes submitted operations: `result` per id (a function may also fill buffers). */
+  complete(results: [number, number][]): void {
+    results.forEach(([id, result], i) => {
+      this.completions[2 * i] = id;
+      this.completions[2 * i + 1] = result;
+      const k = this.submitted.findIndex((p) => p.id === id);
+      this.submitted.splice(k, 1);
+    });
+    this.onComplete(results.length);
+  }
+}
+
+function engine(slots = 4): { engine: RingEngine; ring: () => ScriptedRing } {
+  const e = new RingEngine('uring', ScriptedRing as never, slots);
+  return { engine: e, ring: () => ScriptedRing.last };
+}
+
+const read = (buffer: Buffer, position = 0): IoOp => ({ kind: 'read', fd: 3, buffer, position });
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+t.test('a short read goes back into the ring for the rest', async (t) => {
+  const { engine: e, ring } = engine();
+  const buffer = Buffer.alloc(4096);
+  let settled = false;
+  const p = e.submit([read(buffer, 8192)]).then(() => (settled = true));
+  const first = ring().submitted[0];
+  t.same([first.op, first.position, first.buffer!.length], [0, 8192, 4096]);
+  ring().complete([[first.id, 1000]]);
+  await tick();
+  t.notOk(settled, 'not done after 1000 of 4096 bytes');
+  const rest = ring().submitted[0];
+  t.same([rest.position, rest.buffer!.length], [9192, 3096], 'the remainder, at the right place');
+  t.ok(rest.buffer!.buffer === buffer.buffer && rest.buffer!.byteOffset === buffer.byteOffset + 1000, 'into the same memory');
+  ring().complete([[rest.id, 3096]]);
+  await p;
+  t.ok(settled);
+});
+
+t.test('EAGAIN and EINTR are retried; a read hitting end of file is EIO', async (t) => {
+  const { engine: e, ring } = engine();
+  const p = e.submit([read(Buffer.alloc(512))]);
+  // Retries are submitted on the next tick, together with anything else waiting.
+  ring().complete([[ring().submitted[0].id, -11]]);
+  await tick();
+  ring().complete([[ring().submitted[0].id, -4]]);
+  await tick();
+  ring().complete([[ring().submitted[0].id, 512]]);
+  await p;
+  t.pass('done after EAGAIN and EINTR');
+  const eof = e.submit([read(Buffer.alloc(512), 1 << 20)]);
+  ring().complete([[ring().submitted[0].id, 0]]);
+  await t.rejects(eof, { code: 'EIO' });
+});
+
+t.test('a full submission queue is flushed, then the rest waits for room', async (t) => {
+  const { engine: e, ring } = engine(8);
+  ring().queueRoom = 2;
+  const ops = Array.from({ length: 5 }, (_, i) => read(Buffer.alloc(512), i * 512));
+  const p = e.submit(ops);
+  t.equal(ring().submitted.length + ring().prepared.length, 5, 'every operation reached the ring, flushing when it was full');
+  ring().complete(ring().submitted.map((s) => [s.id, 512] as [number, number]));
+  await p;
+  t.equal(e.pending, 0);
+});
+
+t.test('more operations than slots wait in a backlog, in order', async (t) => {
+  const { engine: e, ring } = engine(2);
+  const ops = Array.from({ length: 5 }, (_, i) => read(Buffer.alloc(512), i * 512));
+  let done = false;
+  const p = e.submit(ops).then(() => (done = true));
+  t.equal(ring().submitted.length, 2, 'two in the ring');
+  t.equal(e.pending, 5, 'five pending');
+  const seen: number[] = [];
+  while (ring().submitted.length > 0) {
+    const batch = [...ring().submitted];
+    seen.push(...batch.map((s) => s.position));
+    ring().complete(batch.map((s) => [s.id, 512] as [number, number]));
+    await tick();
+  }
+  await p;
+  t.ok(done);
+  t.same(seen, [0, 512, 1024, 1536, 2048], 'all five, in submission order');
+  t.equal(e.pending, 0, 'nothing left');
+});
+
+t.test('a failure rejects the batch only after every operation has finished', async (t) => {
+  const { engine: e, ring } = engine();
+  let settled = false;
+  const p = e.submit([read(Buffer.alloc(512)), read(Buffer.alloc(512), 512)]);
+  void p.catch(() => (settled = true));
+  const [a, b] = ring().submitted;
+  ring().complete([[a.id, -9]]);
+  await tick();
+  t.notOk(settled, 'still waiting for the other operation, whose buffer the kernel holds');
+  ring().complete([[b.id, 512]]);
+  await t.rejects(p, { code: 'EBADF' });
+});
+
+t.test('close waits for operations in flight before closing the ring', async (t) => {
+  const { engine: e, ring } = engine();
+  const p = e.submit([{ kind: 'sync', fd: 3, dataOnly: true }]);
+  t.equal(ring().submitted[0].op, 2, 'fdatasync');
+  e.close();
+  t.notOk(ring().closed, 'not closed while the sync is in flight');
+  await t.rejects(e.submit([read(Buffer.alloc(1))]), { code: 'EBADF' }, 'new work is refused');
+  ring().complete([[ring().submitted[0].id, 0]]);
+  await p;
+  t.ok(ring().closed, 'closed once it finished');
+});
+
+t.test('page-cache hits never reach the ring; partial hits and misses do', async (t) => {
+  const { engine: e, ring } = engine();
+  const hits = new Map([[0, 4096], [4096, 1000], [8192, -11], [12288, -9]]);
+  ring().cached = (_fd, _buffer, position) => hits.get(position)!;
+  await e.submit([read(Buffer.alloc(4096), 0)]);
+  t.equal(ring().submitted.length, 0, 'a full hit is done at once');
+  const partial = e.submit([read(Buffer.alloc(4096), 4096), read(Buffer.alloc(4096), 8192)]);
+  t.same(
+    ring().submitted.map((s) => [s.position, s.buffer!.length]),
+    [[5096, 3096], [8192, 4096]],
+    'the part not cached, and the miss',
+  );
+  ring().complete(ring().submitted.map((s) => [s.id, s.buffer!.length] as [number, number]));
+  await partial;
+  await t.rejects(e.submit([read(Buffer.alloc(4096), 12288)]), { code: 'EBADF' }, 'an error from the non-blocking read');
+  t.same(await e.submit([]), undefined, 'an empty batch resolves');
+});

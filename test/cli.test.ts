@@ -51,11 +51,14 @@ t.test('runtime failures exit 1 with one clear line', async (t) => {
   const missing = await vblk(['serve', path.join(dir, 'missing.img'), '--socket', path.join(dir, 's.sock')]);
   t.equal(missing.code, 1);
   t.match(missing.stderr, /^vblk: ENOENT.*missing\.img/);
-  const qcow = path.join(dir, 'q.img');
-  fs.writeFileSync(qcow, Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]));
+  const qcow = path.join(dir, 'q.qcow2');
+  t.equal((await vblk(['create', qcow, '--size', '1M'])).code, 0);
+  const fd = fs.openSync(qcow, 'r+');
+  fs.writeSync(fd, Buffer.from([0, 0, 0, 2]), 0, 4, 32); // crypt_method LUKS
+  fs.closeSync(fd);
   const q = await vblk(['serve', qcow, '--socket', path.join(dir, 's.sock')]);
   t.equal(q.code, 1);
-  t.match(q.stderr, /is a qcow2 image/);
+  t.match(q.stderr, /vblk cannot serve this qcow2 image: it is encrypted/);
 });
 
 t.test('create makes a sparse raw image and refuses to overwrite', async (t) => {
@@ -67,7 +70,7 @@ t.test('create makes a sparse raw image and refuses to overwrite', async (t) => 
   t.equal(st.blocks, 0, 'no blocks allocated');
   const again = await vblk(['create', file, '--size', '1G']);
   t.equal(again.code, 1);
-  t.match(again.stderr, /EEXIST/);
+  t.match(again.stderr, /already exists; vblk create never replaces a file/);
   t.equal(fs.statSync(file).size, 10 * 2 ** 30, 'the existing image is untouched');
   const q = await run('qemu-img', ['info', '--output=json', file]);
   t.same(JSON.parse(q.stdout)['virtual-size'], 10 * 2 ** 30, 'qemu-img agrees on the size');

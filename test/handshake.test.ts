@@ -386,6 +386,15 @@ t.test('SET selects base:allocation with a nonzero id, and GO carries it', async
   t.same(go.agreement?.metaContexts, [{ id: ctx.id, name: META_BASE_ALLOCATION }], 'the agreement has the same id');
 });
 
+t.test('SET selects qemu:allocation-depth beside base:allocation, with distinct ids', async (t) => {
+  const hs = structured();
+  const rs = contexts(replies(hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', ['qemu:allocation-depth', META_BASE_ALLOCATION]))));
+  t.same(rs.map((c) => c.name), ['qemu:allocation-depth', META_BASE_ALLOCATION]);
+  t.not(rs[0].id, rs[1].id, 'each has its own id');
+  t.ok(rs.every((c) => c.id !== 0), 'nonzero ids');
+  t.same(hs.receiveOption(OPT.GO, infoReq('')).agreement?.metaContexts, rs, 'both reach the agreement');
+});
+
 t.test('SET ignores unknown namespaces and contexts, and the bare namespace', async (t) => {
   const hs = structured();
   const rs = replies(hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', ['qemu:dirty-bitmap:b', 'base:other', 'base:', META_BASE_ALLOCATION, 'x:y'])));
@@ -400,16 +409,21 @@ t.test('SET ignores unknown namespaces and contexts, and the bare namespace', as
   t.equal(twice.length, 1, 'a context named twice is selected once');
 });
 
-t.test('LIST: zero queries list everything, base: is a wildcard, ids are zero', async (t) => {
+t.test('LIST: zero queries list everything, base: and qemu: are wildcards, ids are zero', async (t) => {
   const hs = structured();
   const all = replies(hs.receiveOption(OPT.LIST_META_CONTEXT, metaReq('', [])));
-  t.same(all.map((r) => r.type), [REP.META_CONTEXT, REP.ACK]);
-  t.same(contexts(all), [{ id: 0, name: META_BASE_ALLOCATION }]);
+  t.same(all.map((r) => r.type), [REP.META_CONTEXT, REP.META_CONTEXT, REP.ACK]);
+  t.same(contexts(all), [
+    { id: 0, name: META_BASE_ALLOCATION },
+    { id: 0, name: 'qemu:allocation-depth' },
+  ]);
+  const qemu = replies(hs.receiveOption(OPT.LIST_META_CONTEXT, metaReq('', ['qemu:'])));
+  t.same(contexts(qemu), [{ id: 0, name: 'qemu:allocation-depth' }], "'qemu:' lists qemu:allocation-depth");
   const wild = replies(hs.receiveOption(OPT.LIST_META_CONTEXT, metaReq('', ['base:'])));
   t.same(contexts(wild), [{ id: 0, name: META_BASE_ALLOCATION }], "'base:' lists base:allocation");
   const exact = replies(hs.receiveOption(OPT.LIST_META_CONTEXT, metaReq('ro', [META_BASE_ALLOCATION])));
   t.same(contexts(exact), [{ id: 0, name: META_BASE_ALLOCATION }]);
-  const other = replies(hs.receiveOption(OPT.LIST_META_CONTEXT, metaReq('', ['qemu:'])));
+  const other = replies(hs.receiveOption(OPT.LIST_META_CONTEXT, metaReq('', ['x-unknown:'])));
   t.same(other.map((r) => r.type), [REP.ACK], 'an unknown namespace lists nothing');
   t.equal(hs.metaSelection, null, 'LIST selects nothing');
   t.same(hs.receiveOption(OPT.GO, infoReq('')).agreement?.metaContexts, [], 'and GO has no contexts');
@@ -449,7 +463,7 @@ t.test('SET replaces the previous selection, even when it fails', async (t) => {
   }
   const hs = structured();
   hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', [META_BASE_ALLOCATION]));
-  hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', ['qemu:allocation-depth']));
+  hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', ['x-nothing:here']));
   t.same(hs.receiveOption(OPT.GO, infoReq('')).agreement?.metaContexts, [], 'a successful SET that selects nothing also replaces');
   const again = structured();
   again.receiveOption(OPT.SET_META_CONTEXT, metaReq('', ['qemu:x']));

@@ -1,8 +1,9 @@
 // vblk info: what an image is and how much of it holds data.
 
 import fs from 'node:fs';
-import { RawImage } from '../device/images/raw.js';
-import { request } from '../device/types.js';
+import { imageMap } from '../device/images/map.js';
+import { backingChain, openImage } from '../device/images/open.js';
+import { Qcow2Image } from '../device/images/qcow2/qcow2-image.js';
 import { engineReports } from '../io/probe.js';
 import { SyncEngine } from '../io/sync-engine.js';
 import { UsageError, type Command } from './command.js';
@@ -11,8 +12,9 @@ import { formatSize } from './size.js';
 const HELP = `Usage: vblk info FILE [--json]
        vblk info --engines [--json]
 
-Print an image's format, virtual size, the disk space it takes, and how
-many bytes of it hold data (the rest reads as zeroes from holes). With
+Print an image's format, virtual size, the disk space it takes, how many
+bytes of it hold data (the rest reads as zeroes), and for a qcow2 overlay
+how much of it is its own and its backing chain. With
 --engines, list the I/O engines this host can run instead, and why any
 cannot.
 
@@ -24,6 +26,7 @@ Options:
 Examples:
   vblk info disk.img
   vblk info disk.img --json | jq .dataBytes
+  vblk info top.qcow2
   vblk info --engines
 `;
 
@@ -51,34 +54,50 @@ export const info: Command<{ json?: boolean; engines?: boolean }> = {
     }
     if (positionals.length !== 1) throw new UsageError('expected exactly one FILE');
     const file = positionals[0];
-    const image = RawImage.open(file, { readOnly: true, engine: new SyncEngine() });
+    const chain = backingChain(file);
+    const image = await openImage(file, { readOnly: true, engine: new SyncEngine() });
     try {
-      let dataBytes = 0;
-      let dataExtents = 0;
-      for (let offset = 0; offset < image.size; ) {
-        const extents = await image.blockStatus(request('blockStatus', offset, image.size - offset));
-        for (const e of extents) {
-          if (!e.hole) {
-            dataBytes += e.length;
-            dataExtents++;
-          }
-          offset += e.length;
-        }
+      const map = await imageMap(image);
+      const data = map.filter((e) => e.data);
+      const dataBytes = data.reduce((n, e) => n + e.length, 0);
+      const ownBytes = map.filter((e) => e.present && e.depth === 0).reduce((n, e) => n + e.length, 0);
+      const layers = [];
+      for (const layer of chain) {
+        const opened = layer === chain[0] ? image : await openImage(layer.file, { readOnly: true, engine: new SyncEngine() });
+        layers.push({ file: layer.file, format: layer.format, virtualSize: opened.size, diskUsage: fs.statSync(layer.file).blocks * 512 });
+        if (opened !== image) await opened.close();
       }
-      const diskUsage = fs.statSync(file).blocks * 512;
-      const result = { file, format: 'raw', virtualSize: image.size, diskUsage, dataBytes, dataExtents };
+      const clusterSize = image instanceof Qcow2Image ? image.clusterSize : undefined;
+      const result = {
+        file,
+        format: chain[0].format,
+        virtualSize: image.size,
+        diskUsage: layers[0].diskUsage,
+        ...(clusterSize ? { clusterSize } : {}),
+        dataBytes,
+        dataExtents: data.length,
+        ownBytes,
+        backingChain: layers.slice(1),
+      };
       if (v.json) {
         process.stdout.write(`${JSON.stringify(result)}\n`);
-      } else {
-        const pct = image.size ? ((100 * dataBytes) / image.size).toFixed(1) : '0.0';
-        process.stdout.write(
-          `file:          ${file}\n` +
-            `format:        raw\n` +
-            `virtual size:  ${formatSize(image.size)} (${image.size} bytes)\n` +
-            `disk usage:    ${formatSize(diskUsage)}\n` +
-            `data:          ${formatSize(dataBytes)} in ${dataExtents} extents (${pct}% of the virtual size)\n`,
-        );
+        return 0;
       }
+      const pct = (n: number): string => (image.size ? ((100 * n) / image.size).toFixed(1) : '0.0');
+      let out =
+        `file:          ${file}\n` +
+        `format:        ${result.format}${clusterSize ? ` (cluster size ${formatSize(clusterSize)})` : ''}\n` +
+        `virtual size:  ${formatSize(image.size)} (${image.size} bytes)\n` +
+        `disk usage:    ${formatSize(result.diskUsage)}\n` +
+        `data:          ${formatSize(dataBytes)} in ${data.length} extents (${pct(dataBytes)}% of the virtual size)\n`;
+      if (chain.length > 1) {
+        out += `in this layer: ${formatSize(ownBytes)} (${pct(ownBytes)}%; the rest reads through to the backing chain)\n`;
+        out += `backing chain:\n`;
+        layers.slice(1).forEach((l, i) => {
+          out += `  ${i + 1}. ${l.file} (${l.format}, ${formatSize(l.virtualSize)})\n`;
+        });
+      }
+      process.stdout.write(out);
       return 0;
     } finally {
       await image.close();

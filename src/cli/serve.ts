@@ -3,6 +3,7 @@
 // order (see server/server.ts) and exit 0. A second signal exits at once.
 
 import fs from 'node:fs';
+import { openImage } from '../device/images/open.js';
 import { RawImage } from '../device/images/raw.js';
 import { ENGINE_NAMES } from '../io/engine.js';
 import { chooseEngine } from '../io/probe.js';
@@ -31,7 +32,8 @@ interface ServeValues {
 const HELP = `Usage: vblk serve [FILE] [options]
 
 Serve FILE over NBD as the default export (the empty name), together with
-any named exports. Prints one NBD URI per export and listener on stdout
+any named exports. Images may be raw or qcow2; a qcow2 image's backing
+chain is opened read-only below it. Prints one NBD URI per export and listener on stdout
 once it is accepting connections; logs go to stderr as JSON lines.
 SIGINT or SIGTERM finishes the requests in flight, flushes, removes the
 socket and exits 0.
@@ -68,6 +70,8 @@ Examples:
   vblk serve disk.img --listen 10809 --read-only
       nbdinfo nbd://127.0.0.1:10809
   vblk serve disk.img --socket /tmp/vblk.sock --engine uring --direct
+  vblk serve top.qcow2 --socket /tmp/vblk.sock
+      nbdinfo --map=qemu:allocation-depth nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve var/default.img --create 1G --socket var/vblk.sock
 `;
 
@@ -146,7 +150,7 @@ export const serve: Command<ServeValues> = {
     try {
       for (const s of specs) {
         const readOnly = s.readOnly || v['read-only'] === true;
-        registry.add(s.name, RawImage.open(s.file, { readOnly, engine, direct }));
+        registry.add(s.name, await openImage(s.file, { readOnly, engine, direct }));
         log.info({ export: s.name, file: s.file, readOnly, engine: engine.name, direct, reason }, 'export ready');
       }
     } catch (err) {

@@ -38,6 +38,11 @@ export interface Extent {
   hole: boolean;
   /** Reads as zeroes. */
   zero: boolean;
+  /**
+   * Which layer of a backing chain holds the range: 1 the image itself,
+   * 2 its backing file, and so on; 0 none (reads as zeroes). Absent means 1.
+   */
+  depth?: number;
 }
 
 export interface BlockSizes {

@@ -91,8 +91,7 @@ export class RawImage implements BlockDevice {
 
   static open(path: string, options: RawOptions): RawImage {
     const direct = options.direct === true;
-    const flags = (options.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | directFlag(direct);
-    const fd = openImage(path, flags, direct);
+    const fd = openImageFile(path, options.readOnly, direct);
     try {
       const stat = fs.fstatSync(fd);
       if (!stat.isFile() && !stat.isBlockDevice()) throw new Error(`${path} is neither a file nor a block device`);
@@ -106,7 +105,7 @@ export class RawImage implements BlockDevice {
       // Punching a hole past the end of the file changes nothing and tells
       // whether the file system can punch at all.
       const punch = !options.readOnly && probe(() => fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size, 4096));
-      const dsyncFd = options.readOnly ? fd : openImage(path, flags | fs.constants.O_DSYNC, direct);
+      const dsyncFd = options.readOnly ? fd : openImageFile(path, false, direct, fs.constants.O_DSYNC);
       return new RawImage(path, fd, dsyncFd, size, engine, options.readOnly, sparse, punch, direct);
     } catch (err) {
       fs.closeSync(fd);
@@ -223,11 +222,10 @@ function probe(call: () => unknown): boolean {
   }
 }
 
-function directFlag(direct: boolean): number {
-  return direct && process.platform === 'linux' ? fs.constants.O_DIRECT : 0;
-}
-
-function openImage(path: string, flags: number, direct: boolean): number {
+/** Opens an image file for reading, or reading and writing, with direct I/O if asked. */
+export function openImageFile(path: string, readOnly: boolean, direct: boolean, extraFlags = 0): number {
+  const directFlag = direct && process.platform === 'linux' ? fs.constants.O_DIRECT : 0;
+  const flags = (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | directFlag | extraFlags;
   let fd: number;
   try {
     fd = fs.openSync(path, flags);

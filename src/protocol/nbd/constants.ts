@@ -133,6 +133,8 @@ export const STATE_HOLE = 1 << 0;
 export const STATE_ZERO = 1 << 1;
 
 export const META_BASE_ALLOCATION = 'base:allocation';
+/** QEMU's context: the value is the depth in the backing chain (0 unallocated, 1 top, 2 its backing…). */
+export const META_ALLOCATION_DEPTH = 'qemu:allocation-depth';
 
 /** Strings (names, descriptions, messages) may not exceed this. */
 export const MAX_STRING = 4096;

@@ -13,6 +13,7 @@ import {
   FLAG_NO_ZEROES,
   INFO,
   MAX_STRING,
+  META_ALLOCATION_DEPTH,
   META_BASE_ALLOCATION,
   OPT,
   REP,
@@ -75,7 +76,7 @@ export interface Step {
 }
 
 /** The meta contexts this server offers on every export. */
-const META_CONTEXTS = [META_BASE_ALLOCATION];
+const META_CONTEXTS = [META_BASE_ALLOCATION, META_ALLOCATION_DEPTH];
 
 type OptionHandler = (hs: Handshake, option: number, payload: Buffer) => Step;
 
@@ -215,7 +216,7 @@ function structuredReply(hs: Handshake, option: number, payload: Buffer): Step {
 function matchQuery(query: string, wildcard: boolean): string[] | 'invalid' {
   const colon = query.indexOf(':');
   if (colon <= 0) return 'invalid';
-  if (query === META_BASE_ALLOCATION) return [query];
+  if (META_CONTEXTS.includes(query)) return [query];
   if (wildcard && query === query.slice(0, colon + 1)) {
     return META_CONTEXTS.filter((c) => c.startsWith(query));
   }

@@ -4,10 +4,11 @@
 // the header buffer. Pure functions: no sockets here.
 
 import type { Extent, ReadSegment } from '../../device/types.js';
-import { CHUNK, CHUNK_HEADER_SIZE, REPLY_FLAG_DONE, SIMPLE_REPLY_SIZE, STATE_HOLE, STATE_ZERO } from './constants.js';
+import { CHUNK, CHUNK_HEADER_SIZE, META_ALLOCATION_DEPTH, REPLY_FLAG_DONE, SIMPLE_REPLY_SIZE, STATE_HOLE, STATE_ZERO } from './constants.js';
 import type { MetaContext } from './handshake.js';
 import { limitedString } from './strings.js';
 import {
+  type BlockDescriptor,
   blockStatusSize,
   encodeBlockStatus,
   encodeChunkHeader,
@@ -61,20 +62,33 @@ export function readChunks(cookie: bigint, segments: ReadSegment[]): Frame[] {
   });
 }
 
-/** base:allocation flags of an extent. */
-export function allocationFlags(e: Extent): number {
+/** The status value an extent has in a meta context. */
+export function contextStatus(context: string, e: Extent): number {
+  if (context === META_ALLOCATION_DEPTH) return e.depth ?? 1;
   return (e.hole ? STATE_HOLE : 0) | (e.zero ? STATE_ZERO : 0);
+}
+
+/** Descriptors for one context, neighbours with the same status joined. */
+function descriptors(context: string, extents: Extent[]): BlockDescriptor[] {
+  const out: BlockDescriptor[] = [];
+  for (const e of extents) {
+    const flags = contextStatus(context, e);
+    const last = out[out.length - 1];
+    if (last && last.flags === flags) last.length += e.length;
+    else out.push({ length: e.length, flags });
+  }
+  return out;
 }
 
 /** One BLOCK_STATUS chunk per selected context; the last one carries DONE. */
 export function blockStatusChunks(cookie: bigint, contexts: MetaContext[], extents: Extent[]): Frame[] {
-  const descriptors = extents.map((e) => ({ length: e.length, flags: allocationFlags(e) }));
-  const size = blockStatusSize(descriptors.length);
   return contexts.map((c, i) => {
+    const list = descriptors(c.name, extents);
+    const size = blockStatusSize(list.length);
     const buf = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + size);
     const flags = i === contexts.length - 1 ? REPLY_FLAG_DONE : 0;
     const p = encodeChunkHeader(buf, 0, flags, CHUNK.BLOCK_STATUS, cookie, size);
-    encodeBlockStatus(buf, p, c.id, descriptors);
+    encodeBlockStatus(buf, p, c.id, list);
     return [buf];
   });
 }

@@ -1,0 +1,86 @@
+// Opening an image by what it is: raw, or qcow2 with its backing chain.
+// A qcow2 image's backing file is found relative to the image's own
+// directory, in the format its header names (or, as QEMU does when the
+// header says nothing, the format it looks like). Backing files open
+// read-only. Chains deeper than MAX_CHAIN are refused as loops.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { IoEngine } from '../../io/engine.js';
+import type { BlockDevice } from '../types.js';
+import { decodeHeader, QCOW2_MAGIC } from './qcow2/format.js';
+import { Qcow2Image } from './qcow2/qcow2-image.js';
+import { openImageFile, RawImage } from './raw.js';
+
+export type Format = 'raw' | 'qcow2';
+const MAX_CHAIN = 64;
+
+export function detectFormat(file: string): Format {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const head = Buffer.alloc(4);
+    return fs.readSync(fd, head, 0, 4, 0) === 4 && head.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export interface OpenOptions {
+  readOnly: boolean;
+  engine: IoEngine;
+  direct?: boolean;
+}
+
+/** The layers of a chain, top first: each file and its format. */
+export function backingChain(file: string): { file: string; format: Format }[] {
+  const chain: { file: string; format: Format }[] = [];
+  let current: { file: string; format: Format } | null = { file, format: detectFormat(file) };
+  while (current) {
+    if (chain.length >= MAX_CHAIN) throw new Error(`${file}: backing chain deeper than ${MAX_CHAIN} (a loop?)`);
+    chain.push(current);
+    current = current.format === 'qcow2' ? backingOf(current.file) : null;
+  }
+  return chain;
+}
+
+function backingOf(file: string): { file: string; format: Format } | null {
+  const fd = fs.openSync(file, 'r');
+  let header;
+  try {
+    const buf = Buffer.alloc(2 << 20);
+    header = decodeHeader(buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)));
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (!header.backingFile) return null;
+  const below = path.resolve(path.dirname(file), header.backingFile);
+  const format = header.backingFormat ?? detectFormat(below);
+  if (format !== 'raw' && format !== 'qcow2') throw new Error(`${file}: backing format '${format}' is not supported`);
+  return { file: below, format };
+}
+
+export async function openImage(file: string, options: OpenOptions): Promise<BlockDevice> {
+  const chain = backingChain(file);
+  let below: BlockDevice | null = null;
+  try {
+    for (let i = chain.length - 1; i >= 0; i--) {
+      const layer = chain[i];
+      const readOnly = i > 0 || options.readOnly;
+      if (layer.format === 'raw') {
+        below = RawImage.open(layer.file, { readOnly, engine: options.engine, direct: options.direct });
+      } else {
+        const fd = openImageFile(layer.file, readOnly, options.direct === true);
+        try {
+          below = await Qcow2Image.open(layer.file, { readOnly, engine: options.engine, backing: below, fd });
+        } catch (err) {
+          fs.closeSync(fd);
+          throw err;
+        }
+      }
+    }
+  } catch (err) {
+    await below?.close();
+    throw err;
+  }
+  return below!;
+}

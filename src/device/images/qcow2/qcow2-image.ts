@@ -1,0 +1,472 @@
+// A qcow2 image as a BlockDevice: reads through L1/L2 to data, zero,
+// compressed or unallocated clusters (the last from the backing device,
+// or zeroes past its end); writes in place to clusters it owns alone
+// (COPIED), and otherwise allocates a new cluster and writes it whole,
+// merged with what the guest saw there before (copy-on-write).
+//
+// Crash safety follows the order in REFERENCE.md: refcount up before any
+// L1/L2 entry points at a cluster, the cluster's data before the L2 entry
+// that exposes it, a new L2 table before its L1 entry, and references
+// dropped before refcounts. Metadata changes run one at a time under a
+// mutex; cluster data is written outside it, so allocations of different
+// clusters overlap. Writes racing for the same unallocated cluster wait
+// for the first allocation and then write in place.
+//
+// Zeroing and trimming whole clusters only edits L2 entries: the zero
+// flag hides the backing file; where there is no backing file a trimmed
+// cluster is simply deallocated. Everything is written through (no dirty
+// metadata cache), so FLUSH is one fdatasync and FUA a write plus one.
+
+import fs from 'node:fs';
+import { promisify } from 'node:util';
+import { inflateRawSync } from 'node:zlib';
+import type { IoEngine } from '../../../io/engine.js';
+import { DeviceError } from '../../errors.js';
+import { Mutex } from '../../mutex.js';
+import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../../types.js';
+import {
+  AUTOCLEAR_BITMAPS,
+  decodeHeader,
+  decodeL1,
+  decodeL2,
+  encodeEntry,
+  FIELD,
+  readOnlyReason,
+  unsupportedReason,
+  type Header,
+  type L2Entry,
+} from './format.js';
+import { ImageFile } from './image-file.js';
+import { Refcounts } from './refcounts.js';
+
+const close = promisify(fs.close);
+const L2_CACHE_TABLES = 512;
+const MAX_EXTENTS = 1024;
+
+export interface Qcow2Options {
+  readOnly: boolean;
+  engine: IoEngine;
+  /** The opened backing device, if the image has one. */
+  backing: BlockDevice | null;
+  /** Descriptors already opened (and locked) by the caller; closed with the image. */
+  fd: number;
+}
+
+/** Where a guest cluster's data is, for the map command and block status. */
+export type ClusterState = L2Entry;
+
+export class Qcow2Image implements BlockDevice {
+  readonly size: number;
+  readonly capabilities: Capabilities;
+  readonly description: string;
+  readonly clusterSize: number;
+  private readonly clusterBits: number;
+  private readonly l2Entries: number;
+  private readonly l1: Buffer;
+  private readonly l2Cache = new Map<number, Buffer>();
+  /** Tables being read: concurrent lookups share one read and one buffer. */
+  private readonly l2Loading = new Map<number, Promise<Buffer>>();
+  /** Tables with an entry write in flight: never evicted, so never re-read stale. */
+  private readonly l2Writing = new Map<number, number>();
+  private readonly meta = new Mutex();
+  private readonly allocating = new Map<number, Promise<void>>();
+
+  private constructor(
+    readonly path: string,
+    readonly header: Header,
+    private readonly file: ImageFile,
+    private readonly fd: number,
+    l1: Buffer,
+    private readonly refcounts: Refcounts | null,
+    readonly backing: BlockDevice | null,
+    readOnly: boolean,
+  ) {
+    this.size = header.size;
+    this.clusterBits = header.clusterBits;
+    this.clusterSize = 2 ** header.clusterBits;
+    this.l2Entries = this.clusterSize / 8;
+    this.l1 = l1;
+    const via = backing ? `, backed by ${backing.description}` : '';
+    this.description = `qcow2 image ${path}${readOnly ? ' (read-only)' : ''}${via}`;
+    this.capabilities = {
+      readOnly,
+      flush: !readOnly,
+      trim: !readOnly,
+      zero: !readOnly,
+      fastZero: !readOnly,
+      cache: false,
+      extents: true,
+      multiConn: true,
+      blockSizes: { minimum: 1, preferred: 4096, maximum: 32 << 20 },
+    };
+  }
+
+  static async open(path: string, options: Qcow2Options): Promise<Qcow2Image> {
+    const file = new ImageFile(options.fd, options.engine);
+    const first = readHead(path);
+    const header = decodeHeader(first);
+    const unsupported = unsupportedReason(header);
+    if (unsupported) throw new Error(`${path}: vblk cannot serve this qcow2 image: ${unsupported}`);
+    if (!options.readOnly) {
+      const why = readOnlyReason(header);
+      if (why) throw new Error(`${path}: vblk will not write this qcow2 image: ${why}; serve it read-only`);
+    }
+    const l1 = Buffer.from(await file.read(header.l1TableOffset, header.l1Size * 8));
+    let refcounts: Refcounts | null = null;
+    if (!options.readOnly) {
+      refcounts = await Refcounts.load(file, header, fs.fstatSync(options.fd).size);
+      if (header.autoclear & AUTOCLEAR_BITMAPS) {
+        // Persistent bitmaps we do not maintain: clearing the bit tells QEMU they are stale.
+        const field = Buffer.alloc(4);
+        field.writeUInt32BE((header.autoclear & ~AUTOCLEAR_BITMAPS) >>> 0, 0);
+        await file.write(field, FIELD.autoclearLow);
+        await file.sync();
+      }
+    }
+    return new Qcow2Image(path, header, file, options.fd, l1, refcounts, options.backing, options.readOnly);
+  }
+
+  // --- mapping --------------------------------------------------------
+
+  private async l2Table(offset: number): Promise<Buffer> {
+    const cached = this.l2Cache.get(offset);
+    if (cached) {
+      // Map order is insertion order: re-inserting makes it the most recent.
+      this.l2Cache.delete(offset);
+      this.l2Cache.set(offset, cached);
+      return cached;
+    }
+    let loading = this.l2Loading.get(offset);
+    if (!loading) {
+      loading = this.file.read(offset, this.clusterSize).then((b) => Buffer.from(b));
+      this.l2Loading.set(offset, loading);
+    }
+    const table = await loading;
+    this.l2Loading.delete(offset);
+    const installed = this.l2Cache.get(offset);
+    if (installed) return installed;
+    if (this.l2Cache.size >= L2_CACHE_TABLES) {
+      for (const key of this.l2Cache.keys()) {
+        if (this.l2Writing.has(key)) continue;
+        this.l2Cache.delete(key);
+        break;
+      }
+    }
+    this.l2Cache.set(offset, table);
+    return table;
+  }
+
+  /** The L2 entry of guest cluster `gc`. */
+  async lookup(gc: number): Promise<L2Entry> {
+    const l1Index = Math.floor(gc / this.l2Entries);
+    if (l1Index >= this.header.l1Size) return { kind: 'unallocated' };
+    const { host } = decodeL1(this.l1, l1Index);
+    if (!host) return { kind: 'unallocated' };
+    return decodeL2(await this.l2Table(host), gc % this.l2Entries, this.clusterBits);
+  }
+
+  // --- reads ----------------------------------------------------------
+
+  async read(req: Request): Promise<ReadSegment[]> {
+    const segments: ReadSegment[] = [];
+    await this.forEachCluster(req.offset, req.length, async (gc, offset, inner, length) => {
+      const e = await this.lookup(gc);
+      segments.push(...(await this.readCluster(e, offset, inner, length)));
+    });
+    return mergeZeroes(segments);
+  }
+
+  private async readCluster(e: L2Entry, offset: number, inner: number, length: number): Promise<ReadSegment[]> {
+    switch (e.kind) {
+      case 'data':
+        return [{ offset, length, data: await this.file.read(e.host + inner, length) }];
+      case 'zero':
+        return [{ offset, length, data: null }];
+      case 'compressed':
+        return [{ offset, length, data: (await this.decompress(e)).subarray(inner, inner + length) }];
+      case 'unallocated':
+        return this.readBelow(offset, length);
+    }
+  }
+
+  /** What the backing chain holds at [offset, offset + length), zeroes past its end. */
+  private async readBelow(offset: number, length: number): Promise<ReadSegment[]> {
+    const below = this.backing ? Math.max(0, Math.min(length, this.backing.size - offset)) : 0;
+    const out: ReadSegment[] = [];
+    if (below > 0) {
+      out.push(...(await this.backing!.read({ op: 'read', offset, length: below, fua: false, noHole: false, fastZero: false, reqOne: false, df: false })));
+    }
+    if (below < length) out.push({ offset: offset + below, length: length - below, data: null });
+    return out;
+  }
+
+  private async decompress(e: Extract<L2Entry, { kind: 'compressed' }>): Promise<Buffer> {
+    const size = Math.min(e.length, Math.max(0, fs.fstatSync(this.fd).size - e.host));
+    const packed = await this.file.read(e.host, size);
+    const data = inflateRawSync(packed, { finishFlush: 2 /* Z_SYNC_FLUSH: trailing bytes are fine */ });
+    if (data.length < this.clusterSize) {
+      const full = Buffer.alloc(this.clusterSize);
+      data.copy(full);
+      return full;
+    }
+    return data.subarray(0, this.clusterSize);
+  }
+
+  /** The whole guest cluster as the guest sees it now. */
+  private async clusterContent(gc: number, e: L2Entry): Promise<Buffer> {
+    const offset = gc * this.clusterSize;
+    const length = Math.min(this.clusterSize, this.size - offset);
+    const content = Buffer.alloc(this.clusterSize);
+    for (const s of await this.readCluster(e, offset, 0, length)) s.data?.copy(content, s.offset - offset);
+    return content;
+  }
+
+  // --- writes ---------------------------------------------------------
+
+  async write(req: Request): Promise<void> {
+    const data = req.data!;
+    await this.forEachCluster(req.offset, req.length, (gc, offset, inner, length) =>
+      this.writeCluster(gc, inner, data.subarray(offset - req.offset, offset - req.offset + length)),
+    );
+    if (req.fua) await this.file.sync();
+  }
+
+  private async writeCluster(gc: number, inner: number, data: Buffer): Promise<void> {
+    for (;;) {
+      const e = await this.lookup(gc);
+      if (e.kind === 'data' && e.copied) return this.file.write(data, e.host + inner);
+      const pending = this.allocating.get(gc);
+      if (pending) {
+        await pending;
+        continue;
+      }
+      return this.allocateCluster(gc, (old) => {
+        data.copy(old, inner);
+        return old;
+      }, inner === 0 && data.length === this.clusterSize);
+    }
+  }
+
+  /**
+   * Gives guest cluster `gc` a new host cluster holding fill(what the guest
+   * saw there), then points the L2 entry at it. `whole`: fill ignores the
+   * old content, so it is not read.
+   */
+  private async allocateCluster(gc: number, fill: (old: Buffer) => Buffer, whole: boolean): Promise<void> {
+    let done!: () => void;
+    this.allocating.set(gc, new Promise((resolve) => (done = resolve)));
+    try {
+      const { l2, host, old } = await this.meta.run(async () => {
+        const l2 = await this.ownL2Table(gc);
+        const old = decodeL2(await this.l2Table(l2), gc % this.l2Entries, this.clusterBits);
+        return { l2, host: await this.refcounts!.allocate(), old };
+      });
+      const content = fill(whole ? Buffer.alloc(this.clusterSize) : await this.clusterContent(gc, old));
+      await this.file.write(content, host);
+      await this.meta.run(async () => {
+        await this.setL2(l2, gc, host, true, false);
+        await this.release(old);
+      });
+    } finally {
+      this.allocating.delete(gc);
+      done();
+    }
+  }
+
+  /** The host offset of gc's L2 table, allocating an empty one if there is none. Under the mutex. */
+  private async ownL2Table(gc: number): Promise<number> {
+    const l1Index = Math.floor(gc / this.l2Entries);
+    if (l1Index >= this.header.l1Size) throw new DeviceError('EIO', 'qcow2: L1 table too small for the virtual size');
+    const { host, copied } = decodeL1(this.l1, l1Index);
+    if (host && !copied) throw new DeviceError('EIO', 'qcow2: shared L2 table (internal snapshots are not supported)');
+    if (host) return host;
+    const table = await this.refcounts!.allocate();
+    const empty = Buffer.alloc(this.clusterSize);
+    await this.file.write(empty, table);
+    const entry = Buffer.alloc(8);
+    encodeEntry(entry, 0, table, true);
+    await this.file.write(entry, this.header.l1TableOffset + 8 * l1Index);
+    entry.copy(this.l1, 8 * l1Index);
+    this.l2Cache.set(table, empty);
+    return table;
+  }
+
+  /** Writes L2 entry of gc (table at `l2`). Under the mutex. */
+  private async setL2(l2: number, gc: number, host: number, copied: boolean, zero: boolean): Promise<void> {
+    const table = await this.l2Table(l2);
+    const i = gc % this.l2Entries;
+    encodeEntry(table, 8 * i, host, copied, zero);
+    this.l2Writing.set(l2, (this.l2Writing.get(l2) ?? 0) + 1);
+    try {
+      await this.file.write(Buffer.from(table.subarray(8 * i, 8 * i + 8)), l2 + 8 * i);
+    } finally {
+      const n = this.l2Writing.get(l2)! - 1;
+      if (n) this.l2Writing.set(l2, n);
+      else this.l2Writing.delete(l2);
+    }
+  }
+
+  /** Drops the reference an old entry held (after nothing points to it any more). */
+  private async release(old: L2Entry): Promise<void> {
+    if (old.kind === 'data' || (old.kind === 'zero' && old.host)) await this.refcounts!.change(old.host, -1);
+    else if (old.kind === 'compressed') {
+      // A compressed cluster's bytes may span two host clusters, each counted.
+      const first = Math.floor(old.host / this.clusterSize) * this.clusterSize;
+      const last = Math.floor((old.host + old.length - 1) / this.clusterSize) * this.clusterSize;
+      for (let c = first; c <= last; c += this.clusterSize) await this.refcounts!.change(c, -1);
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.file.sync();
+  }
+
+  // --- zeroes and trim --------------------------------------------------
+
+  async writeZeroes(req: Request): Promise<void> {
+    const { head, whole, tail } = this.split(req.offset, req.length);
+    if (req.fastZero && (head || tail)) {
+      throw new DeviceError('ENOTSUP', 'only whole qcow2 clusters can be zeroed fast');
+    }
+    for (const part of [head, tail]) {
+      if (part) await this.write({ ...req, op: 'write', offset: part.offset, length: part.length, data: Buffer.alloc(part.length), fua: false });
+    }
+    for (let gc = whole.first; gc < whole.end; gc++) await this.zeroCluster(gc, req.noHole, false);
+    if (req.fua) await this.file.sync();
+  }
+
+  async trim(req: Request): Promise<void> {
+    const { whole } = this.split(req.offset, req.length);
+    for (let gc = whole.first; gc < whole.end; gc++) await this.zeroCluster(gc, false, true);
+    if (req.fua) await this.file.sync();
+  }
+
+  /**
+   * Makes guest cluster gc read as zeroes by its L2 entry alone. With
+   * `keep` (NO_HOLE) an owned cluster keeps its allocation; a trim where no
+   * backing file shows through deallocates it.
+   */
+  private async zeroCluster(gc: number, keep: boolean, trim: boolean): Promise<void> {
+    while (this.allocating.has(gc)) await this.allocating.get(gc);
+    await this.meta.run(async () => {
+      const old = await this.lookup(gc);
+      const showsThrough = this.backing !== null && gc * this.clusterSize < this.backing.size;
+      if (old.kind === 'unallocated' && !showsThrough) return;
+      if (old.kind === 'zero' && !(trim && !showsThrough)) return;
+      const l2 = await this.ownL2Table(gc);
+      if (keep && old.kind === 'data' && old.copied) return this.setL2(l2, gc, old.host, true, true);
+      if (trim && !showsThrough) await this.setL2(l2, gc, 0, false, false);
+      else await this.setL2(l2, gc, 0, false, true);
+      await this.release(old);
+    });
+  }
+
+  /** Splits a range into partial clusters at its ends and whole clusters between. */
+  private split(offset: number, length: number) {
+    const cs = this.clusterSize;
+    const end = offset + length;
+    // The last cluster counts as whole when the range runs to the end of the disk.
+    const firstWhole = Math.ceil(offset / cs);
+    const endWhole = end === this.size ? Math.ceil(end / cs) : Math.floor(end / cs);
+    if (firstWhole >= endWhole) return { head: length ? { offset, length } : null, whole: { first: 0, end: 0 }, tail: null };
+    const head = offset < firstWhole * cs ? { offset, length: firstWhole * cs - offset } : null;
+    const tailStart = endWhole * cs;
+    const tail = tailStart < end ? { offset: tailStart, length: end - tailStart } : null;
+    return { head, whole: { first: firstWhole, end: endWhole }, tail };
+  }
+
+  // --- block status -----------------------------------------------------
+
+  async cache(): Promise<void> {}
+
+  async blockStatus(req: Request): Promise<Extent[]> {
+    const extents: Extent[] = [];
+    const push = (e: Extent): void => {
+      const last = extents[extents.length - 1];
+      if (last && last.hole === e.hole && last.zero === e.zero && last.depth === e.depth) last.length += e.length;
+      else extents.push({ ...e });
+    };
+    const limit = req.reqOne ? 1 : MAX_EXTENTS;
+    let pos = req.offset;
+    const end = req.offset + req.length;
+    while (pos < end && extents.length <= limit) {
+      const gc = Math.floor(pos / this.clusterSize);
+      const length = Math.min(end, (gc + 1) * this.clusterSize) - pos;
+      const e = await this.lookup(gc);
+      if (e.kind === 'unallocated') {
+        // A run of unallocated clusters asks the backing chain once.
+        let runEnd = pos + length;
+        while (runEnd < end && (await this.lookup(Math.floor(runEnd / this.clusterSize))).kind === 'unallocated') {
+          runEnd = Math.min(end, runEnd + this.clusterSize);
+        }
+        for (const x of await this.statusBelow(pos, runEnd - pos)) push(x);
+        pos = runEnd;
+        continue;
+      }
+      push(e.kind === 'zero' ? { length, hole: true, zero: true, depth: 1 } : { length, hole: false, zero: false, depth: 1 });
+      pos += length;
+    }
+    return extents.slice(0, limit);
+  }
+
+  private async statusBelow(offset: number, length: number): Promise<Extent[]> {
+    const below = this.backing ? Math.max(0, Math.min(length, this.backing.size - offset)) : 0;
+    const out: Extent[] = [];
+    for (let pos = offset; pos < offset + below; ) {
+      const extents = await this.backing!.blockStatus({ op: 'blockStatus', offset: pos, length: offset + below - pos, fua: false, noHole: false, fastZero: false, reqOne: false, df: false });
+      for (const e of extents) {
+        const len = Math.min(e.length, offset + below - pos);
+        out.push({ length: len, hole: e.hole, zero: e.zero, depth: e.depth === 0 ? 0 : (e.depth ?? 1) + 1 });
+        pos += len;
+      }
+    }
+    if (below < length) out.push({ length: length - below, hole: true, zero: true, depth: 0 });
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await this.backing?.close();
+    await close(this.fd);
+  }
+
+  // --- helpers ------------------------------------------------------------
+
+  /** Calls fn for each guest cluster the range touches, all at once. */
+  private async forEachCluster(
+    offset: number,
+    length: number,
+    fn: (gc: number, offset: number, inner: number, length: number) => Promise<void>,
+  ): Promise<void> {
+    const calls: Promise<void>[] = [];
+    for (let pos = offset; pos < offset + length; ) {
+      const gc = Math.floor(pos / this.clusterSize);
+      const inner = pos - gc * this.clusterSize;
+      const n = Math.min(offset + length - pos, this.clusterSize - inner);
+      calls.push(fn(gc, pos, inner, n));
+      pos += n;
+    }
+    await Promise.all(calls);
+  }
+}
+
+/** The first 2 MiB (the largest cluster) through a plain descriptor: the image's may be O_DIRECT. */
+function readHead(path: string): Buffer {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(2 << 20);
+    return buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Joins neighbouring zero segments (data segments stay as they are). */
+function mergeZeroes(segments: ReadSegment[]): ReadSegment[] {
+  const out: ReadSegment[] = [];
+  for (const s of segments.sort((a, b) => a.offset - b.offset)) {
+    const last = out[out.length - 1];
+    if (last && !last.data && !s.data) last.length += s.length;
+    else out.push(s);
+  }
+  return out;
+}

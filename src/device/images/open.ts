@@ -69,13 +69,7 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
       if (layer.format === 'raw') {
         below = RawImage.open(layer.file, { readOnly, engine: options.engine, direct: options.direct });
       } else {
-        const fd = openImageFile(layer.file, readOnly, options.direct === true);
-        try {
-          below = await Qcow2Image.open(layer.file, { readOnly, engine: options.engine, backing: below, fd });
-        } catch (err) {
-          fs.closeSync(fd);
-          throw err;
-        }
+        below = await openQcow2(layer.file, { readOnly, engine: options.engine, direct: options.direct }, below);
       }
     }
   } catch (err) {
@@ -83,4 +77,20 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
     throw err;
   }
   return below!;
+}
+
+async function openQcow2(file: string, options: OpenOptions, backing: BlockDevice | null): Promise<Qcow2Image> {
+  const fd = openImageFile(file, options.readOnly, options.direct === true);
+  try {
+    return await Qcow2Image.open(file, { readOnly: options.readOnly, engine: options.engine, backing, fd });
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/** One layer alone, read-only, without its backing file (reads of what it lacks are zeroes). */
+export async function openLayer(file: string, engine: IoEngine): Promise<BlockDevice> {
+  if (detectFormat(file) === 'raw') return RawImage.open(file, { readOnly: true, engine });
+  return openQcow2(file, { readOnly: true, engine }, null);
 }

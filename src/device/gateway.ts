@@ -7,7 +7,7 @@
 
 import { DeviceError, toDeviceError } from './errors.js';
 import { OverlapQueue, type Ticket } from '../io/overlap-queue.js';
-import type { BlockDevice, Capabilities, Extent, ReadSegment, Request, Result } from './types.js';
+import { joinSegments, type BlockDevice, type Capabilities, type Extent, type ReadSegment, type Request, type Result } from './types.js';
 
 const ZERO_WRITE_CHUNK = 1 << 20;
 
@@ -138,10 +138,7 @@ export class Gateway {
 
 /** One data segment covering the whole request, zero-filling any holes. */
 function contiguous(req: Request, segments: ReadSegment[]): ReadSegment[] {
-  if (segments.length === 1 && segments[0].data) return segments;
-  const data = Buffer.alloc(req.length);
-  for (const s of segments) s.data?.copy(data, s.offset - req.offset);
-  return [{ offset: req.offset, length: req.length, data }];
+  return [{ offset: req.offset, length: req.length, data: joinSegments(req.offset, req.length, segments) }];
 }
 
 /** At least one extent, and with reqOne exactly one no longer than the request. */

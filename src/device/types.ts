@@ -92,3 +92,11 @@ export interface BlockDevice {
 export function request(op: Op, offset: number, length: number, extra: Partial<Request> = {}): Request {
   return { op, offset, length, fua: false, noHole: false, fastZero: false, reqOne: false, df: false, ...extra };
 }
+
+/** The bytes of a read as one buffer, holes filled with zeroes. */
+export function joinSegments(offset: number, length: number, segments: ReadSegment[]): Buffer {
+  if (segments.length === 1 && segments[0].data && segments[0].length === length) return segments[0].data;
+  const data = Buffer.alloc(length);
+  for (const s of segments) s.data?.copy(data, s.offset - offset);
+  return data;
+}

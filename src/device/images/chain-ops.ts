@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { IoEngine } from '../../io/engine.js';
-import { request, type BlockDevice } from '../types.js';
+import { joinSegments, request, type BlockDevice } from '../types.js';
 import { imageMap, type MapEntry } from './map.js';
 import { backingChain, openImage, openLayer, type Format } from './open.js';
 import { decodeHeader, encodeHeader } from './qcow2/format.js';
@@ -29,8 +29,8 @@ async function copyLayer(source: BlockDevice, target: BlockDevice, map: MapEntry
     for (let off = e.start; off < e.start + e.length; off += CHUNK) {
       const length = Math.min(CHUNK, e.start + e.length - off);
       if (e.data) {
-        const segments = await source.read(request('read', off, length, { df: true }));
-        await target.write(request('write', off, length, { data: segments[0]?.data ?? Buffer.alloc(length) }));
+        const data = joinSegments(off, length, await source.read(request('read', off, length)));
+        await target.write(request('write', off, length, { data }));
       } else {
         await target.writeZeroes(request('writeZeroes', off, length));
       }

@@ -6,12 +6,13 @@ import { create } from './create.js';
 import { runCommand, UsageError, type Command } from './command.js';
 import { info } from './info.js';
 import { commit } from './commit.js';
+import { clone } from './clone.js';
 import { map } from './map.js';
 import { snapshot } from './snapshot.js';
 import { serve } from './serve.js';
 
 // Each subcommand has its own option types; here they are all alike.
-const COMMANDS = [serve, create, info, map, snapshot, commit] as unknown as Command<unknown>[];
+const COMMANDS = [serve, create, info, map, snapshot, commit, clone] as unknown as Command<unknown>[];
 
 const HELP = `Usage: vblk COMMAND [options]
 

@@ -1,8 +1,9 @@
 // The few system calls Node's fs lacks, bound with koffi: lseek with
 // SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges),
-// posix_fadvise (read-ahead for CACHE) and fcntl(F_NOCACHE) (macOS's
-// direct I/O). They are synchronous: each is
-// a metadata operation that costs microseconds, cheaper than a hop to a
+// posix_fadvise (read-ahead for CACHE), fcntl(F_NOCACHE) (macOS's
+// direct I/O), ioctl(FICLONE) and copy_file_range (vblk clone). They
+// are synchronous: each is a metadata operation of microseconds (a
+// copy goes in bounded chunks), cheaper than a hop to a
 // worker thread. Failures throw an Error carrying the errno name in
 // `code`, like Node's own fs errors. Where libc or a call is missing (not
 // Linux, no koffi), the call throws ENOSYS and callers fall back.
@@ -26,6 +27,8 @@ interface Bindings {
   fallocate: Fn | null;
   fadvise: Fn | null;
   fcntl: Fn | null;
+  ioctl: Fn | null;
+  copyFileRange: ((fdIn: number, offIn: number[], fdOut: number, offOut: number[], len: number, flags: number) => number) | null;
   errno: () => number;
 }
 
@@ -49,6 +52,10 @@ function load(): Bindings | null {
       fallocate: optional('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
       fadvise: optional('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)'),
       fcntl: optional('int fcntl(int fd, int cmd, int arg)'),
+      ioctl: optional('int ioctl(int fd, unsigned long request, int arg)'),
+      copyFileRange: optional(
+        'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
+      ) as Bindings['copyFileRange'],
       errno: () => koffi.errno(),
     };
   } catch {
@@ -105,4 +112,23 @@ const F_NOCACHE = 48;
 export function setNoCache(fd: number): void {
   if (process.platform !== 'darwin' || !bindings?.fcntl) throw unavailable('fcntl(F_NOCACHE)');
   if (bindings.fcntl(fd, F_NOCACHE, 1) === -1) throw systemError('fcntl', bindings.errno());
+}
+
+const FICLONE = 0x40049409;
+
+/** Linux: make dst share src's extents (a reflink) on XFS, btrfs and the like. */
+export function ficlone(dstFd: number, srcFd: number): void {
+  if (!bindings?.ioctl || process.platform !== 'linux') throw unavailable('ioctl(FICLONE)');
+  if (bindings.ioctl(dstFd, FICLONE, srcFd) === -1) throw systemError('ioctl(FICLONE)', bindings.errno());
+}
+
+/**
+ * Linux: copy up to `length` bytes from src at srcOffset to dst at
+ * dstOffset inside the kernel; returns the bytes copied (0 at src's end).
+ */
+export function copyFileRange(srcFd: number, srcOffset: number, dstFd: number, dstOffset: number, length: number): number {
+  if (!bindings?.copyFileRange) throw unavailable('copy_file_range');
+  const r = bindings.copyFileRange(srcFd, [srcOffset], dstFd, [dstOffset], length, 0);
+  if (r < 0) throw systemError('copy_file_range', bindings.errno());
+  return Number(r);
 }

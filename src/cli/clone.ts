@@ -1,0 +1,66 @@
+// vblk clone: copy a whole image file, by reflink where the file system
+// can share extents, by a sparse in-kernel copy elsewhere.
+
+import { cloneImage } from '../device/images/clone.js';
+import { UsageError, type Command } from './command.js';
+import { progressLine } from './progress.js';
+import { formatSize } from './size.js';
+
+const HELP = `Usage: vblk clone SRC DST [--force] [--no-reflink]
+
+Make DST a copy of the image file SRC, raw or qcow2, with SRC's
+permissions. On XFS (mkfs.xfs -m reflink=1), btrfs and other file systems
+that share extents it is a reflink: instant, and no space is used until
+either file changes. Elsewhere it copies SRC's data with copy_file_range,
+skipping holes, so DST is as sparse as SRC; a progress bar shows on
+stderr. The last line says which of the two it did, and why no reflink.
+
+A qcow2 file is copied as it is, backing file name included. A relative
+backing name is read from the image's own directory, so when it would
+name a different file (or none) from DST's directory, clone refuses and
+writes nothing: clone into SRC's directory, or make an overlay instead
+(vblk create DST --backing FILE).
+
+Stop anything that writes SRC first (vblk serve, QEMU).
+
+Options:
+  --force        replace DST if it exists (the old DST stays until the
+                 new one is complete)
+  --no-reflink   copy even where a reflink is possible
+  -h, --help     show this help
+
+Examples:
+  vblk clone golden.img vm1.img
+  vblk clone base.qcow2 base-copy.qcow2
+  vblk clone disk.qcow2 disk-backup.qcow2 --force
+`;
+
+export const clone: Command<{ force?: boolean; 'no-reflink'?: boolean }> = {
+  name: 'clone',
+  summary: 'copy an image file (reflink where possible, else a sparse copy)',
+  help: HELP,
+  options: { force: { type: 'boolean' }, 'no-reflink': { type: 'boolean' } },
+  async run(v, positionals) {
+    if (positionals.length !== 2) throw new UsageError('expected SRC and DST');
+    const [src, dst] = positionals;
+    const bar = progressLine(`copying ${src}`);
+    let started = false;
+    const result = cloneImage(src, dst, {
+      force: v.force,
+      noReflink: v['no-reflink'],
+      progress(done, total) {
+        started = true;
+        bar.update(done, total);
+      },
+    });
+    if (started) bar.finish();
+    const what = `${src} -> ${dst}, ${formatSize(result.size)}`;
+    if (result.method === 'reflink') {
+      process.stdout.write(`cloned with reflink: ${what}\n`);
+    } else {
+      const why = result.reason === null ? '--no-reflink' : `reflink not supported here: ${result.reason}`;
+      process.stdout.write(`copied ${result.copied} bytes with ${result.method} (${why}): ${what} image\n`);
+    }
+    return 0;
+  },
+};

@@ -26,7 +26,8 @@ Stop anything that writes SRC first (vblk serve, QEMU).
 Options:
   --force        replace DST if it exists (the old DST stays until the
                  new one is complete)
-  --no-reflink   copy even where a reflink is possible
+  --no-reflink   do not try FICLONE; copy with copy_file_range (which
+                 XFS and btrfs may still do by sharing extents)
   -h, --help     show this help
 
 Examples:

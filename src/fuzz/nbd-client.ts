@@ -41,6 +41,8 @@ export class RawClient {
   private wake: (() => void) | null = null;
   private ended = false;
   readonly closed: Promise<void>;
+  /** How long read() waits by default. */
+  timeoutMs = 5000;
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (d: Buffer) => {
@@ -94,7 +96,7 @@ export class RawClient {
   }
 
   /** Exactly n bytes; rejects if the server closes first or time runs out. */
-  async read(n: number, timeoutMs = 5000): Promise<Buffer> {
+  async read(n: number, timeoutMs = this.timeoutMs): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const got = this.input.take(n);

@@ -7,6 +7,7 @@ import { runCommand, UsageError, type Command } from './command.js';
 import { info } from './info.js';
 import { commit } from './commit.js';
 import { clone } from './clone.js';
+import { fuzz } from './fuzz.js';
 import { map } from './map.js';
 import { snapshot } from './snapshot.js';
 import { serve } from './serve.js';

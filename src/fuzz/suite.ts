@@ -372,7 +372,11 @@ export async function runModelSuite(opts: SuiteOptions, run: SuiteRun['params'])
   const shape: ExportShape = { size: info.size, maxPayload: info.maxPayload, names: [full.exportName] };
   const ignored: Violation[] = [];
   let last = null as Violation | null;
+  // Once the server died, nothing shorter can be tried: every later run
+  // passes, so fast-check keeps the sequence that killed it.
+  let dead = false;
   const property = fc.asyncProperty(commandsArbitrary(shape, { destructive: full.destructive, connections: full.connections }), async (cmds) => {
+    if (dead) return;
     const real = new Real(full, info.size);
     try {
       if (full.resetToZero && full.destructive) {
@@ -382,6 +386,7 @@ export async function runModelSuite(opts: SuiteOptions, run: SuiteRun['params'])
       await fc.asyncModelRun(() => ({ model: { open: new Array<boolean>(full.connections).fill(false) }, real }), cmds);
     } catch (err) {
       if (isViolation(err)) last = err;
+      if (isViolation(err) && err.level === 'CRASH') dead = true;
       throw err;
     } finally {
       real.closeAll();

@@ -13,7 +13,7 @@ import { snapshot } from './snapshot.js';
 import { serve } from './serve.js';
 
 // Each subcommand has its own option types; here they are all alike.
-const COMMANDS = [serve, create, info, map, snapshot, commit, clone] as unknown as Command<unknown>[];
+const COMMANDS = [serve, create, info, map, snapshot, commit, clone, fuzz] as unknown as Command<unknown>[];
 
 const HELP = `Usage: vblk COMMAND [options]
 

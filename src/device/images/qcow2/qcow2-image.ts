@@ -420,7 +420,9 @@ export class Qcow2Image implements BlockDevice {
         pos += len;
       }
     }
-    if (below < length) out.push({ length: length - below, hole: true, zero: true, depth: 0 });
+    // Past the end of a shorter backing file the zeroes count, as QEMU counts
+    // them for qemu:allocation-depth, as allocated in that backing layer.
+    if (below < length) out.push({ length: length - below, hole: true, zero: true, depth: this.backing ? 2 : 0 });
     return out;
   }
 

@@ -9,7 +9,7 @@ import { SyncEngine } from '../io/sync-engine.js';
 import { UsageError, type Command } from './command.js';
 import { formatSize } from './size.js';
 
-const HELP = `Usage: vblk info FILE [--json]
+const HELP = `Usage: vblk info FILE [--json] [-U]
        vblk info --engines [--json]
 
 Print an image's format, virtual size, the disk space it takes, how many
@@ -20,6 +20,9 @@ cannot.
 
 Options:
   --json       print one JSON object instead of text
+  -U, --force-share
+               read the image without locking it, even while QEMU or
+               vblk serve writes it (what it shows may be stale)
   --engines    list the I/O engines (for vblk serve --engine)
   -h, --help   show this help
 
@@ -27,6 +30,7 @@ Examples:
   vblk info disk.img
   vblk info disk.img --json | jq .dataBytes
   vblk info top.qcow2
+  vblk info -U disk.qcow2      # while a VM or vblk serve has it open
   vblk info --engines
 `;
 
@@ -42,11 +46,11 @@ function printEngines(json: boolean): number {
   return 0;
 }
 
-export const info: Command<{ json?: boolean; engines?: boolean }> = {
+export const info: Command<{ json?: boolean; engines?: boolean; 'force-share'?: boolean }> = {
   name: 'info',
   summary: 'show size and allocation of an image, or the I/O engines',
   help: HELP,
-  options: { json: { type: 'boolean' }, engines: { type: 'boolean' } },
+  options: { json: { type: 'boolean' }, engines: { type: 'boolean' }, 'force-share': { type: 'boolean', short: 'U' } },
   async run(v, positionals) {
     if (v.engines) {
       if (positionals.length > 0) throw new UsageError('--engines takes no FILE');
@@ -55,7 +59,7 @@ export const info: Command<{ json?: boolean; engines?: boolean }> = {
     if (positionals.length !== 1) throw new UsageError('expected exactly one FILE');
     const file = positionals[0];
     const chain = backingChain(file);
-    const image = await openImage(file, { readOnly: true, engine: new SyncEngine() });
+    const image = await openImage(file, { readOnly: true, engine: new SyncEngine(), forceShare: v['force-share'] });
     try {
       const map = await imageMap(image);
       const data = map.filter((e) => e.data);
@@ -63,7 +67,7 @@ export const info: Command<{ json?: boolean; engines?: boolean }> = {
       const ownBytes = map.filter((e) => e.present && e.depth === 0).reduce((n, e) => n + e.length, 0);
       const layers = [];
       for (const layer of chain) {
-        const opened = layer === chain[0] ? image : await openImage(layer.file, { readOnly: true, engine: new SyncEngine() });
+        const opened = layer === chain[0] ? image : await openImage(layer.file, { readOnly: true, engine: new SyncEngine(), forceShare: v['force-share'] });
         layers.push({ file: layer.file, format: layer.format, virtualSize: opened.size, diskUsage: fs.statSync(layer.file).blocks * 512 });
         if (opened !== image) await opened.close();
       }

@@ -5,7 +5,7 @@ import { imageMap } from '../device/images/map.js';
 import { SyncEngine } from '../io/sync-engine.js';
 import { UsageError, type Command } from './command.js';
 
-const HELP = `Usage: vblk map FILE [--output human|json]
+const HELP = `Usage: vblk map FILE [--output human|json] [-U]
 
 Print the extent map of an image and its backing chain: for each run of
 bytes, the layer it comes from (depth 0 is FILE itself, 1 its backing
@@ -15,6 +15,8 @@ has are marked not present. The JSON form has the fields of
 
 Options:
   --output FORMAT   human (default) or json
+  -U, --force-share read the image without locking it, even while QEMU or
+                    vblk serve writes it (the map may be stale)
   -h, --help        show this help
 
 Examples:
@@ -22,18 +24,18 @@ Examples:
   vblk map top.qcow2 --output json | jq '.[] | select(.data)'
 `;
 
-export const map: Command<{ output?: string }> = {
+export const map: Command<{ output?: string; 'force-share'?: boolean }> = {
   name: 'map',
   summary: 'print the extent map of an image and its backing chain',
   help: HELP,
-  options: { output: { type: 'string' } },
+  options: { output: { type: 'string' }, 'force-share': { type: 'boolean', short: 'U' } },
   async run(v, positionals) {
     if (positionals.length !== 1) throw new UsageError('expected exactly one FILE');
     const output = v.output ?? 'human';
     if (output !== 'human' && output !== 'json') throw new UsageError('--output must be human or json');
     const file = positionals[0];
     const chain = backingChain(file);
-    const image = await openImage(file, { readOnly: true, engine: new SyncEngine() });
+    const image = await openImage(file, { readOnly: true, engine: new SyncEngine(), forceShare: v['force-share'] });
     try {
       const entries = await imageMap(image);
       if (output === 'json') {

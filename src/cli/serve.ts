@@ -20,6 +20,7 @@ interface ServeValues {
   listen?: string[];
   export?: string[];
   'read-only'?: boolean;
+  'force-share'?: boolean;
   create?: string;
   'handshake-timeout'?: string;
   'shutdown-timeout'?: string;
@@ -46,6 +47,10 @@ Options:
   --export NAME=FILE[:ro]  add the export NAME served from FILE; ':ro' makes
                            it read-only (repeatable)
   --read-only              serve every export read-only
+  -U, --force-share        do not lock read-only images, so they can be
+                           served while QEMU writes them (like qemu-nbd -U);
+                           without it vblk locks images as QEMU does and
+                           refuses one another process is writing
   --create SIZE            create FILE as a sparse raw image of SIZE first,
                            if it does not exist (SIZE like 1G, 512M, 4096)
   --handshake-timeout SEC  time a client has to choose an export (default 10)
@@ -101,6 +106,7 @@ export const serve: Command<ServeValues> = {
     listen: { type: 'string', multiple: true },
     export: { type: 'string', multiple: true },
     'read-only': { type: 'boolean' },
+    'force-share': { type: 'boolean', short: 'U' },
     create: { type: 'string' },
     'handshake-timeout': { type: 'string' },
     'shutdown-timeout': { type: 'string' },
@@ -150,7 +156,9 @@ export const serve: Command<ServeValues> = {
     try {
       for (const s of specs) {
         const readOnly = s.readOnly || v['read-only'] === true;
-        registry.add(s.name, await openImage(s.file, { readOnly, engine, direct }));
+        const forceShare = v['force-share'] === true;
+        if (forceShare && !readOnly) throw new UsageError(`--force-share needs read-only exports; '${s.file}' is writable`);
+        registry.add(s.name, await openImage(s.file, { readOnly, engine, direct, forceShare }));
         log.info({ export: s.name, file: s.file, readOnly, engine: engine.name, direct, reason }, 'export ready');
       }
     } catch (err) {

@@ -22,11 +22,21 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 
 type Fn = (...args: number[]) => number;
 
+/** struct flock; koffi copies it in and, for F_OFD_GETLK, back out. */
+interface Flock {
+  l_type: number;
+  l_whence: number;
+  l_start: number;
+  l_len: number;
+  l_pid: number;
+}
+
 interface Bindings {
   lseek: Fn;
   fallocate: Fn | null;
   fadvise: Fn | null;
   fcntl: Fn | null;
+  fcntlLock: ((fd: number, cmd: number, lock: Flock) => number) | null;
   ioctl: Fn | null;
   copyFileRange: ((fdIn: number, offIn: number[], fdOut: number, offOut: number[], len: number, flags: number) => number) | null;
   errno: () => number;
@@ -52,6 +62,20 @@ function load(): Bindings | null {
       fallocate: optional('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
       fadvise: optional('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)'),
       fcntl: optional('int fcntl(int fd, int cmd, int arg)'),
+      fcntlLock: (() => {
+        try {
+          const flock = koffi.struct('flock', {
+            l_type: 'short',
+            l_whence: 'short',
+            l_start: 'int64_t',
+            l_len: 'int64_t',
+            l_pid: 'int',
+          });
+          return libc.func('fcntl', 'int', ['int', 'int', koffi.inout(koffi.pointer(flock))]) as Bindings['fcntlLock'];
+        } catch {
+          return null;
+        }
+      })(),
       ioctl: optional('int ioctl(int fd, unsigned long request, int arg)'),
       copyFileRange: optional(
         'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
@@ -131,4 +155,39 @@ export function copyFileRange(srcFd: number, srcOffset: number, dstFd: number, d
   const r = bindings.copyFileRange(srcFd, [srcOffset], dstFd, [dstOffset], length, 0);
   if (r < 0) throw systemError('copy_file_range', bindings.errno());
   return Number(r);
+}
+
+// Open-file-description locks (Linux): owned by the open file, not the
+// process, so two opens in one process conflict like two processes do,
+// and closing the descriptor releases them.
+const F_OFD_GETLK = 36;
+const F_OFD_SETLK = 37;
+const F_RDLCK = 0;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+const SEEK_SET = 0;
+
+/** Whether this host has open-file-description locks. */
+export const ofdLocksAvailable = process.platform === 'linux' && bindings?.fcntlLock != null;
+
+function ofdLock(fd: number, cmd: number, type: number, start: number, length: number): Flock {
+  if (!ofdLocksAvailable) throw unavailable('fcntl(F_OFD_SETLK)');
+  const lock: Flock = { l_type: type, l_whence: SEEK_SET, l_start: start, l_len: length, l_pid: 0 };
+  if (bindings!.fcntlLock!(fd, cmd, lock) === -1) throw systemError('fcntl', bindings!.errno());
+  return lock;
+}
+
+/** Takes a shared (read) lock on [start, start + length); throws EAGAIN when another holds it exclusively. */
+export function sharedLock(fd: number, start: number, length: number): void {
+  ofdLock(fd, F_OFD_SETLK, F_RDLCK, start, length);
+}
+
+/** Releases this descriptor's lock on [start, start + length). */
+export function unlock(fd: number, start: number, length: number): void {
+  ofdLock(fd, F_OFD_SETLK, F_UNLCK, start, length);
+}
+
+/** Whether another open file holds any lock on [start, start + length) (it would block an exclusive one). */
+export function lockedByOthers(fd: number, start: number, length: number): boolean {
+  return ofdLock(fd, F_OFD_GETLK, F_WRLCK, start, length).l_type !== F_UNLCK;
 }

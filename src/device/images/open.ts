@@ -10,6 +10,7 @@ import type { IoEngine } from '../../io/engine.js';
 import type { BlockDevice } from '../types.js';
 import { decodeHeader, QCOW2_MAGIC } from './qcow2/format.js';
 import { Qcow2Image } from './qcow2/qcow2-image.js';
+import { lockFor } from './lock.js';
 import { openImageFile, RawImage } from './raw.js';
 
 export type Format = 'raw' | 'qcow2';
@@ -29,6 +30,8 @@ export interface OpenOptions {
   readOnly: boolean;
   engine: IoEngine;
   direct?: boolean;
+  /** Open without QEMU-compatible image locks (like qemu-img -U); read-only only. */
+  forceShare?: boolean;
 }
 
 /** The layers of a chain, top first: each file and its format. */
@@ -67,9 +70,9 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
       const layer = chain[i];
       const readOnly = i > 0 || options.readOnly;
       if (layer.format === 'raw') {
-        below = RawImage.open(layer.file, { readOnly, engine: options.engine, direct: options.direct });
+        below = RawImage.open(layer.file, { ...options, readOnly });
       } else {
-        below = await openQcow2(layer.file, { readOnly, engine: options.engine, direct: options.direct }, below);
+        below = await openQcow2(layer.file, { ...options, readOnly }, below);
       }
     }
   } catch (err) {
@@ -82,6 +85,7 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
 async function openQcow2(file: string, options: OpenOptions, backing: BlockDevice | null): Promise<Qcow2Image> {
   const fd = openImageFile(file, options.readOnly, options.direct === true);
   try {
+    lockFor(fd, file, options);
     return await Qcow2Image.open(file, { readOnly: options.readOnly, engine: options.engine, backing, fd });
   } catch (err) {
     fs.closeSync(fd);
@@ -90,7 +94,7 @@ async function openQcow2(file: string, options: OpenOptions, backing: BlockDevic
 }
 
 /** One layer alone, read-only, without its backing file (reads of what it lacks are zeroes). */
-export async function openLayer(file: string, engine: IoEngine): Promise<BlockDevice> {
-  if (detectFormat(file) === 'raw') return RawImage.open(file, { readOnly: true, engine });
-  return openQcow2(file, { readOnly: true, engine }, null);
+export async function openLayer(file: string, engine: IoEngine, forceShare = false): Promise<BlockDevice> {
+  if (detectFormat(file) === 'raw') return RawImage.open(file, { readOnly: true, engine, forceShare });
+  return openQcow2(file, { readOnly: true, engine, forceShare }, null);
 }

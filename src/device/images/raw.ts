@@ -22,6 +22,7 @@ import {
   setNoCache,
 } from '../../io/syscalls.js';
 import { DeviceError } from '../errors.js';
+import { lockFor } from './lock.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
 
 /** Most extents one block-status reply describes; the client asks again for the rest. */
@@ -46,6 +47,8 @@ export interface RawOptions {
   engine: IoEngine;
   /** Bypass the page cache: O_DIRECT on Linux, F_NOCACHE on macOS. */
   direct?: boolean;
+  /** Skip the QEMU-compatible image lock (like qemu-img -U); read-only opens only. */
+  forceShare?: boolean;
 }
 
 export class RawImage implements BlockDevice {
@@ -96,6 +99,7 @@ export class RawImage implements BlockDevice {
       const stat = fs.fstatSync(fd);
       if (!stat.isFile() && !stat.isBlockDevice()) throw new Error(`${path} is neither a file nor a block device`);
       refuseQcow2(path);
+      lockFor(fd, path, options);
       const size = stat.isFile() ? stat.size : (seek(fd, 0, 'end') ?? 0);
       if (direct && size % DIRECT_ALIGNMENT !== 0) {
         throw new Error(`${path}: --direct needs a size that is a multiple of ${DIRECT_ALIGNMENT} bytes, not ${size}`);

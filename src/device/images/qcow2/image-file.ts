@@ -1,25 +1,73 @@
 // Byte access to an image file through the I/O engine, for qcow2's data
 // and metadata alike.
+//
+// With direct I/O (a descriptor opened O_DIRECT) the engine is wrapped in
+// DirectIo, which widens every transfer to aligned blocks; a widened read
+// must not cross the end of the file, where the engine fails. A writable
+// file is therefore kept a multiple of the alignment long: it is extended
+// (with zeroes, which nothing references) before a write that ends past
+// it. A read-only file cannot be extended, so the unaligned tail past its
+// last whole block is read through a second, buffered descriptor.
 
+import fs from 'node:fs';
 import type { IoEngine } from '../../../io/engine.js';
+import { DIRECT_ALIGNMENT, directEngine } from '../../../io/probe.js';
 
 export class ImageFile {
+  private readonly engine: IoEngine;
+  /** Direct I/O: the file's length as extended so far (writable) or as it is (read-only). */
+  private size = 0;
+  private tailFd: number | null = null;
+
   constructor(
     readonly fd: number,
-    private readonly engine: IoEngine,
-  ) {}
+    engine: IoEngine,
+    private readonly direct: { writable: boolean } | null = null,
+  ) {
+    this.engine = direct ? directEngine(engine) : engine;
+    if (direct) {
+      this.size = fs.fstatSync(fd).size;
+      if (direct.writable) this.extendTo(this.size);
+    }
+  }
 
   async read(offset: number, length: number): Promise<Buffer> {
     const buffer = this.engine.allocate(length);
-    await this.engine.submit([{ kind: 'read', fd: this.fd, buffer, position: offset }]);
+    const aligned = this.direct && !this.direct.writable ? Math.floor(this.size / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT : Infinity;
+    if (offset + length <= aligned) {
+      await this.engine.submit([{ kind: 'read', fd: this.fd, buffer, position: offset }]);
+      return buffer;
+    }
+    // Read-only direct I/O: the part in whole blocks directly, the tail buffered.
+    const head = Math.max(0, aligned - offset);
+    if (head > 0) await this.engine.submit([{ kind: 'read', fd: this.fd, buffer: buffer.subarray(0, head), position: offset }]);
+    this.tailFd ??= fs.openSync(`/proc/self/fd/${this.fd}`, 'r');
+    const n = fs.readSync(this.tailFd, buffer, head, length - head, offset + head);
+    if (n < length - head) throw Object.assign(new Error(`unexpected end of file at byte ${offset + head + n}`), { code: 'EIO' });
     return buffer;
   }
 
   write(buffer: Buffer, offset: number): Promise<void> {
+    if (this.direct) this.extendTo(offset + buffer.length);
     return this.engine.submit([{ kind: 'write', fd: this.fd, buffer, position: offset }]);
   }
 
   sync(): Promise<void> {
     return this.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]);
+  }
+
+  /** Closes the extra descriptor, if one was opened (the caller owns `fd`). */
+  close(): void {
+    if (this.tailFd !== null) fs.closeSync(this.tailFd);
+    this.tailFd = null;
+  }
+
+  /** Grows the file to a whole number of blocks covering `end` (never shrinks it). */
+  private extendTo(end: number): void {
+    const target = Math.ceil(end / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+    if (target <= this.size && this.size % DIRECT_ALIGNMENT === 0) return;
+    const size = Math.max(target, Math.ceil(this.size / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT);
+    fs.ftruncateSync(this.fd, size);
+    this.size = size;
   }
 }

@@ -50,6 +50,11 @@ export interface Qcow2Options {
   backing: BlockDevice | null;
   /** Descriptors already opened (and locked) by the caller; closed with the image. */
   fd: number;
+  /**
+   * The descriptor was opened O_DIRECT, so transfers need aligned buffers,
+   * offsets and lengths. When not given, Linux's /proc/self/fdinfo says.
+   */
+  direct?: boolean;
 }
 
 /** Where a guest cluster's data is, for the map command and block status. */
@@ -102,7 +107,10 @@ export class Qcow2Image implements BlockDevice {
   }
 
   static async open(path: string, options: Qcow2Options): Promise<Qcow2Image> {
-    const file = new ImageFile(options.fd, options.engine);
+    // Metadata entries are 8 bytes and clusters may be 512: with O_DIRECT
+    // every transfer goes through DirectIo (see image-file.ts).
+    const direct = options.direct ?? openedDirect(options.fd);
+    const file = new ImageFile(options.fd, options.engine, direct ? { writable: !options.readOnly } : null);
     const first = readHead(path);
     const header = decodeHeader(first);
     const unsupported = unsupportedReason(header);
@@ -428,6 +436,7 @@ export class Qcow2Image implements BlockDevice {
 
   async close(): Promise<void> {
     await this.backing?.close();
+    this.file.close();
     await close(this.fd);
   }
 
@@ -448,6 +457,18 @@ export class Qcow2Image implements BlockDevice {
       pos += n;
     }
     await Promise.all(calls);
+  }
+}
+
+/** Whether FD was opened with O_DIRECT (Linux only; elsewhere there is no alignment rule). */
+function openedDirect(fd: number): boolean {
+  const flag = fs.constants.O_DIRECT;
+  if (process.platform !== 'linux' || !flag) return false;
+  try {
+    const m = /^flags:\s*([0-7]+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+    return m !== null && (parseInt(m[1], 8) & flag) !== 0;
+  } catch {
+    return false;
   }
 }
 

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { tempDir, vblk } from '../helpers/server.js';
+import { serve, tempDir, vblk } from '../helpers/server.js';
 import { run, TOOL_ENV } from '../helpers/tools.js';
 import { allocatedBytes, dataBytes, expectedLayout, makeSparse, standardWrites } from './sparse.js';
 
@@ -139,6 +139,28 @@ t.test('refusals: an existing DST without --force, a missing SRC, the same file'
   const help = await vblk(['clone', '--help']);
   t.match(help.stdout, /Usage: vblk clone/);
   t.match(help.stdout, /Examples:\n {2}vblk clone /);
+});
+
+t.test('refuses an image in use: a SRC being written, a DST being served', async (t) => {
+  const dir = tempDir(t);
+  const src = path.join(dir, 'a.img');
+  const dst = path.join(dir, 'b.img');
+  makeSparse(src, 4 * MiB, [{ offset: 0, length: 4096 }]);
+  makeSparse(dst, 4 * MiB, []);
+  const server = await serve(t, [src]);
+  const busy = await vblk(['clone', src, path.join(dir, 'c.img')]);
+  t.equal(busy.code, 1, 'a SRC served writable is not copied half-written');
+  t.match(busy.stderr, /a\.img: failed to get shared "write" lock/);
+  t.notOk(fs.existsSync(path.join(dir, 'c.img')), 'no partial DST');
+  await server.stop();
+
+  const served = await serve(t, [dst, '--read-only']);
+  const replace = await vblk(['clone', src, dst, '--force']);
+  t.equal(replace.code, 1, 'a DST in use is not replaced under its server');
+  t.match(replace.stderr, /b\.img: failed to get "write" lock/);
+  await served.stop();
+  t.equal((await vblk(['clone', src, dst, '--force'])).code, 0, 'both free: the clone goes ahead');
+  await same(t, src, dst);
 });
 
 /** filefrag -v of FILE (xfs_io's fiemap where filefrag is missing): one line per extent, with its flags. */

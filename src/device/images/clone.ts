@@ -14,6 +14,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { copyFileRange, ficlone, seek } from '../../io/syscalls.js';
+import { lockImage } from './lock.js';
 import { decodeHeader, INCOMPAT, QCOW2_MAGIC } from './qcow2/format.js';
 
 /** How far the copy has got: bytes of data copied out of the bytes SRC holds. */
@@ -161,10 +162,21 @@ function sparseCopy(src: number, dst: number, size: number, progress?: CloneProg
   return { copied, method };
 }
 
+/** Throws when another process has FILE open with QEMU-style locks that keep writers out. */
+function refuseInUse(file: string): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    lockImage(fd, file, 'write');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * Clones SRC to DST: a reflink where the file system can, a sparse copy
- * otherwise. DST gets SRC's permission bits. Stop anything writing SRC
- * first; the clone is of the file as it is during the call.
+ * otherwise. DST gets SRC's permission bits. SRC is locked for reading
+ * as QEMU would lock it, so an image a VM or vblk serve is writing is
+ * refused rather than copied half-written; so is replacing a DST in use.
  */
 export function cloneImage(src: string, dst: string, options: CloneOptions = {}): CloneResult {
   const st = fs.statSync(src, { throwIfNoEntry: false });
@@ -175,6 +187,7 @@ export function cloneImage(src: string, dst: string, options: CloneOptions = {})
     if (existing.dev === st.dev && existing.ino === st.ino) throw new Error(`${src} and ${dst} are the same file`);
     if (!options.force) throw new Error(`${dst} exists already; use --force to replace it`);
     if (existing.isDirectory()) throw new Error(`${dst} is a directory`);
+    refuseInUse(dst);
   }
   checkBacking(src, dst);
 
@@ -184,6 +197,7 @@ export function cloneImage(src: string, dst: string, options: CloneOptions = {})
   let dstFd: number | null = null;
   let created = false;
   try {
+    lockImage(srcFd, src, 'read');
     try {
       dstFd = fs.openSync(target, 'wx', st.mode & 0o777);
     } catch (err) {

@@ -24,6 +24,7 @@ export const AUTOCLEAR_BITMAPS = 1;
 export const FIELD = {
   backingFileOffset: 8,
   backingFileSize: 16,
+  size: 24,
   l1Size: 36,
   l1TableOffset: 40,
   refcountTableOffset: 48,

@@ -36,6 +36,7 @@ import {
   type Header,
   type L2Entry,
 } from './format.js';
+import { markBitmapsInUse } from './bitmaps.js';
 import { ImageFile } from './image-file.js';
 import { Refcounts } from './refcounts.js';
 
@@ -61,13 +62,13 @@ export interface Qcow2Options {
 export type ClusterState = L2Entry;
 
 export class Qcow2Image implements BlockDevice {
-  readonly size: number;
+  size: number;
   readonly capabilities: Capabilities;
   readonly description: string;
   readonly clusterSize: number;
   private readonly clusterBits: number;
   private readonly l2Entries: number;
-  private readonly l1: Buffer;
+  private l1: Buffer;
   private readonly l2Cache = new Map<number, Buffer>();
   /** Tables being read: concurrent lookups share one read and one buffer. */
   private readonly l2Loading = new Map<number, Promise<Buffer>>();
@@ -123,8 +124,9 @@ export class Qcow2Image implements BlockDevice {
     let refcounts: Refcounts | null = null;
     if (!options.readOnly) {
       refcounts = await Refcounts.load(file, header, fs.fstatSync(options.fd).size);
-      if (header.autoclear & AUTOCLEAR_BITMAPS) {
-        // Persistent bitmaps we do not maintain: clearing the bit tells QEMU they are stale.
+      if (header.autoclear & AUTOCLEAR_BITMAPS && !(await markBitmapsInUse(file, header))) {
+        // Persistent bitmaps we do not maintain and cannot mark in use (see
+        // bitmaps.ts): clearing the bit tells QEMU they are all stale.
         const field = Buffer.alloc(4);
         field.writeUInt32BE((header.autoclear & ~AUTOCLEAR_BITMAPS) >>> 0, 0);
         await file.write(field, FIELD.autoclearLow);
@@ -279,6 +281,47 @@ export class Qcow2Image implements BlockDevice {
       this.allocating.delete(gc);
       done();
     }
+  }
+
+  /**
+   * Grows the virtual size to `size`, first moving L1 to a larger table
+   * when the new size needs more entries: the new table is written and
+   * synced, the header switches to it in one write (l1_size and
+   * l1_table_offset are adjacent), then the old table's clusters are
+   * freed. For an image no export serves: a client keeps the size it got.
+   */
+  async grow(size: number): Promise<void> {
+    if (this.capabilities.readOnly) throw new Error(`${this.path}: opened read-only, cannot resize`);
+    if (size < this.size) throw new Error(`${this.path}: shrinking a qcow2 image is not supported`);
+    await this.meta.run(async () => {
+      const cs = this.clusterSize;
+      const l1Size = Math.ceil(size / (cs * this.l2Entries));
+      if (l1Size > this.header.l1Size) {
+        if (l1Size > 0x2000000) throw new Error(`${this.path}: ${size} bytes needs an L1 table larger than 256 MiB`);
+        const clusters = Math.ceil((l1Size * 8) / cs);
+        const at = await this.refcounts!.allocateRun(clusters);
+        const table = Buffer.alloc(clusters * cs);
+        this.l1.copy(table);
+        await this.file.write(table, at);
+        await this.file.sync();
+        const fields = Buffer.alloc(12);
+        fields.writeUInt32BE(l1Size, 0);
+        fields.writeBigUInt64BE(BigInt(at), 4);
+        await this.file.write(fields, FIELD.l1Size);
+        await this.file.sync();
+        const old = { offset: this.header.l1TableOffset, clusters: Math.ceil((this.header.l1Size * 8) / cs) };
+        this.header.l1Size = l1Size;
+        this.header.l1TableOffset = at;
+        this.l1 = table.subarray(0, l1Size * 8);
+        for (let i = 0; i < old.clusters; i++) await this.refcounts!.change(old.offset + i * cs, -1);
+      }
+      const field = Buffer.alloc(8);
+      field.writeBigUInt64BE(BigInt(size));
+      await this.file.write(field, FIELD.size);
+      await this.file.sync();
+      this.header.size = size;
+      this.size = size;
+    });
   }
 
   /** The host offset of gc's L2 table, allocating an empty one if there is none. Under the mutex. */

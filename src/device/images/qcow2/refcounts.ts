@@ -109,6 +109,24 @@ export class Refcounts {
     }
   }
 
+  /** `n` adjacent free clusters, now each with refcount 1; returns the first one's host offset. */
+  async allocateRun(n: number): Promise<number> {
+    for (;;) {
+      const run = [await this.allocate()];
+      while (run.length < n) {
+        const next = await this.allocate();
+        run.push(next);
+        if (next !== run[run.length - 2] + this.clusterSize) break;
+      }
+      const last = run[run.length - 1];
+      if (run.length === n && last === run[0] + (n - 1) * this.clusterSize) return run[0];
+      // A gap (a cluster in use, or a refcount block placed on the way): give
+      // them back and try again past everything in use, where all is free.
+      for (const host of run) await this.change(host, -1);
+      this.freeHint = this.end;
+    }
+  }
+
   private async writeBlockRange(offset: number, block: Buffer, range: { start: number; end: number }): Promise<void> {
     await this.file.write(Buffer.from(block.subarray(range.start, range.end)), offset + range.start);
   }

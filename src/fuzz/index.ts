@@ -9,5 +9,6 @@ export { DiskModel, expectFor, errnoName, commandLabel, flagList, type Expectati
 export { RawClient, replyError, type OptionReply, type Reply } from './nbd-client.js';
 export { Session, PLAIN_HANDSHAKE, describeHandshake, type HandshakeVariant, type Outcome } from './session.js';
 export { runModelSuite, commandsArbitrary, probe, type Finding, type Probe, type SuiteOptions, type SuiteResult } from './suite.js';
+export { hostileCase, runHostile, describeHostile, HOSTILE_STATES, type HostileCase, type HostileState } from './hostile.js';
 export { parseNbdUri, formatNbdUri, type Endpoint, type Target } from './uri.js';
 export { Violation, isViolation } from './violation.js';

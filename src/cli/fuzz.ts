@@ -59,7 +59,9 @@ function print(f: Finding, n: number, replay: string): void {
   const lines = [
     `finding ${n}: ${v.level}: ${v.rule}`,
     `  ${v.detail}`,
-    '  reproduction (each step after the previous one answered):',
+    v.level === 'CRASH'
+      ? '  reproduction (not shrunk, the server died: the connection used and the step that killed it):'
+      : '  reproduction (shrunk; each step after the previous one answered):',
     ...f.reproduction.map((c, i) => `    ${i + 1}. ${c}`),
     `  replay: ${replay}`,
     '',

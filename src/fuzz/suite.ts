@@ -397,7 +397,11 @@ export async function runModelSuite(opts: SuiteOptions, run: SuiteRun['params'])
   const result: SuiteResult = { runs: details.numRuns, seed: details.seed, finding: null, ignored, interrupted: details.interrupted };
   if (details.failed && details.counterexample) {
     const violation = isViolation(details.errorInstance) ? details.errorInstance : last ?? new Violation('MUST', 'the suite runs', String(details.errorInstance));
-    result.finding = { violation, reproduction: ranCommands(details.counterexample[0]), seed: details.seed, path: details.counterexamplePath ?? '' };
+    const ran = ranCommands(details.counterexample[0]);
+    // A dead server cannot be asked again, so a crash is not shrunk: the
+    // reproduction is the connection the last step used, and that step.
+    const reproduction = violation.level === 'CRASH' ? lastStepAndItsConnect(ran) : ran;
+    result.finding = { violation, reproduction, seed: details.seed, path: details.counterexamplePath ?? '' };
   } else if (details.failed) {
     throw details.errorInstance;
   }
@@ -409,6 +413,14 @@ function ranCommands(cmds: Iterable<Cmd>): string[] {
   const wrappers = [...cmds] as unknown as { hasRan?: boolean; toString(): string }[];
   const ran = wrappers.filter((w) => w.hasRan !== false);
   return ran.map((w) => w.toString());
+}
+
+function lastStepAndItsConnect(ran: string[]): string[] {
+  const last = ran.at(-1);
+  const slot = last && /#(\d+)\(/.exec(last)?.[1];
+  if (!last || slot === undefined || last.startsWith('connect#')) return ran;
+  const connect = [...ran].reverse().find((c) => c.startsWith(`connect#${slot}(`));
+  return connect ? [connect, last] : ran;
 }
 
 async function zeroExport(opts: Required<Pick<SuiteOptions, 'endpoint' | 'exportName' | 'timeoutMs'>>, size: number): Promise<void> {

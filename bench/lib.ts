@@ -1,0 +1,109 @@
+// What the benchmarks share: running commands, a file of random data in
+// the page cache, servers started and stopped on a UNIX socket, fio runs
+// read back from its JSON, medians.
+
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+
+export function progress(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+/** Runs a command to completion; throws with its stderr when it fails. */
+export function must(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.error?.message ?? r.status ?? r.signal}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Whether a command is on PATH. */
+export function have(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** A file of `size` random bytes at `file`, kept between runs when it is already there. */
+export function randomFile(file: string, size: number): void {
+  if (fs.existsSync(file) && fs.statSync(file).size === size) return;
+  progress(`writing ${size >> 20} MiB of random data to ${file}`);
+  const fd = fs.openSync(`${file}.tmp`, 'w');
+  const chunk = Buffer.alloc(8 << 20);
+  for (let off = 0; off < size; off += chunk.length) {
+    for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
+    fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
+  }
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+  fs.renameSync(`${file}.tmp`, file);
+}
+
+/** Reads a whole file so that its pages are in the page cache. */
+export function warm(file: string): void {
+  const fd = fs.openSync(file, 'r');
+  const chunk = Buffer.alloc(8 << 20);
+  const size = fs.fstatSync(fd).size;
+  for (let off = 0; off < size; off += chunk.length) fs.readSync(fd, chunk, 0, chunk.length, off);
+  fs.closeSync(fd);
+}
+
+export async function waitForSocket(socket: string, proc: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!fs.existsSync(socket)) {
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`server exited (${proc.exitCode ?? proc.signalCode}) before listening`);
+    if (Date.now() > deadline) throw new Error(`no socket at ${socket} after 15 s`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** SIGTERM, then SIGKILL after 15 s; resolves when the process is gone. */
+export async function stop(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Peak resident set of a live process in bytes (VmHWM), or null where /proc does not say. */
+export function peakRss(pid: number): number | null {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+export interface FioResult {
+  iops: number;
+  /** Bytes per second. */
+  bandwidth: number;
+  /** Mean and 99th percentile completion latency, µs. */
+  meanUs: number;
+  p99Us: number;
+}
+
+/** Runs fio with `args` (plus JSON output) and sums the reads and writes of its one reported group. */
+export function fio(args: string[]): FioResult {
+  const full = [...args, '--output-format=json', '--group_reporting'];
+  const r = spawnSync('fio', full, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`fio ${full.join(' ')} failed: ${r.stderr}${r.stdout.slice(0, 300)}`);
+  // The nbd engine prints "fio: connected to NBD server" lines before the JSON.
+  const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{\n')));
+  const job = json.jobs[0];
+  if (job.error) throw new Error(`fio reported error ${job.error}`);
+  const sides = [job.read, job.write].filter((s) => s.io_bytes > 0);
+  const ios = sides.reduce((n, s) => n + s.total_ios, 0) || 1;
+  return {
+    iops: sides.reduce((n, s) => n + s.iops, 0),
+    bandwidth: sides.reduce((n, s) => n + s.bw_bytes, 0),
+    meanUs: sides.reduce((n, s) => n + (s.clat_ns.mean * s.total_ios) / 1000, 0) / ios,
+    p99Us: Math.max(...sides.map((s) => (s.clat_ns.percentile?.['99.000000'] ?? 0) / 1000)),
+  };
+}

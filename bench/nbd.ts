@@ -1,0 +1,325 @@
+// bench/nbd: vblk against qemu-nbd, nbdkit (file plugin) and nbd-server,
+// one after another on the same raw image of random data, each over a
+// UNIX socket, measured by fio's nbd engine. Rounds interleave the
+// servers (the order rotates each round) and the table shows medians and
+// vblk's ratio to the best peer on each row. Each server is started
+// fresh for each round with the image's pages warm in the page cache.
+//
+// Page-cache rows use each server's default caching; the direct rows use
+// vblk --direct, qemu-nbd --cache=none --aio=io_uring and nbdkit's
+// cache=none (nbd-server has no such mode). qemu-nbd gets --shared=8 so
+// the multi-connection row can open its four connections.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { fio, have, median, must, peakRss, progress, randomFile, stop, waitForSocket, warm, type FioResult } from './lib.js';
+
+const HELP = `Usage: node dist/bench/nbd.js [options]
+
+Runs fio (--ioengine=nbd) against vblk, qemu-nbd, nbdkit and nbd-server
+serving the same raw image over a UNIX socket, and prints IOPS or MB/s per
+server, vblk's ratio to the best peer and the goal for each row, the p99
+completion latency at depth 1, and vblk's peak RSS. A peer that is not
+installed is reported and left out. Progress goes to stderr, the table to
+stdout.
+
+Options:
+  --seconds N       fio runtime per measurement (default 5)
+  --rounds N        rounds, interleaved across servers (default 3)
+  --quick           one round of 2 s each, for development
+  --size MB         size of the image in MiB (default 1024)
+  --dir DIR         where the image goes (default: the system temp dir; it
+                    is kept and reused; must support O_DIRECT)
+  --rows LIST       only these rows, by number (default: all), e.g. 1,5
+  --servers LIST    only these servers (default: vblk,qemu-nbd,nbdkit,nbd-server)
+  --vblk-args ARGS  extra arguments for vblk serve, space-separated
+  --results FILE    also write the table as Markdown, with the machine and
+                    the commands, to FILE (e.g. bench/RESULTS.md)
+  -h, --help        show this help
+
+Examples:
+  npm run bench
+  npm run bench -- --quick
+  node dist/bench/nbd.js --rows 1,2 --servers vblk,qemu-nbd --seconds 10
+  node dist/bench/nbd.js --results bench/RESULTS.md
+`;
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string' },
+    rounds: { type: 'string' },
+    quick: { type: 'boolean' },
+    size: { type: 'string' },
+    dir: { type: 'string' },
+    rows: { type: 'string' },
+    servers: { type: 'string' },
+    'vblk-args': { type: 'string' },
+    results: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+
+function usageError(text: string): never {
+  process.stderr.write(`bench: ${text}; see --help\n`);
+  process.exit(2);
+}
+
+const SECONDS = Number(values.seconds ?? (values.quick ? 2 : 5));
+const ROUNDS = values.quick ? 1 : Number(values.rounds ?? 3);
+const SIZE = Number(values.size ?? 1024) * 2 ** 20;
+const DIR = values.dir ?? os.tmpdir();
+const IMAGE = path.join(DIR, `vblk-bench-nbd-${SIZE >> 20}M.raw`);
+const VBLK = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const VBLK_ARGS = values['vblk-args'] ? values['vblk-args'].split(/\s+/).filter(Boolean) : [];
+for (const [name, n] of [['--seconds', SECONDS], ['--rounds', ROUNDS], ['--size', SIZE]] as const) {
+  if (!(n > 0)) usageError(`${name} must be a positive number`);
+}
+
+interface Row {
+  id: string;
+  title: string;
+  /** fio job options beyond engine, URI, time and JSON. */
+  job: string[];
+  unit: 'IOPS' | 'MB/s';
+  goal: number;
+  /** Bypass the page cache (the servers' direct modes). */
+  direct?: boolean;
+  p99?: boolean;
+}
+
+const ROWS: Row[] = [
+  { id: '1', title: 'random read 4K, QD32', job: ['--rw=randread', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.5 },
+  { id: '2', title: 'random write 4K, QD32', job: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.5 },
+  { id: '3', title: 'sequential read 1M, QD8', job: ['--rw=read', '--bs=1m', '--iodepth=8'], unit: 'MB/s', goal: 1.0 },
+  { id: '4', title: 'sequential write 1M, QD8', job: ['--rw=write', '--bs=1m', '--iodepth=8'], unit: 'MB/s', goal: 1.0 },
+  { id: '5', title: 'random read 4K, QD1', job: ['--rw=randread', '--bs=4k', '--iodepth=1'], unit: 'IOPS', goal: 1.2, p99: true },
+  { id: '6', title: 'random read 4K, 4 conns x QD8', job: ['--rw=randread', '--bs=4k', '--iodepth=8', '--numjobs=4'], unit: 'IOPS', goal: 1.5 },
+  { id: '7r', title: 'random read 4K, QD32, no page cache', job: ['--rw=randread', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.0, direct: true },
+  { id: '7w', title: 'random write 4K, QD32, no page cache', job: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.0, direct: true },
+];
+
+interface Server {
+  name: string;
+  /** The program it needs; a missing one leaves the server out. */
+  program: string;
+  /** The command line, for the record (IMAGE and SOCK stand for the paths). */
+  command(direct: boolean): string;
+  /** Whether it has a mode that bypasses the page cache. */
+  direct: boolean;
+  start(socket: string, direct: boolean, work: string): { proc: ChildProcess; uri: string; pid: () => number | null };
+}
+
+const vblkArgs = (direct: boolean): string[] => ['serve', IMAGE, '--socket', 'SOCK', '--log-level', 'warn', ...(direct ? ['--direct'] : []), ...VBLK_ARGS];
+const qemuArgs = (direct: boolean): string[] => ['-f', 'raw', '-k', 'SOCK', '-t', '--shared=8', ...(direct ? ['--cache=none', '--aio=io_uring'] : []), IMAGE];
+const nbdkitArgs = (direct: boolean): string[] => ['-f', '-U', 'SOCK', 'file', IMAGE, ...(direct ? ['cache=none'] : [])];
+const withSocket = (args: string[], socket: string): string[] => args.map((a) => (a === 'SOCK' ? socket : a));
+const spawned = (cmd: string, args: string[]): ChildProcess => spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+const unixUri = (socket: string, name = ''): string => `nbd+unix:///${name}?socket=${socket}`;
+
+const SERVERS: Server[] = [
+  {
+    name: 'vblk',
+    program: 'node',
+    command: (direct) => `vblk ${vblkArgs(direct).join(' ')}`,
+    direct: true,
+    start: (socket, direct) => {
+      const proc = spawned(process.execPath, [VBLK, ...withSocket(vblkArgs(direct), socket)]);
+      return { proc, uri: unixUri(socket), pid: () => proc.pid ?? null };
+    },
+  },
+  {
+    name: 'qemu-nbd',
+    program: 'qemu-nbd',
+    command: (direct) => `qemu-nbd ${qemuArgs(direct).join(' ')}`,
+    direct: true,
+    start: (socket, direct) => {
+      const proc = spawned('qemu-nbd', withSocket(qemuArgs(direct), socket));
+      return { proc, uri: unixUri(socket), pid: () => proc.pid ?? null };
+    },
+  },
+  {
+    name: 'nbdkit',
+    program: 'nbdkit',
+    command: (direct) => `nbdkit ${nbdkitArgs(direct).join(' ')}`,
+    direct: true,
+    start: (socket, direct) => {
+      const proc = spawned('nbdkit', withSocket(nbdkitArgs(direct), socket));
+      return { proc, uri: unixUri(socket), pid: () => proc.pid ?? null };
+    },
+  },
+  {
+    // nbd-server forks a child per connection; -d would keep it to one client at a time.
+    name: 'nbd-server',
+    program: 'nbd-server',
+    command: () => `nbd-server -C CONFIG -p PIDFILE  (CONFIG: [generic] unixsock = SOCK; [bench] exportname = IMAGE)`,
+    direct: false,
+    start: (socket, _direct, work) => {
+      const config = path.join(work, 'nbd-server.conf');
+      const pidFile = path.join(work, 'nbd-server.pid');
+      fs.writeFileSync(config, `[generic]\nunixsock = ${socket}\n[bench]\nexportname = ${IMAGE}\n`);
+      // The parent daemonizes and exits; the pid file names the daemon, stopped through a stand-in process.
+      must('nbd-server', ['-C', config, '-p', pidFile]);
+      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+      const proc = spawn('sh', ['-c', `trap 'kill ${pid}; exit 0' TERM; while kill -0 ${pid} 2>/dev/null; do sleep 0.2; done`], { stdio: 'ignore' });
+      return { proc, uri: unixUri(socket, 'bench'), pid: () => pid };
+    },
+  },
+];
+
+function selected<T>(all: T[], list: string | undefined, key: (t: T) => string, what: string): T[] {
+  if (!list) return all;
+  const names = list.split(',');
+  for (const n of names) if (!all.some((t) => key(t) === n)) usageError(`unknown ${what} '${n}'`);
+  return all.filter((t) => names.includes(key(t)));
+}
+
+// "--rows 7" means both rows of 7.
+const rows = selected(ROWS, values.rows?.replace(/\b7\b(?![rw])/, '7r,7w'), (r) => r.id, 'row');
+const wanted = selected(SERVERS, values.servers, (s) => s.name, 'server');
+const missing = wanted.filter((s) => !have(s.program));
+const servers = wanted.filter((s) => have(s.program));
+
+type Key = `${string}|${string}`;
+const results = new Map<Key, FioResult[]>();
+let vblkPeakRss = 0;
+
+async function measureServer(server: Server, direct: boolean, round: number): Promise<void> {
+  const todo = rows.filter((r) => (r.direct ?? false) === direct);
+  if (todo.length === 0 || (direct && !server.direct)) return;
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vblk-bench-'));
+  const socket = path.join(work, 's.sock');
+  warm(IMAGE);
+  const running = server.start(socket, direct, work);
+  try {
+    await waitForSocket(socket, running.proc);
+    for (const row of todo) {
+      const r = fio([
+        `--name=${row.id}`, '--ioengine=nbd', `--uri=${running.uri}`, ...row.job,
+        '--time_based', `--runtime=${SECONDS}`, '--percentile_list=99',
+      ]);
+      const key: Key = `${row.id}|${server.name}`;
+      results.set(key, [...(results.get(key) ?? []), r]);
+      const value = row.unit === 'IOPS' ? `${Math.round(r.iops)} IOPS` : `${(r.bandwidth / 1e6).toFixed(0)} MB/s`;
+      progress(`  round ${round}: ${server.name.padEnd(10)} row ${row.id.padEnd(3)} ${row.title.padEnd(38)} ${value}${row.p99 ? `, p99 ${r.p99Us.toFixed(0)} µs` : ''}`);
+    }
+    if (server.name === 'vblk') vblkPeakRss = Math.max(vblkPeakRss, peakRss(running.pid()!) ?? 0);
+  } finally {
+    await stop(running.proc);
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+function value(row: Row, r: FioResult): number {
+  return row.unit === 'IOPS' ? r.iops : r.bandwidth / 1e6;
+}
+
+function table(): { text: string; markdown: string } {
+  const medianOf = (row: Row, server: Server): number | null => {
+    const rs = results.get(`${row.id}|${server.name}`);
+    return rs ? median(rs.map((r) => value(row, r))) : null;
+  };
+  const header = ['row', 'unit', ...servers.map((s) => s.name), 'vblk / best peer', 'goal', ''];
+  const lines: string[][] = [];
+  for (const row of rows) {
+    const cells = servers.map((s) => medianOf(row, s));
+    const vblk = cells[servers.findIndex((s) => s.name === 'vblk')] ?? null;
+    const peers = servers.map((s, i) => (s.name === 'vblk' ? null : cells[i])).filter((c): c is number => c !== null);
+    const best = peers.length ? Math.max(...peers) : null;
+    const ratio = vblk !== null && best ? vblk / best : null;
+    lines.push([
+      `${row.id} ${row.title}`,
+      row.unit,
+      ...cells.map((c) => (c === null ? '-' : row.unit === 'IOPS' ? String(Math.round(c)) : c.toFixed(0))),
+      ratio === null ? '-' : `${ratio.toFixed(2)}x`,
+      `>= ${row.goal.toFixed(1)}x`,
+      ratio === null ? '' : ratio >= row.goal ? 'met' : 'NOT met',
+    ]);
+    if (row.p99) {
+      const p99 = servers.map((s) => {
+        const rs = results.get(`${row.id}|${s.name}`);
+        return rs ? median(rs.map((r) => r.p99Us)) : null;
+      });
+      const v = p99[servers.findIndex((s) => s.name === 'vblk')] ?? null;
+      const bestP99 = Math.min(...p99.filter((c, i): c is number => c !== null && servers[i].name !== 'vblk'));
+      lines.push([
+        `${row.id} p99 completion latency`,
+        'µs',
+        ...p99.map((c) => (c === null ? '-' : c.toFixed(0))),
+        v !== null && Number.isFinite(bestP99) ? `${(v / bestP99).toFixed(2)}x` : '-',
+        '<= 1.0x',
+        v !== null && Number.isFinite(bestP99) ? (v <= bestP99 ? 'met' : 'NOT met') : '',
+      ]);
+    }
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const pad = (cells: string[]): string => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const text = [pad(header), ...lines.map(pad)].join('\n');
+  const markdown = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i < 2 ? '---' : '---:')).join('|')}|`, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
+  return { text, markdown };
+}
+
+function machine(): string {
+  const cpus = os.cpus();
+  const versions = servers
+    .filter((s) => s.name !== 'vblk')
+    .map((s) => {
+      const args = s.name === 'nbd-server' ? ['-V'] : ['--version'];
+      const r = must('sh', ['-c', `${s.program} ${args.join(' ')} 2>&1 | head -1`]).trim();
+      return r;
+    });
+  return [
+    `${cpus.length} cores (${cpus[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, Node ${process.version}`,
+    `${must('fio', ['--version']).trim()}; ${versions.join('; ')}`,
+  ].join('\n');
+}
+
+async function main(): Promise<void> {
+  if (!have('fio')) throw new Error('fio is missing; install the fio package');
+  for (const s of missing) progress(`${s.name}: not installed (${s.program} not found); left out`);
+  if (!servers.some((s) => s.name === 'vblk')) usageError('vblk must be among the servers');
+  randomFile(IMAGE, SIZE);
+  const started = new Date();
+  for (let round = 1; round <= ROUNDS; round++) {
+    progress(`round ${round} of ${ROUNDS}`);
+    // Rotate the order so no server always runs first (or just after another's writes).
+    const order = servers.map((_, i) => servers[(i + round - 1) % servers.length]);
+    for (const direct of [false, true]) for (const server of order) await measureServer(server, direct, round);
+  }
+  const { text, markdown } = table();
+  const rss = `vblk peak RSS: ${(vblkPeakRss / 2 ** 20).toFixed(0)} MiB (goal < 200 MB)`;
+  const about = `${machine()}\n${ROUNDS} round(s) of ${SECONDS} s per row and server, medians; image ${SIZE >> 20} MiB of random data, page cache warm`;
+  process.stdout.write(`\n${about}\n\n${text}\n\n${rss}\n${missing.length ? `missing: ${missing.map((s) => s.name).join(', ')}\n` : ''}`);
+  if (values.results) {
+    const commands = servers.flatMap((s) => [`    ${s.command(false)}`, ...(s.direct && rows.some((r) => r.direct) ? [`    ${s.command(true)}`] : [])]);
+    const doc = [
+      '# Benchmark results',
+      '',
+      `Run ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC with \`node dist/bench/nbd.js${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}\`.`,
+      '',
+      ...about.split('\n').map((l) => `${l}  `),
+      '',
+      markdown,
+      '',
+      rss,
+      '',
+      'Servers (IMAGE is the raw image, SOCK a UNIX socket):',
+      '',
+      ...commands,
+      '',
+      `fio: \`fio --ioengine=nbd --uri=nbd+unix:///?socket=SOCK <row options> --time_based --runtime=${SECONDS} --percentile_list=99 --output-format=json --group_reporting\``,
+      '',
+    ].join('\n');
+    fs.writeFileSync(values.results, doc);
+    progress(`wrote ${values.results}`);
+  }
+}
+
+await main();

@@ -129,7 +129,7 @@ export class Qcow2Image implements BlockDevice {
         // bitmaps.ts): clearing the bit tells QEMU they are all stale.
         const field = Buffer.alloc(4);
         field.writeUInt32BE((header.autoclear & ~AUTOCLEAR_BITMAPS) >>> 0, 0);
-        await file.write(field, FIELD.autoclearLow);
+        await file.writeMeta(field, FIELD.autoclearLow);
         await file.sync();
       }
     }
@@ -333,10 +333,10 @@ export class Qcow2Image implements BlockDevice {
     if (host) return host;
     const table = await this.refcounts!.allocate();
     const empty = Buffer.alloc(this.clusterSize);
-    await this.file.write(empty, table);
+    await this.file.writeMeta(empty, table);
     const entry = Buffer.alloc(8);
     encodeEntry(entry, 0, table, true);
-    await this.file.write(entry, this.header.l1TableOffset + 8 * l1Index);
+    await this.file.writeMeta(entry, this.header.l1TableOffset + 8 * l1Index);
     entry.copy(this.l1, 8 * l1Index);
     this.l2Cache.set(table, empty);
     return table;
@@ -349,7 +349,7 @@ export class Qcow2Image implements BlockDevice {
     encodeEntry(table, 8 * i, host, copied, zero);
     this.l2Writing.set(l2, (this.l2Writing.get(l2) ?? 0) + 1);
     try {
-      await this.file.write(Buffer.from(table.subarray(8 * i, 8 * i + 8)), l2 + 8 * i);
+      await this.file.writeMeta(Buffer.from(table.subarray(8 * i, 8 * i + 8)), l2 + 8 * i);
     } finally {
       const n = this.l2Writing.get(l2)! - 1;
       if (n) this.l2Writing.set(l2, n);

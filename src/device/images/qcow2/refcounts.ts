@@ -128,7 +128,7 @@ export class Refcounts {
   }
 
   private async writeBlockRange(offset: number, block: Buffer, range: { start: number; end: number }): Promise<void> {
-    await this.file.write(Buffer.from(block.subarray(range.start, range.end)), offset + range.start);
+    await this.file.writeMeta(Buffer.from(block.subarray(range.start, range.end)), offset + range.start);
   }
 
   /** A refcount block for table entry `index`, stored in cluster `at` (which it covers). */
@@ -136,12 +136,12 @@ export class Refcounts {
     const block = Buffer.alloc(this.clusterSize);
     writeRefcount(block, at - index * this.perBlock, this.order, 1);
     const offset = at * this.clusterSize;
-    await this.file.write(block, offset);
+    await this.file.writeMeta(block, offset);
     this.blocks.set(offset, block);
     this.end = Math.max(this.end, at + 1);
     const entry = Buffer.alloc(8);
     encodeEntry(entry, 0, offset, false);
-    await this.file.write(entry, this.tableOffset + 8 * index);
+    await this.file.writeMeta(entry, this.tableOffset + 8 * index);
     entry.copy(this.table, 8 * index);
   }
 
@@ -185,16 +185,16 @@ export class Refcounts {
       if (!placed.has(offset)) await this.writeBlockRange(offset, block, range);
     }
     for (const [offset, block] of placed) {
-      await this.file.write(block, offset);
+      await this.file.writeMeta(block, offset);
       this.blocks.set(offset, block);
     }
     const tableOffset = (start + blocks) * cs;
-    await this.file.write(table, tableOffset);
+    await this.file.writeMeta(table, tableOffset);
     // The switch: offset and cluster count are adjacent header fields, one write.
     const fields = Buffer.alloc(12);
     fields.writeBigUInt64BE(BigInt(tableOffset), 0);
     fields.writeUInt32BE(tableClusters, 8);
-    await this.file.write(fields, 48);
+    await this.file.writeMeta(fields, 48);
     const old = { offset: this.tableOffset, clusters: this.table.length / cs };
     this.table = table;
     this.tableOffset = tableOffset;

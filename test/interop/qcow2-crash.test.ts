@@ -39,7 +39,7 @@ import { serve, tempDir, vblk } from '../helpers/server.js';
 import { requireTool, TOOL_ENV, type RunResult } from '../helpers/tools.js';
 
 const BASE_SEED = 0x9c0c2000;
-const ITERATIONS = Number(process.env.VBLK_CRASH_ITERATIONS ?? 56);
+const ITERATIONS = Number(process.env.VBLK_CRASH_ITERATIONS ?? 52);
 const ONLY = process.env.VBLK_CRASH_ONLY === undefined ? null : Number(process.env.VBLK_CRASH_ONLY);
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -134,13 +134,19 @@ t.test('read of a sparse file returns holes as null and data as bytes', async (t
   t.ok((await readAll(img, 0, SIZE)).equals(expected(0, SIZE)), 'the whole image reads back');
 
   const mid = await img.read(request('read', 2 * K64 + 100, K64));
-  t.same(summary(mid), [
+  t.same(summary(mid), [[2 * K64 + 100, K64, 'data']], 'a range starting inside data: its last partial block is sent as data');
+  t.ok(mid[0].data!.equals(expected(2 * K64 + 100, K64)));
+  const across = await img.read(request('read', 2 * K64 + 100, K64 + 8192));
+  t.same(summary(across), [
     [2 * K64 + 100, K64 - 100, 'data'],
-    [3 * K64, 100, 'hole'],
-  ], 'a range starting inside data');
-  t.ok(mid[0].data!.equals(pattern(2 * K64 + 100, K64 - 100)));
+    [3 * K64, 8192, 'hole'],
+    [3 * K64 + 8192, 100, 'data'],
+  ], 'only whole aligned blocks become holes');
   t.same(summary(await img.read(request('read', 4 * K64, 4096))), [[4 * K64, 4096, 'hole']], 'inside a hole');
   t.same(await img.read(request('read', 0, 0)), [], 'zero bytes');
+
+  await img.write(request('write', 4 * K64, 8192, { data: Buffer.alloc(8192) }));
+  t.same(summary(await img.read(request('read', 4 * K64, 8192))), [[4 * K64, 8192, 'hole']], 'zeroes written (allocated) are sent as a hole too');
 });
 
 t.test('a df read gives one buffer with zeroes for the holes', async (t) => {

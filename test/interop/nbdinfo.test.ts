@@ -97,7 +97,9 @@ t.test('nbdinfo --list --json: three exports, only the :ro one read-only', async
       t.equal(e.can_zero, true, `'${name}' advertises write zeroes`);
     }
   }
-  // Negative control: --read-only makes every export read-only.
+  // Negative control: --read-only makes every export read-only (after the
+  // first server lets go of its write locks).
+  await served.stop();
   const allRo = await serve(t, [path.join(dir, 'default.img'), '--export', `named=${path.join(dir, 'named.img')}`, '--read-only']);
   const roInfo = await nbdinfoJson(t, ['--list', allRo.uri()]);
   t.equal(roInfo.exports.length, 2, 'two exports listed');

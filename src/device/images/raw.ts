@@ -1,7 +1,7 @@
 // A raw image: the export's bytes are the file's (or block device's)
 // bytes. Sparseness is the file system's: SEEK_DATA/SEEK_HOLE tell where
-// data is, so reads can return holes without touching them and block
-// status is exact; TRIM punches holes; write-zeroes punches or, with
+// data is, so block status is exact (reads find their zero blocks in what
+// they read, see zero-blocks.ts); TRIM punches holes; write-zeroes punches or, with
 // noHole, zeroes the range in place (FALLOC_FL_ZERO_RANGE); where neither
 // works it says ENOTSUP and the gateway writes zero buffers. FUA writes go
 // through a second descriptor opened O_DSYNC, so one write does not force
@@ -22,6 +22,7 @@ import {
   setNoCache,
 } from '../../io/syscalls.js';
 import { DeviceError } from '../errors.js';
+import { withoutZeroBlocks } from '../zero-blocks.js';
 import { lockFor } from './lock.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
 
@@ -119,13 +120,8 @@ export class RawImage implements BlockDevice {
 
   async read(req: Request): Promise<ReadSegment[]> {
     if (req.length === 0) return [];
-    if (req.df || !this.capabilities.extents) {
-      return [{ offset: req.offset, length: req.length, data: await this.readData(req.offset, req.length) }];
-    }
-    const runs = this.map(req.offset, req.offset + req.length, Infinity);
-    return Promise.all(
-      runs.map(async (r) => ({ ...r, data: r.hole ? null : await this.readData(r.offset, r.length) })),
-    );
+    const data = await this.readData(req.offset, req.length);
+    return req.df ? [{ offset: req.offset, length: req.length, data }] : withoutZeroBlocks(req.offset, data);
   }
 
   write(req: Request): Promise<void> {

@@ -49,6 +49,7 @@ import {
   encodeSimpleReply,
   type RequestFields,
 } from '../protocol/nbd/transmission-codec.js';
+import { commandLabel } from './model.js';
 
 /** What the generators need to know about the export under test. */
 export interface ExportShape {
@@ -183,7 +184,7 @@ function infoOrGo(option: number, names: string[]): fc.Arbitrary<OptionCase> {
   const malformed = fc
     .record({ name: fc.constantFrom(...names), requests: infoTypes })
     .chain((r) => damaged(encodeInfoRequest(r)))
-    .map((payload) => ({ option, payload, valid: false, label: `${label} malformed ${payload.toString('hex').slice(0, 64)}` }));
+    .map((payload) => ({ option, payload, valid: false, label: `${label} malformed ${payload.toString('hex').slice(0, 512)}` }));
   return fc.oneof({ weight: 3, arbitrary: valid }, { weight: 1, arbitrary: malformed });
 }
 
@@ -195,7 +196,7 @@ function metaContext(option: number, names: string[]): fc.Arbitrary<OptionCase> 
   const malformed = fc
     .record({ name: fc.constantFrom(...names), queries: fc.array(metaQuery, { maxLength: 3 }) })
     .chain((r) => damaged(encodeMetaContextRequest(r)))
-    .map((payload) => ({ option, payload, valid: false, label: `${label} malformed ${payload.toString('hex').slice(0, 64)}` }));
+    .map((payload) => ({ option, payload, valid: false, label: `${label} malformed ${payload.toString('hex').slice(0, 512)}` }));
   return fc.oneof({ weight: 3, arbitrary: valid }, { weight: 1, arbitrary: malformed });
 }
 
@@ -319,8 +320,7 @@ export function nbdRequest(shape: ExportShape, opts: { maxWritePayload?: number 
     })
     .map(({ fill, ...r }) => {
       const payload = r.type === CMD.WRITE && r.length <= maxWrite ? Buffer.alloc(r.length, fill) : undefined;
-      const name = COMMAND_NAMES[r.type] ?? `command ${r.type}`;
-      return { ...r, payload, label: `${name} flags=${flagNames(r.flags)} offset=${r.offset} length=${r.length}` };
+      return { ...r, payload, label: `${commandLabel(r.type)} flags=${flagNames(r.flags)} offset=${r.offset} length=${r.length}` };
     });
 }
 

@@ -43,6 +43,8 @@ import { Refcounts } from './refcounts.js';
 const close = promisify(fs.close);
 const L2_CACHE_TABLES = 512;
 const MAX_EXTENTS = 1024;
+/** At most this much memory kept in reusable copy-on-write buffers. */
+const COPY_BUFFER_BYTES = 8 << 20;
 
 export interface Qcow2Options {
   readOnly: boolean;
@@ -76,6 +78,11 @@ export class Qcow2Image implements BlockDevice {
   private readonly l2Writing = new Map<number, number>();
   private readonly meta = new Mutex();
   private readonly allocating = new Map<number, Promise<void>>();
+  /**
+   * Cluster buffers for copy-on-write, reused: a new 64 KiB buffer for
+   * every allocation made garbage collection a large share of the time.
+   */
+  private readonly clusterBuffers: Buffer[] = [];
 
   private constructor(
     readonly path: string,
@@ -223,10 +230,10 @@ export class Qcow2Image implements BlockDevice {
   }
 
   /** The whole guest cluster as the guest sees it now. */
-  private async clusterContent(gc: number, e: L2Entry): Promise<Buffer> {
+  private async clusterContent(gc: number, e: L2Entry, content: Buffer = Buffer.alloc(this.clusterSize)): Promise<Buffer> {
     const offset = gc * this.clusterSize;
     const length = Math.min(this.clusterSize, this.size - offset);
-    const content = Buffer.alloc(this.clusterSize);
+    content.fill(0);
     for (const s of await this.readCluster(e, offset, 0, length)) s.data?.copy(content, s.offset - offset);
     return content;
   }
@@ -271,8 +278,14 @@ export class Qcow2Image implements BlockDevice {
         const old = decodeL2(await this.l2Table(l2), gc % this.l2Entries, this.clusterBits);
         return { l2, host: await this.refcounts!.allocate(), old };
       });
-      const content = fill(whole ? Buffer.alloc(this.clusterSize) : await this.clusterContent(gc, old));
-      await this.file.write(content, host);
+      const buffer = this.clusterBuffers.pop() ?? Buffer.allocUnsafe(this.clusterSize);
+      try {
+        const content = fill(whole ? buffer.fill(0) : await this.clusterContent(gc, old, buffer));
+        await this.file.write(content, host);
+      } finally {
+        // The engine is done with it once the write settled.
+        if (this.clusterBuffers.length < Math.max(1, COPY_BUFFER_BYTES / this.clusterSize)) this.clusterBuffers.push(buffer);
+      }
       await this.meta.run(async () => {
         await this.setL2(l2, gc, host, true, false);
         await this.release(old);

@@ -27,6 +27,9 @@ class ScriptedRing implements NativeRing {
   queueRoom = Infinity;
   closed = false;
   cached: ((fd: number, buffer: Buffer, position: number) => number) | null = null;
+  /** The non-blocking and plain page-cache writes asked for, and what each returns. */
+  writes: { position: number; nowait: boolean }[] = [];
+  writeResult: (position: number, nowait: boolean) => number = () => -95;
 
   constructor(
     readonly slots: number,
@@ -55,6 +58,11 @@ class ScriptedRing implements NativeRing {
 
   get tryRead(): ((fd: number, buffer: Buffer, position: number) => number) | undefined {
     return this.cached ?? undefined;
+  }
+
+  tryWrite(_fd: number, _buffer: Buffer, position: number, nowait: boolean): number {
+    this.writes.push({ position, nowait });
+    return this.writeResult(position, nowait);
   }
 
   /** Completes submitted operations: `result` per id (a function may also fill buffers). */
@@ -183,4 +191,31 @@ t.test('page-cache hits never reach the ring; partial hits and misses do', async
   await partial;
   await t.rejects(e.submit([read(Buffer.alloc(4096), 12288)]), { code: 'EBADF' }, 'an error from the non-blocking read');
   t.same(await e.submit([]), undefined, 'an empty batch resolves');
+});
+
+t.test('buffered writes go to the page cache at once; FUA and direct writes go through the ring', async (t) => {
+  const { engine: e, ring } = engine();
+  const write = (position: number, buffered: boolean): IoOp => ({ kind: 'write', fd: 3, buffer: Buffer.alloc(4096), position, buffered });
+  // A file system without non-blocking buffered writes (ext4): EOPNOTSUPP once, then plain writes.
+  ring().writeResult = (_position, nowait) => (nowait ? -95 : 4096);
+  await e.submit([write(0, true)]);
+  await e.submit([write(4096, true)]);
+  t.same(ring().writes, [{ position: 0, nowait: true }, { position: 0, nowait: false }, { position: 4096, nowait: false }], 'RWF_NOWAIT is tried until the file system says EOPNOTSUPP');
+  t.equal(ring().submitted.length, 0, 'nothing went through the ring');
+
+  const fua = e.submit([write(8192, false)]);
+  t.same(ring().submitted.map((s) => [s.op, s.position]), [[1, 8192]], 'a write that waits for the device goes through the ring');
+  t.equal(ring().writes.length, 3, 'and is never tried inline');
+  ring().complete([[ring().submitted[0].id, 4096]]);
+  await fua;
+
+  // Where RWF_NOWAIT works, a write that would block (EAGAIN) goes through the ring; a short one finishes there.
+  const { engine: e2, ring: ring2 } = engine();
+  ring2().writeResult = (position) => (position === 0 ? -11 : 1000);
+  const both = e2.submit([write(0, true), write(4096, true)]);
+  t.same(ring2().submitted.map((s) => [s.position, s.buffer!.length]), [[0, 4096], [5096, 3096]], 'EAGAIN and the rest of a short write');
+  ring2().complete(ring2().submitted.map((s) => [s.id, s.buffer!.length] as [number, number]));
+  await both;
+  ring2().writeResult = () => -28;
+  await t.rejects(e2.submit([write(0, true)]), { code: 'ENOSPC' }, 'an error from the inline write');
 });

@@ -197,6 +197,7 @@ Napi::Object Uring::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function cls = DefineClass(env, "Uring",
                                    {InstanceMethod<&Uring::Prep>("prep"), InstanceMethod<&Uring::Submit>("submit"),
                                     InstanceMethod<&Uring::Close>("close"), InstanceMethod<&Uring::TryRead>("tryRead"),
+                                    InstanceMethod<&Uring::TryWrite>("tryWrite"),
 
                                     InstanceAccessor<&Uring::Entries>("entries"),
                                     StaticMethod<&Uring::Probe>("probe")});
@@ -306,6 +307,20 @@ Napi::Value Uring::TryRead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r >= 0 ? static_cast<double>(r) : -errno);
 }
 
+// tryWrite(fd, buffer, position, nowait) -> bytes written, or -errno.
+// For descriptors that write into the page cache: with nowait, pwritev2
+// RWF_NOWAIT (-EAGAIN when it would block, -EOPNOTSUPP where the file
+// system has no non-blocking buffered writes, like ext4); without, a plain
+// pwrite, which waits only when the kernel throttles dirty pages.
+Napi::Value Uring::TryWrite(const Napi::CallbackInfo& info) {
+  int32_t fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::Uint8Array buf = info[1].As<Napi::Uint8Array>();
+  struct iovec iov = {buf.Data(), buf.ByteLength()};
+  int flags = info[3].As<Napi::Boolean>().Value() ? RWF_NOWAIT : 0;
+  ssize_t r = pwritev2(fd, &iov, 1, static_cast<off_t>(info[2].As<Napi::Number>().DoubleValue()), flags);
+  return Napi::Number::New(info.Env(), r >= 0 ? static_cast<double>(r) : -errno);
+}
+
 void Uring::Reap(void* self) {
   auto* u = static_cast<Uring*>(self);
   uint64_t ignored;
@@ -361,6 +376,7 @@ Napi::Value Uring::Prep(const Napi::CallbackInfo& info) { return info.Env().Unde
 Napi::Value Uring::Submit(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 Napi::Value Uring::Close(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 Napi::Value Uring::TryRead(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
+Napi::Value Uring::TryWrite(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 void Uring::Reap(void*) {}
 void Uring::ReapQueue(Uring*) {}
 

@@ -21,6 +21,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value TryRead(const Napi::CallbackInfo& info);
+  Napi::Value TryWrite(const Napi::CallbackInfo& info);
   Napi::Value Entries(const Napi::CallbackInfo& info);
 
   Ring* ring_ = nullptr;

@@ -17,7 +17,14 @@ export type IoOp =
       /** The descriptor bypasses the page cache (O_DIRECT): no data can be there already. */
       uncached?: boolean;
     }
-  | { kind: 'write'; fd: number; buffer: Buffer; position: number }
+  | {
+      kind: 'write';
+      fd: number;
+      buffer: Buffer;
+      position: number;
+      /** The descriptor is neither O_DIRECT nor O_DSYNC: the write lands in the page cache without waiting for the device. */
+      buffered?: boolean;
+    }
   | { kind: 'sync'; fd: number; dataOnly: boolean };
 
 export interface IoEngine {

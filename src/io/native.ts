@@ -15,6 +15,8 @@ export interface NativeRing {
   close(): void;
   /** io_uring only: a non-blocking read (preadv2 RWF_NOWAIT); bytes read or -errno. */
   tryRead?(fd: number, buffer: Buffer, position: number): number;
+  /** io_uring only: a page-cache write now, non-blocking (RWF_NOWAIT) or plain; bytes written or -errno. */
+  tryWrite?(fd: number, buffer: Buffer, position: number, nowait: boolean): number;
 }
 
 export interface NativeRingClass {

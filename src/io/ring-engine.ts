@@ -1,7 +1,14 @@
 // The engine over a native ring (io_uring or POSIX AIO, see native/).
 // Where the ring offers tryRead (io_uring), a read first tries a
 // non-blocking preadv2: a page-cache hit is done then and there, for the
-// price of one system call, and only misses go through the ring.
+// price of one system call, and only misses go through the ring. Writes
+// into the page cache (`buffered`) are done there and then the same way
+// (tryWrite): with RWF_NOWAIT where the file system has it, and where it
+// does not (ext4 says EOPNOTSUPP) with a plain pwrite, as the sync engine
+// does. io_uring would hand such a write to an io-wq worker thread: three
+// times the CPU per 4 KiB write here (18 µs against 6) for the same
+// memcpy into the cache; a plain pwrite waits only when the kernel
+// throttles dirty pages, and then every way of writing waits.
 // Operations get a slot id; at most `slots` are in flight and the rest
 // wait in a backlog. Each batch goes to the kernel as soon as it is
 // prepared. Gathering a whole tick's batches into one submit costs fewer
@@ -19,7 +26,7 @@ import { endOfFile, ioError, type EngineName, type IoEngine, type IoOp } from '.
 import type { NativeRing, NativeRingClass } from './native.js';
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n as number, name]));
-const { EAGAIN, EINTR } = constants.errno;
+const { EAGAIN, EINTR, EOPNOTSUPP } = constants.errno;
 const RETRY = new Set([EAGAIN, EINTR]);
 
 const DONE = Promise.resolve();
@@ -55,6 +62,8 @@ export class RingEngine implements IoEngine {
   private submitQueued = false;
   private closing = false;
   private inflight = 0;
+  /** Whether buffered writes may still try RWF_NOWAIT (false once the file system said EOPNOTSUPP). */
+  private nowaitWrites = true;
 
   constructor(
     readonly name: EngineName,
@@ -73,7 +82,7 @@ export class RingEngine implements IoEngine {
     let rest: Pending[] | null = null;
     let error: Error | null = null;
     for (const op of ops) {
-      const done = this.readNow(op);
+      const done = op.kind === 'read' ? this.readNow(op) : op.kind === 'write' ? this.writeNow(op) : 0;
       if (done === op) continue;
       if (done instanceof Error) error ??= done;
       else (rest ??= []).push({ op, done: done as number, group: null! });
@@ -96,13 +105,26 @@ export class RingEngine implements IoEngine {
    * bytes are already there (0 or more) when the rest must go through the
    * ring.
    */
-  private readNow(op: IoOp): IoOp | Error | number {
-    if (op.kind !== 'read' || op.uncached || !this.ring.tryRead) return 0;
+  private readNow(op: IoOp & { kind: 'read' }): IoOp | Error | number {
+    if (op.uncached || !this.ring.tryRead) return 0;
     const result = this.ring.tryRead(op.fd, op.buffer, op.position);
     if (result === op.buffer.length) return op;
     if (result > 0) return result;
     if (result === -EAGAIN || result === -EINTR) return 0;
     return result === 0 ? endOfFile(op.position) : errnoError(op, -result);
+  }
+
+  /** Like readNow, for a write into the page cache. */
+  private writeNow(op: IoOp & { kind: 'write' }): IoOp | Error | number {
+    if (!op.buffered || !this.ring.tryWrite) return 0;
+    let result = this.ring.tryWrite(op.fd, op.buffer, op.position, this.nowaitWrites);
+    if (result === -EOPNOTSUPP && this.nowaitWrites) {
+      this.nowaitWrites = false;
+      result = this.ring.tryWrite(op.fd, op.buffer, op.position, false);
+    }
+    if (result === op.buffer.length) return op;
+    if (result >= 0 || result === -EAGAIN || result === -EINTR) return Math.max(result, 0);
+    return errnoError(op, -result);
   }
 
   allocate(size: number): Buffer {

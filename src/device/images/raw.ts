@@ -126,7 +126,8 @@ export class RawImage implements BlockDevice {
 
   write(req: Request): Promise<void> {
     const fd = req.fua ? this.dsyncFd : this.fd;
-    return this.engine.submit([{ kind: 'write', fd, buffer: req.data!, position: req.offset }]);
+    const buffered = !req.fua && !this.direct;
+    return this.engine.submit([{ kind: 'write', fd, buffer: req.data!, position: req.offset, buffered }]);
   }
 
   flush(): Promise<void> {

@@ -58,7 +58,7 @@ export class ImageFile {
 
   write(buffer: Buffer, offset: number): Promise<void> {
     if (this.direct) this.extendTo(offset + buffer.length);
-    return this.engine.submit([{ kind: 'write', fd: this.fd, buffer, position: offset }]);
+    return this.engine.submit([{ kind: 'write', fd: this.fd, buffer, position: offset, buffered: !this.direct }]);
   }
 
   /** A metadata write, done before it returns when the page cache takes it (see above). */

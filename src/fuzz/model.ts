@@ -241,6 +241,9 @@ export function expectFor(r: RequestShape, t: Terms): Expectation {
     return { errno: null, alsoAccepted: [NBD_ERR.EINVAL], rule: 'BLOCK_STATUS of zero bytes: EINVAL or an answer', level: 'SHOULD' };
   }
   const accepted: number[] = [];
+  // Past the maximum block size, commands without a payload may be refused
+  // with EINVAL or EOVERFLOW where they would cost more than a maximum-sized one.
+  if (r.length > t.maxPayload) accepted.push(NBD_ERR.EINVAL, NBD_ERR.EOVERFLOW);
   // FAST_ZERO may always be refused with ENOTSUP.
   if (r.type === CMD.WRITE_ZEROES && r.flags & CMD_FLAG.FAST_ZERO) accepted.push(NBD_ERR.ENOTSUP);
   // A DF read too large to send unfragmented may get EOVERFLOW.

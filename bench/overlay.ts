@@ -12,12 +12,13 @@
 // ask). Every measurement gets a new overlay and a new server; rounds
 // alternate which server goes first; the table shows medians.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { fio, median, must, progress, randomFile, stop, waitForSocket, warm } from './lib.js';
 
 const HELP = `Usage: node dist/bench/overlay.js [options]
 
@@ -126,60 +127,10 @@ const SERVERS: Server[] = [
   })),
 ];
 
-function progress(text: string): void {
-  process.stderr.write(`${text}\n`);
-}
-
-function must(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}`);
-  return r.stdout;
-}
-
-function prepareBase(): void {
-  if (fs.existsSync(BASE) && fs.statSync(BASE).size === SIZE) return;
-  progress(`writing ${SIZE >> 20} MiB of random data to ${BASE}`);
-  const fd = fs.openSync(`${BASE}.tmp`, 'w');
-  const chunk = Buffer.alloc(8 << 20);
-  for (let off = 0; off < SIZE; off += chunk.length) {
-    for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
-    fs.writeSync(fd, chunk, 0, Math.min(chunk.length, SIZE - off), off);
-  }
-  fs.fsyncSync(fd);
-  fs.closeSync(fd);
-  fs.renameSync(`${BASE}.tmp`, BASE);
-}
-
-/** Reads the whole base so copy-on-write reads of it hit the page cache. */
-function warmBase(): void {
-  const fd = fs.openSync(BASE, 'r');
-  const chunk = Buffer.alloc(8 << 20);
-  for (let off = 0; off < SIZE; off += chunk.length) fs.readSync(fd, chunk, 0, chunk.length, off);
-  fs.closeSync(fd);
-}
-
-async function waitForSocket(socket: string, proc: ChildProcess): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (!fs.existsSync(socket)) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`server exited (${proc.exitCode ?? proc.signalCode}) before listening`);
-    if (Date.now() > deadline) throw new Error(`no socket at ${socket} after 15 s`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function stop(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000);
-  await exited;
-  clearTimeout(timer);
-}
-
 function fioArgs(socket: string, depth: number): string[] {
   return [
     '--name=overlay', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${socket}`, '--rw=randwrite', '--bs=4k',
-    `--iodepth=${depth}`, '--time_based', `--runtime=${SECONDS}`, '--output-format=json',
+    `--iodepth=${depth}`, '--time_based', `--runtime=${SECONDS}`,
   ];
 }
 
@@ -189,15 +140,9 @@ interface Result {
   latUs: number;
 }
 
-function fio(socket: string, depth: number): Result {
-  const args = fioArgs(socket, depth);
-  const r = spawnSync('fio', args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`fio ${args.join(' ')} failed: ${r.stderr}${r.stdout.slice(0, 300)}`);
-  // The nbd engine prints "fio: connected to NBD server" before the JSON.
-  const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
-  const job = json.jobs[0];
-  if (job.error) throw new Error(`fio reported error ${job.error}`);
-  return { iops: job.write.iops, latUs: job.write.clat_ns.mean / 1000 };
+function fioRun(socket: string, depth: number): Result {
+  const r = fio(fioArgs(socket, depth));
+  return { iops: r.iops, latUs: r.meanUs };
 }
 
 async function measure(server: Server, depth: number, round: number): Promise<Result> {
@@ -207,10 +152,10 @@ async function measure(server: Server, depth: number, round: number): Promise<Re
   let proc: ChildProcess | null = null;
   try {
     server.createOverlay(overlay);
-    warmBase();
+    warm(BASE);
     proc = server.start(overlay, socket);
     await waitForSocket(socket, proc);
-    const r = fio(socket, depth);
+    const r = fioRun(socket, depth);
     progress(`  round ${round}, iodepth ${depth}, ${server.name}: ${Math.round(r.iops)} IOPS, ${r.latUs.toFixed(1)} µs mean`);
     return r;
   } finally {
@@ -219,16 +164,10 @@ async function measure(server: Server, depth: number, round: number): Promise<Re
   }
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
 async function main(): Promise<void> {
   must('fio', ['--version']);
   must('qemu-nbd', ['--version']);
-  prepareBase();
+  randomFile(BASE, SIZE);
   const results = new Map<string, Result[]>();
   const key = (server: Server, depth: number): string => `${server.name}@${depth}`;
   for (let round = 1; round <= ROUNDS; round++) {

@@ -95,6 +95,8 @@ export class RawImage implements BlockDevice {
 
   static open(path: string, options: RawOptions): RawImage {
     const direct = options.direct === true;
+    // First, so that a host without direct I/O fails before the file is opened and locked.
+    const engine = direct ? directEngine(options.engine) : options.engine;
     const fd = openImageFile(path, options.readOnly, direct);
     try {
       const stat = fs.fstatSync(fd);
@@ -105,7 +107,6 @@ export class RawImage implements BlockDevice {
       if (direct && size % DIRECT_ALIGNMENT !== 0) {
         throw new Error(`${path}: --direct needs a size that is a multiple of ${DIRECT_ALIGNMENT} bytes, not ${size}`);
       }
-      const engine = direct ? directEngine(options.engine) : options.engine;
       const sparse = probe(() => seek(fd, 0, 'hole'));
       // Punching a hole past the end of the file changes nothing and tells
       // whether the file system can punch at all.

@@ -9,8 +9,21 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { chooseEngine, engineReports } from '../dist/src/io/probe.js';
 
+// Tests whose I/O does not go through the served export's engine, or that
+// vary the engine themselves, run once.
+const ONCE = new Set([
+  'qcow2-crash.test.js', // picks an engine (and --direct) per iteration
+  'clone.test.js', // file copies, no server I/O
+  'resize.test.js', // offline resize
+  'locking.test.js', // lock bytes, not I/O
+  'qcow2-refusals.test.js', // images refused before any I/O
+  'snapshots.test.js', // offline chain operations
+]);
 const files = [
-  ...fs.readdirSync('dist/test/interop').filter((f) => f.endsWith('.test.js')).map((f) => `dist/test/interop/${f}`),
+  ...fs
+    .readdirSync('dist/test/interop')
+    .filter((f) => f.endsWith('.test.js') && !ONCE.has(f))
+    .map((f) => `dist/test/interop/${f}`),
   'dist/test/hostile-client.test.js',
 ];
 const auto = chooseEngine('auto');

@@ -287,3 +287,18 @@ t.test('close releases the descriptors', async (t) => {
   await ro.close();
   t.equal(openFds(), before, 'read-only: closed');
 });
+
+t.test('direct I/O: a read-only image may have any size, a writable one must be whole blocks', async (t) => {
+  const file = path.join(tempDir(t), 'odd.img');
+  const size = 3 * 4096 + 100;
+  fs.writeFileSync(file, pattern(0, size));
+  const engine = new ThreadsEngine();
+  t.teardown(() => engine.close());
+  const img = RawImage.open(file, { readOnly: true, engine, direct: true });
+  const tail = await img.read(request('read', 2 * 4096 + 50, 4096 + 50, { df: true }));
+  t.ok(tail[0].data!.equals(pattern(2 * 4096 + 50, 4096 + 50)), 'a read across the unaligned end');
+  const head = await img.read(request('read', 0, 4096, { df: true }));
+  t.ok(head[0].data!.equals(pattern(0, 4096)), 'an aligned read');
+  await img.close();
+  t.throws(() => RawImage.open(file, { readOnly: false, engine, direct: true }), /multiple of 4096 bytes long, not 12388/);
+});

@@ -23,6 +23,7 @@ import {
 } from '../../io/syscalls.js';
 import { DeviceError } from '../errors.js';
 import { withoutZeroBlocks } from '../zero-blocks.js';
+import { ImageFile } from './image-file.js';
 import { lockFor } from './lock.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
 
@@ -63,6 +64,8 @@ export class RawImage implements BlockDevice {
     private readonly dsyncFd: number,
     readonly size: number,
     private readonly engine: IoEngine,
+    /** Reads, through the same engine; with direct I/O it also reads an unaligned tail. */
+    private readonly file: ImageFile,
     readOnly: boolean,
     sparse: boolean,
     punch: boolean,
@@ -104,15 +107,19 @@ export class RawImage implements BlockDevice {
       refuseQcow2(path);
       lockFor(fd, path, options);
       const size = stat.isFile() ? stat.size : (seek(fd, 0, 'end') ?? 0);
-      if (direct && size % DIRECT_ALIGNMENT !== 0) {
-        throw new Error(`${path}: --direct needs a size that is a multiple of ${DIRECT_ALIGNMENT} bytes, not ${size}`);
+      if (direct && !options.readOnly && size % DIRECT_ALIGNMENT !== 0) {
+        throw new Error(
+          `${path}: --direct needs a writable raw image to be a multiple of ${DIRECT_ALIGNMENT} bytes long, not ${size} (read-only ones may have any size)`,
+        );
       }
       const sparse = probe(() => seek(fd, 0, 'hole'));
       // Punching a hole past the end of the file changes nothing and tells
       // whether the file system can punch at all.
       const punch = !options.readOnly && probe(() => fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size, 4096));
       const dsyncFd = options.readOnly ? fd : openImageFile(path, false, direct, fs.constants.O_DSYNC);
-      return new RawImage(path, fd, dsyncFd, size, engine, options.readOnly, sparse, punch, direct);
+      // Never extended: a writable file is already whole blocks long, a read-only one has its tail read buffered.
+      const file = new ImageFile(fd, options.engine, direct ? { writable: false } : null);
+      return new RawImage(path, fd, dsyncFd, size, engine, file, options.readOnly, sparse, punch, direct);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -164,14 +171,13 @@ export class RawImage implements BlockDevice {
   }
 
   async close(): Promise<void> {
+    this.file.close();
     if (this.dsyncFd !== this.fd) await close(this.dsyncFd);
     await close(this.fd);
   }
 
-  private async readData(offset: number, length: number): Promise<Buffer> {
-    const buffer = this.engine.allocate(length);
-    await this.engine.submit([{ kind: 'read', fd: this.fd, buffer, position: offset }]);
-    return buffer;
+  private readData(offset: number, length: number): Promise<Buffer> {
+    return this.file.read(offset, length);
   }
 
   /** Data and hole runs covering [offset, end), at most maxRuns of them. */

@@ -8,7 +8,7 @@
 // leaked; that remains the fallback for a directory vblk cannot parse.
 
 import { EXT_BITMAPS, type Header } from './format.js';
-import type { ImageFile } from './image-file.js';
+import type { ImageFile } from '../image-file.js';
 
 const MAX_DIRECTORY = 64 << 20;
 const FLAG_IN_USE = 1;

@@ -37,7 +37,7 @@ import {
   type L2Entry,
 } from './format.js';
 import { markBitmapsInUse } from './bitmaps.js';
-import { ImageFile } from './image-file.js';
+import { ImageFile } from '../image-file.js';
 import { Refcounts } from './refcounts.js';
 
 const close = promisify(fs.close);

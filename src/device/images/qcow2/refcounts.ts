@@ -12,7 +12,7 @@
 // the old table's clusters are freed.
 
 import { encodeEntry, entryOffset, readRefcount, writeRefcount } from './format.js';
-import type { ImageFile } from './image-file.js';
+import type { ImageFile } from '../image-file.js';
 
 export class Refcounts {
   private readonly clusterSize: number;

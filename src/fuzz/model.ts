@@ -157,6 +157,8 @@ export interface Expectation {
   rule: string;
   /** How bad it is to answer something else. */
   level: Level;
+  /** What in this request the rule is about, when the rule is general. */
+  what?: string;
 }
 
 export interface RequestShape {
@@ -186,8 +188,8 @@ const NEEDS: Record<number, number> = {
   [CMD.WRITE_ZEROES]: TF.SEND_WRITE_ZEROES,
 };
 
-function err(errno: number, rule: string, level: Level = 'SHOULD', alsoAccepted: number[] = []): Expectation {
-  return { errno, alsoAccepted, rule, level };
+function err(errno: number, rule: string, level: Level = 'SHOULD', alsoAccepted: number[] = [], what?: string): Expectation {
+  return { errno, alsoAccepted, rule, level, ...(what ? { what } : {}) };
 }
 
 /**
@@ -209,14 +211,14 @@ export function expectFor(r: RequestShape, t: Terms): Expectation {
   const others: number[] = [];
   if (mutating && readOnly) others.push(NBD_ERR.EPERM);
   if (end > size && r.type !== CMD.FLUSH) others.push(NBD_ERR.EINVAL, NBD_ERR.ENOSPC);
-  if (stray) return err(NBD_ERR.EINVAL, `flags ${flagList(stray)} do not apply to ${name}: EINVAL`, 'SHOULD', others);
-  if (r.flags & CMD_FLAG.FUA && !(t.flags & TF.SEND_FUA)) return err(NBD_ERR.EINVAL, 'FUA not advertised: EINVAL', 'SHOULD', others);
-  if (r.flags & CMD_FLAG.DF && !(t.flags & TF.SEND_DF)) return err(NBD_ERR.EINVAL, 'DF not advertised: EINVAL', 'SHOULD', others);
+  if (stray) return err(NBD_ERR.EINVAL, 'flags that do not apply to the command: EINVAL', 'SHOULD', others, `${flagList(stray)} on ${name}`);
+  if (r.flags & CMD_FLAG.FUA && !(t.flags & TF.SEND_FUA)) return err(NBD_ERR.EINVAL, 'flags not advertised: EINVAL', 'SHOULD', others, 'FUA');
+  if (r.flags & CMD_FLAG.DF && !(t.flags & TF.SEND_DF)) return err(NBD_ERR.EINVAL, 'flags not advertised: EINVAL', 'SHOULD', others, 'DF');
   if (r.flags & CMD_FLAG.FAST_ZERO && !(t.flags & TF.SEND_FAST_ZERO)) {
-    return err(NBD_ERR.EINVAL, 'FAST_ZERO not advertised: EINVAL', 'SHOULD', others);
+    return err(NBD_ERR.EINVAL, 'flags not advertised: EINVAL', 'SHOULD', others, 'FAST_ZERO');
   }
   const needs = NEEDS[r.type];
-  if (needs && !(t.flags & needs) && !(readOnly && mutating)) return err(NBD_ERR.EINVAL, `${name} not advertised: EINVAL`, 'SHOULD', others);
+  if (needs && !(t.flags & needs) && !(readOnly && mutating)) return err(NBD_ERR.EINVAL, 'commands not advertised: EINVAL', 'SHOULD', others, name);
   if (r.type === CMD.BLOCK_STATUS && t.contexts.length === 0) {
     return err(NBD_ERR.EINVAL, 'BLOCK_STATUS without a meta context: EINVAL', 'SHOULD', others);
   }
@@ -231,7 +233,7 @@ export function expectFor(r: RequestShape, t: Terms): Expectation {
   if (end > size) {
     const write = r.type === CMD.WRITE || r.type === CMD.WRITE_ZEROES;
     return write
-      ? err(NBD_ERR.ENOSPC, `${name} past the end: ENOSPC`, 'SHOULD', [NBD_ERR.EINVAL])
+      ? err(NBD_ERR.ENOSPC, `${name} past the end: ENOSPC`, 'SHOULD')
       : err(NBD_ERR.EINVAL, `${name} past the end: EINVAL`, 'SHOULD');
   }
   if ((r.type === CMD.READ || r.type === CMD.WRITE) && r.length > t.maxPayload) {

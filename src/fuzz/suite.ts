@@ -228,7 +228,7 @@ class RequestCmd implements Cmd {
         r.report(new Violation(exp.level, exp.rule, `${q.label} failed with ${errnoName(got)}`));
       }
     } else if (got === 0) {
-      r.report(new Violation(exp.level, exp.rule, `${q.label} succeeded`));
+      r.report(new Violation(exp.level, exp.rule, `${q.label} succeeded${exp.what ? ` (${exp.what})` : ''}`));
     } else if (got !== exp.errno && !exp.alsoAccepted.includes(got)) {
       r.report(new Violation('SHOULD', exp.rule, `${q.label} failed with ${errnoName(got)}`));
     }

@@ -144,6 +144,8 @@ export interface Terms {
   contexts: { id: number; name: string }[];
   /** Largest payload the server said it takes (32 MiB when it did not say). */
   maxPayload: number;
+  /** Whether the server said so (NBD_INFO_BLOCK_SIZE); if not, larger requests may still work. */
+  maxPayloadAdvertised?: boolean;
 }
 
 export type Level = 'MUST' | 'SHOULD';
@@ -237,12 +239,18 @@ export function expectFor(r: RequestShape, t: Terms): Expectation {
       : err(NBD_ERR.EINVAL, `${name} past the end: EINVAL`, 'SHOULD');
   }
   if ((r.type === CMD.READ || r.type === CMD.WRITE) && r.length > t.maxPayload) {
+    if (!t.maxPayloadAdvertised) {
+      // Without NBD_INFO_BLOCK_SIZE, 32 MiB is only what clients should stay under.
+      return { errno: null, alsoAccepted: [NBD_ERR.EINVAL, NBD_ERR.EOVERFLOW, NBD_ERR.ENOMEM], rule: `${name} over 32 MiB: any answer but a hang-up`, level: 'SHOULD' };
+    }
     return err(NBD_ERR.EINVAL, `${name} over the maximum payload: EINVAL`, 'SHOULD', [NBD_ERR.EOVERFLOW, NBD_ERR.ENOMEM]);
   }
   if (r.type === CMD.BLOCK_STATUS && r.length === 0) {
     return { errno: null, alsoAccepted: [NBD_ERR.EINVAL], rule: 'BLOCK_STATUS of zero bytes: EINVAL or an answer', level: 'SHOULD' };
   }
   const accepted: number[] = [];
+  // Zero-length requests are unspecified: a server may refuse them with EINVAL (but not hang up).
+  if (r.length === 0) accepted.push(NBD_ERR.EINVAL);
   // Past the maximum block size, commands without a payload may be refused
   // with EINVAL or EOVERFLOW where they would cost more than a maximum-sized one.
   if (r.length > t.maxPayload) accepted.push(NBD_ERR.EINVAL, NBD_ERR.EOVERFLOW);

@@ -227,7 +227,7 @@ export class Session {
       );
     }
     if (!(exp.flags & TF.HAS_FLAGS)) throw new Violation('MUST', 'transmission flags have HAS_FLAGS', `0x${exp.flags.toString(16)}`);
-    this.terms = { size: exp.size, flags: exp.flags, structured, contexts, maxPayload: exp.maxPayload ?? 32 << 20 };
+    this.terms = { size: exp.size, flags: exp.flags, structured, contexts, maxPayload: exp.maxPayload ?? 32 << 20, maxPayloadAdvertised: exp.maxPayload !== null };
     return this;
   }
 

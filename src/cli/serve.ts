@@ -7,6 +7,7 @@ import { openImage } from '../device/images/open.js';
 import { RawImage } from '../device/images/raw.js';
 import { ENGINE_NAMES } from '../io/engine.js';
 import { chooseEngine } from '../io/probe.js';
+import { keepLargeAllocationsInHeap } from '../io/syscalls.js';
 import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { NbdServer } from '../server/server.js';
@@ -151,6 +152,7 @@ export const serve: Command<ServeValues> = {
       throw new UsageError(`--engine must be auto, ${ENGINE_NAMES.join(', ')}`);
     }
     const { engine, reason } = chooseEngine(requested);
+    keepLargeAllocationsInHeap();
     const direct = v.direct === true;
     const registry = new ExportRegistry();
     try {

@@ -314,7 +314,9 @@ async function main(): Promise<void> {
       '',
       ...commands,
       '',
-      `fio: \`fio --ioengine=nbd --uri=nbd+unix:///?socket=SOCK <row options> --time_based --runtime=${SECONDS} --percentile_list=99 --output-format=json --group_reporting\``,
+      `fio: \`fio --ioengine=nbd --uri=nbd+unix:///?socket=SOCK <row options> --time_based --runtime=${SECONDS} --percentile_list=99 --output-format=json --group_reporting\`, with these row options:`,
+      '',
+      ...rows.map((r) => `- row ${r.id}: \`${r.job.join(' ')}\`${r.direct ? ' (servers in their direct mode)' : ''}`),
       '',
     ].join('\n');
     fs.writeFileSync(values.results, doc);

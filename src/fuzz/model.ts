@@ -172,7 +172,11 @@ export interface RequestShape {
 
 const KNOWN_FLAGS = 0x3f;
 
-/** Flags each command may carry besides FUA. */
+/**
+ * Flags each command may carry besides FUA. Written out from the spec
+ * here rather than imported from protocol/nbd/commands.ts: a model that
+ * shares the server's tables would share its mistakes.
+ */
 const COMMAND_FLAGS: Record<number, number> = {
   [CMD.READ]: CMD_FLAG.DF,
   [CMD.WRITE]: 0,

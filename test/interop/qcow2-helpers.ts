@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
+import type { MapEntry } from '../../src/device/images/map.js';
 import { run, TOOL_ENV, type RunResult } from '../helpers/tools.js';
 
 export const KiB = 1024;
@@ -304,14 +305,7 @@ export function joinRuns(runs: Run[]): Run[] {
   return outRuns;
 }
 
-export interface ImgMapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-}
+export type ImgMapEntry = MapEntry;
 
 /** A qemu-img map (or vblk map) entry as one comparable value; host offsets left out. */
 export function mapRuns(entries: ImgMapEntry[]): Run[] {

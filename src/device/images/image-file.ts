@@ -21,9 +21,17 @@
 import fs from 'node:fs';
 import type { IoEngine } from '../../io/engine.js';
 import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
+import { seek } from '../../io/syscalls.js';
+
+/** The length of a file, or of a block device (whose stat size is 0). */
+export function fileSize(fd: number): number {
+  const stat = fs.fstatSync(fd);
+  return stat.isBlockDevice() ? (seek(fd, 0, 'end') ?? 0) : stat.size;
+}
 
 export class ImageFile {
-  private readonly engine: IoEngine;
+  /** The engine transfers go through: wrapped in DirectIo for an O_DIRECT descriptor. */
+  readonly engine: IoEngine;
   /** Direct I/O: the file's length as extended so far (writable) or as it is (read-only). */
   private size = 0;
   private tailFd: number | null = null;
@@ -35,7 +43,7 @@ export class ImageFile {
   ) {
     this.engine = direct ? directEngine(engine) : engine;
     if (direct) {
-      this.size = fs.fstatSync(fd).size;
+      this.size = fileSize(fd);
       if (direct.writable) this.extendTo(this.size);
     }
   }

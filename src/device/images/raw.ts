@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { IoEngine } from '../../io/engine.js';
-import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
+import { DIRECT_ALIGNMENT } from '../../io/probe.js';
 import {
   adviseWillNeed,
   fallocate,
@@ -23,7 +23,7 @@ import {
 } from '../../io/syscalls.js';
 import { DeviceError } from '../errors.js';
 import { withoutZeroBlocks } from '../zero-blocks.js';
-import { ImageFile } from './image-file.js';
+import { fileSize, ImageFile } from './image-file.js';
 import { lockFor } from './lock.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
 
@@ -63,8 +63,7 @@ export class RawImage implements BlockDevice {
     private readonly fd: number,
     private readonly dsyncFd: number,
     readonly size: number,
-    private readonly engine: IoEngine,
-    /** Reads, through the same engine; with direct I/O it also reads an unaligned tail. */
+    /** Reads (with direct I/O, an unaligned tail too) and the engine writes and syncs go through. */
     private readonly file: ImageFile,
     readOnly: boolean,
     sparse: boolean,
@@ -98,15 +97,17 @@ export class RawImage implements BlockDevice {
 
   static open(path: string, options: RawOptions): RawImage {
     const direct = options.direct === true;
-    // First, so that a host without direct I/O fails before the file is opened and locked.
-    const engine = direct ? directEngine(options.engine) : options.engine;
     const fd = openImageFile(path, options.readOnly, direct);
     try {
+      // Before the lock, so that a host without direct I/O fails without
+      // taking it. Never extended: a writable file must already be whole
+      // blocks long (checked below), a read-only one has its tail read buffered.
+      const file = new ImageFile(fd, options.engine, direct ? { writable: false } : null);
       const stat = fs.fstatSync(fd);
       if (!stat.isFile() && !stat.isBlockDevice()) throw new Error(`${path} is neither a file nor a block device`);
       refuseQcow2(path);
       lockFor(fd, path, options);
-      const size = stat.isFile() ? stat.size : (seek(fd, 0, 'end') ?? 0);
+      const size = fileSize(fd);
       if (direct && !options.readOnly && size % DIRECT_ALIGNMENT !== 0) {
         throw new Error(
           `${path}: --direct needs a writable raw image to be a multiple of ${DIRECT_ALIGNMENT} bytes long, not ${size} (read-only ones may have any size)`,
@@ -117,9 +118,7 @@ export class RawImage implements BlockDevice {
       // whether the file system can punch at all.
       const punch = !options.readOnly && probe(() => fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size, 4096));
       const dsyncFd = options.readOnly ? fd : openImageFile(path, false, direct, fs.constants.O_DSYNC);
-      // Never extended: a writable file is already whole blocks long, a read-only one has its tail read buffered.
-      const file = new ImageFile(fd, options.engine, direct ? { writable: false } : null);
-      return new RawImage(path, fd, dsyncFd, size, engine, file, options.readOnly, sparse, punch, direct);
+      return new RawImage(path, fd, dsyncFd, size, file, options.readOnly, sparse, punch, direct);
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -135,11 +134,11 @@ export class RawImage implements BlockDevice {
   write(req: Request): Promise<void> {
     const fd = req.fua ? this.dsyncFd : this.fd;
     const buffered = !req.fua && !this.direct;
-    return this.engine.submit([{ kind: 'write', fd, buffer: req.data!, position: req.offset, buffered }]);
+    return this.file.engine.submit([{ kind: 'write', fd, buffer: req.data!, position: req.offset, buffered }]);
   }
 
   flush(): Promise<void> {
-    return this.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]);
+    return this.file.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]);
   }
 
   async trim(req: Request): Promise<void> {

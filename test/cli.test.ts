@@ -35,6 +35,7 @@ t.test('command-line mistakes exit 2 with a pointer to --help', async (t) => {
     [['serve', 'x.img', '--listen', 'host:port'], /expected HOST:PORT/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--log-level', 'loud'], /--log-level must be one of/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--engine', 'warp'], /--engine must be auto, sync, threads, uring, posix-aio/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--poll-us', '20000'], /--poll-us must be a number from 0 to 10000/],
     [['info', 'x.img', '--engines'], /--engines takes no FILE/],
     [['create', 'x.img'], /--size is required/],
     [['create', 'x.img', '--size', 'lots'], /is not a size/],

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { IHAVEOPT, OPTION_HEADER_SIZE } from '../protocol/nbd/constants.js';
 import { decodeClientFlags, decodeOptionHeader, type OptionHeader } from '../protocol/nbd/handshake-codec.js';
 import { Handshake, type Step } from '../protocol/nbd/handshake.js';
+import type { BusyPoll } from './busy-poll.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
 import { ReplyWriter } from './reply-writer.js';
@@ -28,6 +29,8 @@ const QUIET_MS = 100;
 export interface ConnectionOptions {
   handshakeTimeoutMs: number;
   limits: SessionLimits;
+  /** Shared by every connection: keeps the event loop polling after activity. */
+  busyPoll: BusyPoll;
 }
 
 export class NbdConnection implements SessionHost {
@@ -53,7 +56,7 @@ export class NbdConnection implements SessionHost {
     private readonly log: Logger,
     private readonly onClosed: (conn: NbdConnection) => void,
   ) {
-    this.writer = new ReplyWriter(socket);
+    this.writer = new ReplyWriter(socket, options.busyPoll);
     this.handshake = new Handshake(registry);
   }
 
@@ -67,6 +70,7 @@ export class NbdConnection implements SessionHost {
     socket.on('data', (chunk: Buffer) => {
       if (this.closing) return;
       this.lastInput = Date.now();
+      this.options.busyPoll.touch();
       this.input.push(chunk);
       this.pump();
     });

@@ -2,18 +2,25 @@
 // so that every reply produced in one turn of the event loop (a header
 // and its payload, or many small completions) leaves in one writev.
 // Writes to a socket that has gone away are dropped: the client can no
-// longer read them and the connection is already closing.
+// longer read them and the connection is already closing. Once replies
+// are out, the event loop polls for the client's next request a while
+// (see busy-poll.ts).
 
 import type { Socket } from 'node:net';
+import type { BusyPoll } from './busy-poll.js';
 
 export class ReplyWriter {
   private corked = false;
   private readonly uncork = (): void => {
     this.corked = false;
     this.socket.uncork();
+    this.poll.touch();
   };
 
-  constructor(private readonly socket: Socket) {}
+  constructor(
+    private readonly socket: Socket,
+    private readonly poll: BusyPoll,
+  ) {}
 
   /** Bytes written but not yet taken by the kernel. */
   get backlog(): number {

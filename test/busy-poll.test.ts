@@ -1,0 +1,32 @@
+// BusyPoll: a touch keeps an immediate pending (the event loop does not
+// sleep) until the window has passed; with a window of 0 it never does.
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import t from 'tap';
+import { BusyPoll } from '../src/server/busy-poll.js';
+
+function immediatePending(): boolean {
+  return process.getActiveResourcesInfo().includes('Immediate');
+}
+
+t.test('a touch keeps the loop turning for the window, then lets it sleep', async (t) => {
+  // A window of a second, so that a busy machine's late timers cannot
+  // move a check across its edge.
+  const poll = new BusyPoll(1_000_000);
+  t.notOk(immediatePending(), 'nothing pending before');
+  poll.touch();
+  t.ok(immediatePending(), 'polling right after the touch');
+  await sleep(600);
+  t.ok(immediatePending(), 'still polling inside the window');
+  poll.touch();
+  await sleep(600);
+  t.ok(immediatePending(), 'a second touch extended the window past the first');
+  await sleep(1500);
+  t.notOk(immediatePending(), 'stopped once the window passed');
+});
+
+t.test('a window of 0 never polls', async (t) => {
+  const poll = new BusyPoll(0);
+  poll.touch();
+  t.notOk(immediatePending());
+});

@@ -1,14 +1,27 @@
-// Reusable aligned buffers for direct I/O, in power-of-two size classes
-// from 4 KiB up. Buffers come from the native addon (posix_memalign) and
-// go back to their class after use, up to a byte budget per class, so the
-// hot path of an unaligned request allocates nothing.
+// Aligned memory for direct I/O. Buffers come from the native addon
+// (posix_memalign), which costs a call into the addon and a finalizer
+// each, so the hot paths avoid it two ways:
+//
+// - take/give: reusable blocks in power-of-two size classes from 4 KiB
+//   up, for bounce buffers that are given back after use (up to a byte
+//   budget per class).
+// - carve: read buffers, whose lifetime ends wherever the reply is
+//   written, are cut one after another out of a shared slab, the way
+//   Buffer.allocUnsafe cuts small buffers out of its pool. A slab is
+//   freed by the garbage collector once no buffer cut from it is alive;
+//   nothing has to be given back.
 
 const MIN_CLASS = 12; // 4 KiB
+const SLAB_SIZE = 1 << 20;
+/** Larger requests get a block of their own. */
+const MAX_CARVE = 64 << 10;
 
 export class AlignedPool {
   private readonly classes = new Map<number, Buffer[]>();
   /** Every block this pool allocated: their memory starts aligned. */
   private readonly blocks = new WeakSet<ArrayBufferLike>();
+  private slab: Buffer | null = null;
+  private slabUsed = 0;
 
   constructor(
     private readonly allocate: (size: number, alignment: number) => Buffer,
@@ -19,12 +32,20 @@ export class AlignedPool {
   /** An aligned buffer of exactly `size` bytes (a view of a pooled block). */
   take(size: number): Buffer {
     const bits = Math.max(MIN_CLASS, Math.ceil(Math.log2(Math.max(size, 1))));
-    let block = this.classes.get(bits)?.pop();
-    if (!block) {
-      block = this.allocate(2 ** bits, this.alignment);
-      this.blocks.add(block.buffer);
+    return (this.classes.get(bits)?.pop() ?? this.block(2 ** bits)).subarray(0, size);
+  }
+
+  /** An aligned buffer of exactly `size` bytes that is never given back. */
+  carve(size: number): Buffer {
+    if (size > MAX_CARVE) return this.block(size);
+    const span = Math.max(this.alignment, Math.ceil(size / this.alignment) * this.alignment);
+    if (!this.slab || this.slabUsed + span > this.slab.length) {
+      this.slab = this.block(SLAB_SIZE);
+      this.slabUsed = 0;
     }
-    return block.subarray(0, size);
+    const start = this.slabUsed;
+    this.slabUsed += span;
+    return this.slab.subarray(start, start + size);
   }
 
   /** Whether the buffer is a view into memory this pool allocated. */
@@ -39,5 +60,11 @@ export class AlignedPool {
     const free = this.classes.get(bits) ?? [];
     if ((free.length + 1) * block.length <= Math.max(this.bytesPerClass, block.length)) free.push(block);
     this.classes.set(bits, free);
+  }
+
+  private block(size: number): Buffer {
+    const block = this.allocate(size, this.alignment);
+    this.blocks.add(block.buffer);
+    return block;
   }
 }

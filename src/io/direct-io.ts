@@ -51,7 +51,7 @@ export class DirectIo implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return this.pool.take(size);
+    return this.pool.carve(size);
   }
 
   close(): void {

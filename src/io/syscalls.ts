@@ -1,7 +1,8 @@
 // The few system calls Node's fs lacks, bound with koffi: lseek with
 // SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges),
 // posix_fadvise (read-ahead for CACHE), fcntl(F_NOCACHE) (macOS's
-// direct I/O), ioctl(FICLONE) and copy_file_range (vblk clone). They
+// direct I/O), ioctl(FICLONE) and copy_file_range (vblk clone),
+// setsockopt(SO_SNDBUF) (Node sets no socket buffer sizes). They
 // are synchronous: each is a metadata operation of microseconds (a
 // copy goes in bounded chunks), cheaper than a hop to a
 // worker thread. Failures throw an Error carrying the errno name in
@@ -38,6 +39,8 @@ interface Bindings {
   fcntl: Fn | null;
   fcntlLock: ((fd: number, cmd: number, lock: Flock) => number) | null;
   mallopt: Fn | null;
+  setsockopt: ((fd: number, level: number, name: number, value: number[], size: number) => number) | null;
+  getsockopt: ((fd: number, level: number, name: number, value: number[], size: number[]) => number) | null;
   ioctl: Fn | null;
   copyFileRange: ((fdIn: number, offIn: number[], fdOut: number, offOut: number[], len: number, flags: number) => number) | null;
   errno: () => number;
@@ -64,6 +67,10 @@ function load(): Bindings | null {
       fadvise: optional('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)'),
       fcntl: optional('int fcntl(int fd, int cmd, int arg)'),
       mallopt: optional('int mallopt(int param, int value)'),
+      setsockopt: optional('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t size)') as Bindings['setsockopt'],
+      getsockopt: optional(
+        'int getsockopt(int fd, int level, int name, _Out_ int *value, _Inout_ uint32_t *size)',
+      ) as Bindings['getsockopt'],
       fcntlLock: (() => {
         try {
           const flock = koffi.struct('flock', {
@@ -192,6 +199,22 @@ export function unlock(fd: number, start: number, length: number): void {
 /** Whether another open file holds any lock on [start, start + length) (it would block an exclusive one). */
 export function lockedByOthers(fd: number, start: number, length: number): boolean {
   return ofdLock(fd, F_OFD_GETLK, F_WRLCK, start, length).l_type !== F_UNLCK;
+}
+
+const SOL_SOCKET = process.platform === 'darwin' ? 0xffff : 1;
+const SO_SNDBUF = process.platform === 'darwin' ? 0x1001 : 7;
+
+/**
+ * Asks for a socket send buffer of `bytes`; the kernel caps the request
+ * at net.core.wmem_max (and Linux doubles it for its bookkeeping).
+ * Returns the size the socket has afterwards.
+ */
+export function setSendBuffer(fd: number, bytes: number): number {
+  if (!bindings?.setsockopt || !bindings.getsockopt) throw unavailable('setsockopt');
+  if (bindings.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, [bytes], 4) !== 0) throw systemError('setsockopt', bindings.errno());
+  const size = [0];
+  if (bindings.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, size, [4]) !== 0) throw systemError('getsockopt', bindings.errno());
+  return size[0];
 }
 
 // glibc malloc: allocations above M_MMAP_THRESHOLD (128 KiB at first)

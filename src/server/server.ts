@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { ExportRegistry } from './exports.js';
-import { exportUri, listen, type Endpoint } from './listeners.js';
+import { exportUri, listen, widenSendBuffer, type Endpoint } from './listeners.js';
 import { NbdConnection, type ConnectionOptions } from './nbd-connection.js';
 
 export interface ServerOptions extends ConnectionOptions {
@@ -34,7 +34,7 @@ export class NbdServer {
   ) {}
 
   async listen(endpoint: Endpoint): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket, endpoint));
     await listen(server, endpoint);
     this.listening.push({ endpoint, server });
     const where = endpoint.kind === 'unix' ? endpoint.path : `${endpoint.host}:${this.port(server)}`;
@@ -60,12 +60,13 @@ export class NbdServer {
     return typeof address === 'object' && address ? address.port : undefined;
   }
 
-  private accept(socket: net.Socket): void {
+  private accept(socket: net.Socket, endpoint: Endpoint): void {
     if (this.shutdownStarted) {
       socket.destroy();
       return;
     }
     const log = this.log.child({ conn: this.nextId++ });
+    if (endpoint.kind === 'unix') log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
     const conn = new NbdConnection(socket, this.registry, this.options, log, (c) => this.forget(c));
     this.connections.add(conn);
     conn.start();

@@ -1,14 +1,12 @@
 // parseListenAddress, exportUri, and claimSocketPath/listen on real UNIX
-// sockets: a stale socket is replaced, a live one or any other file is not;
-// an accepted UNIX connection gets the send buffer asked for, as far as
-// net.core.wmem_max allows.
+// sockets: a stale socket is replaced, a live one or any other file is not.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
-import { claimSocketPath, exportUri, listen, parseListenAddress, UNIX_SEND_BUFFER, widenSendBuffer } from '../src/server/listeners.js';
+import { claimSocketPath, exportUri, listen, parseListenAddress } from '../src/server/listeners.js';
 import { tempDir } from './helpers/server.js';
 
 function listening(socketPath: string): Promise<net.Server> {
@@ -203,21 +201,4 @@ t.test('listen on a UNIX socket claims the path and sets the exact mode', async 
   t.teardown(() => closeServer(tcp));
   const addr = tcp.address() as net.AddressInfo;
   t.ok(addr.port > 0, 'TCP listens on a chosen port');
-});
-
-t.test('an accepted UNIX connection gets a wider send buffer', { skip: process.platform !== 'linux' && 'Linux only' }, async (t) => {
-  const dir = tempDir(t);
-  const socketPath = path.join(dir, 's.sock');
-  const accepted = new Promise<net.Socket>((resolve) => {
-    const server = net.createServer(resolve);
-    server.listen(socketPath);
-    t.teardown(() => server.close());
-  });
-  const client = net.connect(socketPath);
-  t.teardown(() => client.destroy());
-  const socket = await accepted;
-  t.teardown(() => socket.destroy());
-  const wmemMax = Number(fs.readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
-  // Linux caps the request at wmem_max and doubles it for its bookkeeping.
-  t.equal(widenSendBuffer(socket), 2 * Math.min(UNIX_SEND_BUFFER, wmemMax));
 });

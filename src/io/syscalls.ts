@@ -42,6 +42,7 @@ interface Bindings {
   setsockopt: ((fd: number, level: number, name: number, value: number[], size: number) => number) | null;
   getsockopt: ((fd: number, level: number, name: number, value: number[], size: number[]) => number) | null;
   ioctl: Fn | null;
+  read: ((fd: number, buffer: Buffer, count: number) => number) | null;
   copyFileRange: ((fdIn: number, offIn: number[], fdOut: number, offOut: number[], len: number, flags: number) => number) | null;
   errno: () => number;
 }
@@ -86,6 +87,7 @@ function load(): Bindings | null {
         }
       })(),
       ioctl: optional('int ioctl(int fd, unsigned long request, int arg)'),
+      read: optional('long read(int fd, void *buffer, size_t count)') as Bindings['read'],
       copyFileRange: optional(
         'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
       ) as Bindings['copyFileRange'],
@@ -199,6 +201,21 @@ export function unlock(fd: number, start: number, length: number): void {
 /** Whether another open file holds any lock on [start, start + length) (it would block an exclusive one). */
 export function lockedByOthers(fd: number, start: number, length: number): boolean {
   return ofdLock(fd, F_OFD_GETLK, F_WRLCK, start, length).l_type !== F_UNLCK;
+}
+
+/**
+ * read(2) on a non-blocking descriptor straight into `buffer`: the bytes
+ * read, 0 when none are waiting (EAGAIN) or at end of file. Other errors
+ * throw.
+ */
+export function readNow(fd: number, buffer: Buffer): number {
+  if (!bindings?.read) throw unavailable('read');
+  const n = Number(bindings.read(fd, buffer, buffer.length));
+  if (n >= 0) return n;
+  const errno = bindings.errno();
+  const code = ERRNO_NAMES.get(errno);
+  if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') return 0;
+  throw systemError('read', errno);
 }
 
 const SOL_SOCKET = process.platform === 'darwin' ? 0xffff : 1;

@@ -2,13 +2,10 @@
 // left behind by a dead server is replaced; one a live server still
 // answers on is refused, so two servers never share a path. The socket
 // is created under a umask that gives it exactly the requested mode.
-// Connections accepted on a UNIX socket get a larger send buffer (see
-// widenSendBuffer).
 
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { setSendBuffer } from '../io/syscalls.js';
 
 export type Endpoint = { kind: 'unix'; path: string; mode: number } | { kind: 'tcp'; host: string; port: number };
 
@@ -82,23 +79,3 @@ export function parseListenAddress(spec: string): { host: string; port: number }
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
 }
 
-/**
- * The send buffer a UNIX connection asks for. A UNIX socket's default
- * (net.core.wmem_default, 208 KiB) takes a 1 MiB read reply in five
- * writev calls, each waiting for the client to drain a quarter of the
- * buffer and the event loop to come round again; with room for the whole
- * reply it leaves in one (1 MiB sequential reads: 3.1 -> 4.2 GB/s here).
- * The kernel caps the request at net.core.wmem_max.
- */
-export const UNIX_SEND_BUFFER = 4 << 20;
-
-/** Gives an accepted UNIX connection a larger send buffer; returns its size, or null if it could not. */
-export function widenSendBuffer(socket: net.Socket): number | null {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return null;
-  try {
-    return setSendBuffer(fd, UNIX_SEND_BUFFER);
-  } catch {
-    return null;
-  }
-}

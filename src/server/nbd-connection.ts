@@ -15,6 +15,7 @@ import type { BusyPoll } from './busy-poll.js';
 import { ByteQueue } from './byte-queue.js';
 import type { ExportRegistry } from './exports.js';
 import { ReplyWriter } from './reply-writer.js';
+import { readInto, socketFd } from './socket-fd.js';
 import { TransmissionSession, type ConnectionStats, type SessionHost, type SessionLimits } from './transmission-session.js';
 
 export const MAX_OPTION_DATA = 64 << 10;
@@ -36,6 +37,7 @@ export interface ConnectionOptions {
 export class NbdConnection implements SessionHost {
   readonly input = new ByteQueue();
   readonly writer: ReplyWriter;
+  private readonly fd: number | null;
   private readonly handshake: Handshake;
   private session: TransmissionSession | null = null;
   private option: OptionHeader | null = null;
@@ -57,6 +59,7 @@ export class NbdConnection implements SessionHost {
     private readonly onClosed: (conn: NbdConnection) => void,
   ) {
     this.writer = new ReplyWriter(socket, options.busyPoll);
+    this.fd = socketFd(socket);
     this.handshake = new Handshake(registry);
   }
 
@@ -96,6 +99,10 @@ export class NbdConnection implements SessionHost {
   destroy(reason: string): void {
     this.closeReason = reason;
     this.socket.destroy();
+  }
+
+  readInto(target: Buffer): number {
+    return this.fd === null || this.closing ? 0 : readInto(this.fd, target);
   }
 
   pauseInput(): void {

@@ -8,8 +8,9 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { ExportRegistry } from './exports.js';
-import { exportUri, listen, widenSendBuffer, type Endpoint } from './listeners.js';
+import { exportUri, listen, type Endpoint } from './listeners.js';
 import { NbdConnection, type ConnectionOptions } from './nbd-connection.js';
+import { widenSendBuffer } from './socket-fd.js';
 
 export interface ServerOptions extends ConnectionOptions {
   shutdownTimeoutMs: number;

@@ -41,6 +41,8 @@ export interface ConnectionStats {
 /** What the session needs from the connection that owns the socket. */
 export interface SessionHost {
   readonly input: ByteQueue;
+  /** Reads bytes still in the kernel, past all of `input`, into target; 0 when there are none. */
+  readInto(target: Buffer): number;
   readonly writer: ReplyWriter;
   pauseInput(): void;
   resumeInput(): void;
@@ -188,6 +190,8 @@ export class TransmissionSession {
 
   private fillPayload(p: PendingWrite): boolean {
     p.filled += this.host.input.copyInto(p.payload, p.filled, p.payload.length - p.filled);
+    // The queue is empty now: the rest goes from the socket straight into the payload.
+    for (let n = 1; p.filled < p.payload.length && n > 0; p.filled += n) n = this.host.readInto(p.payload.subarray(p.filled));
     if (p.filled < p.payload.length) return false;
     this.pending = null;
     this.inflightBytes -= p.payload.length;

@@ -6,28 +6,26 @@
 //   up, for bounce buffers that are given back after use (up to a byte
 //   budget per class).
 // - carve: read buffers, whose lifetime ends wherever the reply is
-//   written, are cut one after another out of a shared slab, the way
-//   Buffer.allocUnsafe cuts small buffers out of its pool. A slab is
-//   freed by the garbage collector once no buffer cut from it is alive;
-//   nothing has to be given back.
+//   written, are cut out of aligned slabs (slab.ts); nothing has to be
+//   given back.
+
+import { Slab } from './slab.js';
 
 const MIN_CLASS = 12; // 4 KiB
-const SLAB_SIZE = 1 << 20;
-/** Larger requests get a block of their own. */
-const MAX_CARVE = 64 << 10;
 
 export class AlignedPool {
   private readonly classes = new Map<number, Buffer[]>();
   /** Every block this pool allocated: their memory starts aligned. */
   private readonly blocks = new WeakSet<ArrayBufferLike>();
-  private slab: Buffer | null = null;
-  private slabUsed = 0;
+  private readonly slab: Slab;
 
   constructor(
     private readonly allocate: (size: number, alignment: number) => Buffer,
     readonly alignment: number,
     private readonly bytesPerClass = 8 << 20,
-  ) {}
+  ) {
+    this.slab = new Slab((size) => this.block(size), alignment);
+  }
 
   /** An aligned buffer of exactly `size` bytes (a view of a pooled block). */
   take(size: number): Buffer {
@@ -37,15 +35,7 @@ export class AlignedPool {
 
   /** An aligned buffer of exactly `size` bytes that is never given back. */
   carve(size: number): Buffer {
-    if (size > MAX_CARVE) return this.block(size);
-    const span = Math.max(this.alignment, Math.ceil(size / this.alignment) * this.alignment);
-    if (!this.slab || this.slabUsed + span > this.slab.length) {
-      this.slab = this.block(SLAB_SIZE);
-      this.slabUsed = 0;
-    }
-    const start = this.slabUsed;
-    this.slabUsed += span;
-    return this.slab.subarray(start, start + size);
+    return this.slab.carve(size);
   }
 
   /** Whether the buffer is a view into memory this pool allocated. */

@@ -24,6 +24,7 @@
 import { constants } from 'node:os';
 import { endOfFile, ioError, type EngineName, type IoEngine, type IoOp } from './engine.js';
 import type { NativeRing, NativeRingClass } from './native.js';
+import { readBuffers } from './slab.js';
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n as number, name]));
 const { EAGAIN, EINTR, EOPNOTSUPP } = constants.errno;
@@ -128,7 +129,7 @@ export class RingEngine implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return Buffer.allocUnsafe(size);
+    return readBuffers.carve(size);
   }
 
   /** Operations in the ring or waiting for a slot. */

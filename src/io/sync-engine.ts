@@ -5,6 +5,7 @@
 
 import fs from 'node:fs';
 import { endOfFile, type IoEngine, type IoOp } from './engine.js';
+import { readBuffers } from './slab.js';
 
 function run(op: IoOp): void {
   if (op.kind === 'sync') {
@@ -38,7 +39,7 @@ export class SyncEngine implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return Buffer.allocUnsafe(size);
+    return readBuffers.carve(size);
   }
 
   close(): void {}

@@ -4,6 +4,7 @@
 
 import fs from 'node:fs';
 import { endOfFile, settleAll, type IoEngine, type IoOp } from './engine.js';
+import { readBuffers } from './slab.js';
 
 type Transfer = (
   fd: number,
@@ -46,7 +47,7 @@ export class ThreadsEngine implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return Buffer.allocUnsafe(size);
+    return readBuffers.carve(size);
   }
 
   close(): void {}

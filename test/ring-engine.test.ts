@@ -1,12 +1,13 @@
 // RingEngine against a scripted ring, for what a real kernel rarely does
 // on demand: short transfers, EAGAIN, a full submission queue, more
 // operations than slots, failures inside a batch, and closing with
-// operations still in flight.
+// operations still in flight; and which operations are tried inline,
+// which go through the ring and which are handed to a worker.
 
 import t from 'tap';
 import type { IoOp } from '../src/io/engine.js';
 import type { NativeRing } from '../src/io/native.js';
-import { RingEngine } from '../src/io/ring-engine.js';
+import { RingEngine, WORKER_SIZE } from '../src/io/ring-engine.js';
 
 interface Prepared {
   op: number;
@@ -14,6 +15,7 @@ interface Prepared {
   buffer: Buffer | null;
   position: number;
   id: number;
+  worker: boolean;
 }
 
 /** A ring whose kernel is the test: it decides what completes, and how. */
@@ -39,9 +41,9 @@ class ScriptedRing implements NativeRing {
     ScriptedRing.last = this;
   }
 
-  prep(op: number, fd: number, buffer: Buffer | null, position: number, id: number): boolean {
+  prep(op: number, fd: number, buffer: Buffer | null, position: number, id: number, worker = false): boolean {
     if (this.prepared.length >= this.queueRoom) return false;
-    this.prepared.push({ op, fd, buffer, position, id });
+    this.prepared.push({ op, fd, buffer, position, id, worker });
     return true;
   }
 
@@ -218,4 +220,28 @@ t.test('buffered writes go to the page cache at once; FUA and direct writes go t
   await both;
   ring2().writeResult = () => -28;
   await t.rejects(e2.submit([write(0, true)]), { code: 'ENOSPC' }, 'an error from the inline write');
+});
+
+t.test('large page-cache transfers go to a worker; large direct ones and small ones do not', async (t) => {
+  const { engine: e, ring } = engine(8);
+  ring().cached = (_fd, buffer) => buffer.length;
+  ring().writeResult = () => 4096;
+  const big = (): Buffer => Buffer.alloc(WORKER_SIZE);
+  const ops: IoOp[] = [
+    { kind: 'read', fd: 3, buffer: big(), position: 0 },
+    { kind: 'write', fd: 3, buffer: big(), position: 0, buffered: true },
+    { kind: 'read', fd: 3, buffer: big(), position: 0, uncached: true },
+    { kind: 'write', fd: 3, buffer: big(), position: 0 },
+    { kind: 'read', fd: 3, buffer: Buffer.alloc(WORKER_SIZE - 4096), position: 0 },
+    { kind: 'write', fd: 3, buffer: Buffer.alloc(4096), position: 0, buffered: true },
+  ];
+  const done = e.submit(ops);
+  t.same(
+    ring().submitted.map((s) => [s.op, s.buffer!.length, s.worker]),
+    [[0, WORKER_SIZE, true], [1, WORKER_SIZE, true], [0, WORKER_SIZE, false], [1, WORKER_SIZE, false]],
+    'the two large page-cache transfers go to a worker, the direct ones through the ring as usual',
+  );
+  t.same(ring().writes.length, 1, 'the small write was done inline, the small read was a page-cache hit');
+  ring().complete(ring().submitted.map((s) => [s.id, s.buffer!.length] as [number, number]));
+  await done;
 });

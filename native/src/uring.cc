@@ -243,8 +243,11 @@ Napi::Value Uring::Entries(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), ring_->entries);
 }
 
-// prep(op, fd, buffer | null, position, id) -> false when the queue is full.
-// op: 0 read, 1 write, 2 fdatasync, 3 fsync.
+// prep(op, fd, buffer | null, position, id, worker?) -> false when the queue
+// is full. op: 0 read, 1 write, 2 fdatasync, 3 fsync. worker: hand the
+// operation to an io-wq worker thread at once (IOSQE_ASYNC) instead of
+// trying it inline in io_uring_enter, so a large page-cache copy runs on
+// another core while the event loop goes on.
 Napi::Value Uring::Prep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (ring_->fd < 0) {
@@ -256,9 +259,11 @@ Napi::Value Uring::Prep(const Napi::CallbackInfo& info) {
   int32_t fd = info[1].As<Napi::Number>().Int32Value();
   double position = info[3].As<Napi::Number>().DoubleValue();
   uint32_t id = info[4].As<Napi::Number>().Uint32Value();
+  bool worker = info.Length() > 5 && info[5].ToBoolean().Value();
   io_uring_sqe* sqe = ring_->Next();
   sqe->fd = fd;
   sqe->user_data = id;
+  if (worker) sqe->flags |= IOSQE_ASYNC;
   if (op <= 1) {
     Napi::Uint8Array buf = info[2].As<Napi::Uint8Array>();
     sqe->opcode = op == 0 ? IORING_OP_READ : IORING_OP_WRITE;

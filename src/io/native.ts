@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 /** A ring that takes prepared operations and reports completions in batches. */
 export interface NativeRing {
   /** op: 0 read, 1 write, 2 fdatasync, 3 fsync. False when the ring has no room. */
-  prep(op: number, fd: number, buffer: Buffer | null, position: number, id: number): boolean;
+  /** worker: hand the operation to a kernel worker thread at once (io_uring's IOSQE_ASYNC; AIO ignores it). */
+  prep(op: number, fd: number, buffer: Buffer | null, position: number, id: number, worker?: boolean): boolean;
   submit(): number;
   close(): void;
   /** io_uring only: a non-blocking read (preadv2 RWF_NOWAIT); bytes read or -errno. */

@@ -9,6 +9,10 @@
 // times the CPU per 4 KiB write here (18 µs against 6) for the same
 // memcpy into the cache; a plain pwrite waits only when the kernel
 // throttles dirty pages, and then every way of writing waits.
+// Large page-cache transfers (WORKER_SIZE and up) are the exception: they
+// go to an io-wq worker at once (IOSQE_ASYNC), so the copy of one 1 MiB
+// request runs on another core while the event loop moves the next one
+// through the socket (1 MiB sequential writes: 2.8 -> 3.7-4.2 GB/s here).
 // Operations get a slot id; at most `slots` are in flight and the rest
 // wait in a backlog. Each batch goes to the kernel as soon as it is
 // prepared. Gathering a whole tick's batches into one submit costs fewer
@@ -31,6 +35,14 @@ const { EAGAIN, EINTR, EOPNOTSUPP } = constants.errno;
 const RETRY = new Set([EAGAIN, EINTR]);
 
 const DONE = Promise.resolve();
+/** Page-cache reads and writes this large go to a kernel worker thread. */
+export const WORKER_SIZE = 256 << 10;
+
+/** A page-cache transfer large enough to be worth a worker thread. */
+function forWorker(op: IoOp): boolean {
+  if (op.kind === 'sync' || op.buffer.length < WORKER_SIZE) return false;
+  return op.kind === 'read' ? !op.uncached : op.buffered === true;
+}
 
 function errnoError(op: IoOp, errno: number): Error {
   const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
@@ -107,7 +119,7 @@ export class RingEngine implements IoEngine {
    * ring.
    */
   private readNow(op: IoOp & { kind: 'read' }): IoOp | Error | number {
-    if (op.uncached || !this.ring.tryRead) return 0;
+    if (op.uncached || !this.ring.tryRead || forWorker(op)) return 0;
     const result = this.ring.tryRead(op.fd, op.buffer, op.position);
     if (result === op.buffer.length) return op;
     if (result > 0) return result;
@@ -117,7 +129,7 @@ export class RingEngine implements IoEngine {
 
   /** Like readNow, for a write into the page cache. */
   private writeNow(op: IoOp & { kind: 'write' }): IoOp | Error | number {
-    if (!op.buffered || !this.ring.tryWrite) return 0;
+    if (!op.buffered || !this.ring.tryWrite || forWorker(op)) return 0;
     let result = this.ring.tryWrite(op.fd, op.buffer, op.position, this.nowaitWrites);
     if (result === -EOPNOTSUPP && this.nowaitWrites) {
       this.nowaitWrites = false;
@@ -154,7 +166,7 @@ export class RingEngine implements IoEngine {
     const prep = (): boolean =>
       op.kind === 'sync'
         ? this.ring.prep(op.dataOnly ? 2 : 3, op.fd, null, 0, id)
-        : this.ring.prep(op.kind === 'read' ? 0 : 1, op.fd, p.done ? op.buffer.subarray(p.done) : op.buffer, op.position + p.done, id);
+        : this.ring.prep(op.kind === 'read' ? 0 : 1, op.fd, p.done ? op.buffer.subarray(p.done) : op.buffer, op.position + p.done, id, forWorker(op));
     if (!prep()) {
       // The ring's queue is full of prepared entries: hand them over now.
       this.ring.submit();

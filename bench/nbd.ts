@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fio, have, median, must, peakRss, progress, randomFile, stop, waitForSocket, warm, type FioResult } from './lib.js';
+import { fio, have, median, must, peakRss, progress, randomFile, stop, waitForSocket, warm, writeBack, type FioResult } from './lib.js';
 
 const HELP = `Usage: node dist/bench/nbd.js [options]
 
@@ -201,6 +201,7 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
   try {
     await waitForSocket(socket, running.proc);
     for (const row of todo) {
+      writeBack(IMAGE);
       const r = fio([
         `--name=${row.id}`, '--ioengine=nbd', `--uri=${running.uri}`, ...row.job,
         '--time_based', `--runtime=${SECONDS}`, '--percentile_list=99',
@@ -208,7 +209,8 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
       const key: Key = `${row.id}|${server.name}`;
       results.set(key, [...(results.get(key) ?? []), r]);
       const value = row.unit === 'IOPS' ? `${Math.round(r.iops)} IOPS` : `${(r.bandwidth / 1e6).toFixed(0)} MB/s`;
-      progress(`  round ${round}: ${server.name.padEnd(10)} row ${row.id.padEnd(3)} ${row.title.padEnd(38)} ${value}${row.p99 ? `, p99 ${r.p99Us.toFixed(0)} µs` : ''}`);
+      const p99 = row.p99 ? `, p99 ${r.p99Us.toFixed(0)} µs` : '';
+      progress(`  round ${round}: ${server.name.padEnd(10)} row ${row.id.padEnd(3)} ${row.title.padEnd(38)} ${value}${p99}, fio CPU ${r.clientCpu.toFixed(0)}%`);
     }
     if (server.name === 'vblk') vblkPeakRss = Math.max(vblkPeakRss, peakRss(running.pid()!) ?? 0);
   } finally {
@@ -259,11 +261,37 @@ function table(): { text: string; markdown: string } {
       ]);
     }
   }
+  const cpuHeader = ['row', ...servers.map((s) => s.name)];
+  const cpuLines = rows.map((row) => [
+    `${row.id} ${row.title}`,
+    ...servers.map((s) => {
+      const rs = results.get(`${row.id}|${s.name}`);
+      return rs ? `${median(rs.map((r) => r.clientCpu)).toFixed(0)}%` : '-';
+    }),
+  ]);
+  const [main, cpu] = [render(header, lines, 2), render(cpuHeader, cpuLines, 1)];
+  return { text: `${main.text}\n\n${CPU_CAPTION}\n\n${cpu.text}`, markdown: `${main.markdown}\n\n${CPU_CAPTION}\n\n${cpu.markdown}` };
+}
+
+const CPU_CAPTION = "fio's own CPU use (percent of one core, all its jobs): near 100% the client, not the server, sets the pace.";
+
+/** A table as aligned text and as Markdown; the first `labels` columns are left-aligned. */
+function render(header: string[], lines: string[][], labels: number): { text: string; markdown: string } {
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const pad = (cells: string[]): string => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const pad = (cells: string[]): string => cells.map((c, i) => (i < labels ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
   const text = [pad(header), ...lines.map(pad)].join('\n');
-  const markdown = [`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i < 2 ? '---' : '---:')).join('|')}|`, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
+  const rule = `|${header.map((_, i) => (i < labels ? '---' : '---:')).join('|')}|`;
+  const markdown = [`| ${header.join(' | ')} |`, rule, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
   return { text, markdown };
+}
+
+/** Caps the send buffer vblk asks for on its UNIX connections. */
+function wmemMax(): string {
+  try {
+    return fs.readFileSync('/proc/sys/net/core/wmem_max', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
 }
 
 function machine(): string {
@@ -276,7 +304,7 @@ function machine(): string {
       return r;
     });
   return [
-    `${cpus.length} cores (${cpus[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, Node ${process.version}`,
+    `${cpus.length} cores (${cpus[0]?.model ?? 'unknown'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, Node ${process.version}, net.core.wmem_max ${wmemMax()}`,
     `${must('fio', ['--version']).trim()}; ${versions.join('; ')}`,
   ].join('\n');
 }
@@ -295,7 +323,7 @@ async function main(): Promise<void> {
   }
   const { text, markdown } = table();
   const rss = `vblk peak RSS: ${(vblkPeakRss / 2 ** 20).toFixed(0)} MiB (goal < 200 MB)`;
-  const about = `${machine()}\n${ROUNDS} round(s) of ${SECONDS} s per row and server, medians; image ${SIZE >> 20} MiB of random data, page cache warm`;
+  const about = `${machine()}\n${ROUNDS} round(s) of ${SECONDS} s per row and server, medians; image ${SIZE >> 20} MiB of random data, page cache warm and written back before each row`;
   process.stdout.write(`\n${about}\n\n${text}\n\n${rss}\n${missing.length ? `missing: ${missing.map((s) => s.name).join(', ')}\n` : ''}`);
   if (values.results) {
     const commands = servers.flatMap((s) => [`    ${s.command(false)}`, ...(s.direct && rows.some((r) => r.direct) ? [`    ${s.command(true)}`] : [])]);

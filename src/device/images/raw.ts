@@ -127,7 +127,7 @@ export class RawImage implements BlockDevice {
 
   async read(req: Request): Promise<ReadSegment[]> {
     if (req.length === 0) return [];
-    const data = await this.readData(req.offset, req.length);
+    const data = await this.file.read(req.offset, req.length);
     return req.df ? [{ offset: req.offset, length: req.length, data }] : withoutZeroBlocks(req.offset, data);
   }
 
@@ -173,10 +173,6 @@ export class RawImage implements BlockDevice {
     this.file.close();
     if (this.dsyncFd !== this.fd) await close(this.dsyncFd);
     await close(this.fd);
-  }
-
-  private readData(offset: number, length: number): Promise<Buffer> {
-    return this.file.read(offset, length);
   }
 
   /** Data and hole runs covering [offset, end), at most maxRuns of them. */

@@ -61,6 +61,11 @@ export class Gateway {
     }
   }
 
+  /** The reply to a request is written: a read's buffers go back to the device. */
+  recycle(result: Result): void {
+    if (result.op === 'read') this.device.recycle?.(result.segments);
+  }
+
   private check(req: Request): void {
     const { op, offset, length } = req;
     if (isMutating(op) && this.capabilities.readOnly) throw new DeviceError('EPERM', 'the export is read-only');

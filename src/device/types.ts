@@ -80,6 +80,8 @@ export interface BlockDevice {
   /** Human-readable one-liner: format and where the data lives. */
   readonly description: string;
   read(req: Request): Promise<ReadSegment[]>;
+  /** The reply carrying these segments (from read) is written: their buffers may be reused. */
+  recycle?(segments: ReadSegment[]): void;
   write(req: Request): Promise<void>;
   flush(): Promise<void>;
   trim(req: Request): Promise<void>;

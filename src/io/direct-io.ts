@@ -9,7 +9,7 @@
 // block (each to different bytes) cannot undo each other.
 
 import { settleAll, type IoEngine, type IoOp } from './engine.js';
-import type { AlignedPool } from './aligned-pool.js';
+import type { BufferPool } from './buffer-pool.js';
 import { OverlapQueue } from './overlap-queue.js';
 
 type Transfer = Extract<IoOp, { buffer: Buffer }>;
@@ -21,7 +21,7 @@ export class DirectIo implements IoEngine {
 
   constructor(
     private readonly inner: IoEngine,
-    private readonly pool: AlignedPool,
+    private readonly pool: BufferPool,
     private readonly addressModulo: (buffer: Buffer, n: number) => number,
   ) {
     this.a = pool.alignment;
@@ -51,7 +51,11 @@ export class DirectIo implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return this.pool.carve(size);
+    return this.pool.allocate(size);
+  }
+
+  release(buffer: Buffer): void {
+    this.pool.release(buffer);
   }
 
   close(): void {

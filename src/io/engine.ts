@@ -32,6 +32,8 @@ export interface IoEngine {
   submit(ops: IoOp[]): Promise<void>;
   /** A buffer suited to this engine's I/O (aligned where the engine needs it). */
   allocate(size: number): Buffer;
+  /** A buffer from allocate() is no longer used and may be reused; one never released is collected. */
+  release(buffer: Buffer): void;
   /** Waits for nothing: callers drain first. Frees rings and descriptors. */
   close(): void;
 }

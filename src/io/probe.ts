@@ -4,7 +4,7 @@
 // AIO completion mechanism. Asking by name for an engine the host cannot
 // run is an error, never a silent fallback.
 
-import { AlignedPool } from './aligned-pool.js';
+import { BufferPool } from './buffer-pool.js';
 import { DirectIo } from './direct-io.js';
 import { ENGINE_NAMES, type EngineName, type IoEngine } from './engine.js';
 import { native, nativeUnavailable } from './native.js';
@@ -84,6 +84,6 @@ export function chooseEngine(requested: string): EngineChoice {
 /** The same engine with direct I/O's alignment rules handled, or why it cannot be. */
 export function directEngine(inner: IoEngine): IoEngine {
   if (!native) throw new Error(`--direct needs aligned buffers from the native addon: ${nativeUnavailable}`);
-  const pool = new AlignedPool(native.alignedBuffer, DIRECT_ALIGNMENT);
+  const pool = new BufferPool(native.alignedBuffer, DIRECT_ALIGNMENT);
   return new DirectIo(inner, pool, native.addressModulo);
 }

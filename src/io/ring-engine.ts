@@ -28,7 +28,7 @@
 import { constants } from 'node:os';
 import { endOfFile, ioError, type EngineName, type IoEngine, type IoOp } from './engine.js';
 import type { NativeRing, NativeRingClass } from './native.js';
-import { readBuffers } from './slab.js';
+import { readBuffers } from './buffer-pool.js';
 
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n as number, name]));
 const { EAGAIN, EINTR, EOPNOTSUPP } = constants.errno;
@@ -141,7 +141,11 @@ export class RingEngine implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return readBuffers.carve(size);
+    return readBuffers.allocate(size);
+  }
+
+  release(buffer: Buffer): void {
+    readBuffers.release(buffer);
   }
 
   /** Operations in the ring or waiting for a slot. */

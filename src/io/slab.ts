@@ -9,7 +9,7 @@
 
 const SLAB_SIZE = 1 << 20;
 /** Larger requests get a block of their own. */
-const MAX_CARVE = 64 << 10;
+export const MAX_CARVE = 64 << 10;
 
 export class Slab {
   private slab: Buffer | null = null;
@@ -35,6 +35,3 @@ export class Slab {
     return this.slab.subarray(start, start + size);
   }
 }
-
-/** Read buffers for the engines that need no alignment: starts on 64 bytes, a cache line. */
-export const readBuffers = new Slab((size) => Buffer.allocUnsafeSlow(size), 64);

@@ -5,7 +5,7 @@
 
 import fs from 'node:fs';
 import { endOfFile, type IoEngine, type IoOp } from './engine.js';
-import { readBuffers } from './slab.js';
+import { readBuffers } from './buffer-pool.js';
 
 function run(op: IoOp): void {
   if (op.kind === 'sync') {
@@ -39,7 +39,11 @@ export class SyncEngine implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return readBuffers.carve(size);
+    return readBuffers.allocate(size);
+  }
+
+  release(buffer: Buffer): void {
+    readBuffers.release(buffer);
   }
 
   close(): void {}

@@ -4,7 +4,7 @@
 
 import fs from 'node:fs';
 import { endOfFile, settleAll, type IoEngine, type IoOp } from './engine.js';
-import { readBuffers } from './slab.js';
+import { readBuffers } from './buffer-pool.js';
 
 type Transfer = (
   fd: number,
@@ -47,7 +47,11 @@ export class ThreadsEngine implements IoEngine {
   }
 
   allocate(size: number): Buffer {
-    return readBuffers.carve(size);
+    return readBuffers.allocate(size);
+  }
+
+  release(buffer: Buffer): void {
+    readBuffers.release(buffer);
   }
 
   close(): void {}

@@ -27,14 +27,19 @@ export class ReplyWriter {
     return this.socket.writableLength;
   }
 
-  send(first: Buffer, second?: Buffer | null): void {
+  /** Queues a reply; `written` runs once the kernel has taken all of it (or the socket failed). */
+  send(first: Buffer, second?: Buffer | null, written?: () => void): void {
     if (!this.socket.writable) return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       process.nextTick(this.uncork);
     }
-    this.socket.write(first);
-    if (second && second.length > 0) this.socket.write(second);
+    if (second && second.length > 0) {
+      this.socket.write(first);
+      this.socket.write(second, written);
+    } else {
+      this.socket.write(first, written);
+    }
   }
 }

@@ -235,10 +235,13 @@ export class TransmissionSession {
   private replyResult(h: RequestHeader, result: Result): void {
     if (result.op === 'read') {
       this.stats.bytesRead += h.length;
+      // Once the last frame is written, the read's buffers may be reused.
+      const written = (): void => this.gateway.recycle(result);
       if (!this.agreement.structuredReplies) {
-        return this.send(simpleReply(h.cookie, 0, result.segments[0]?.data ?? undefined));
+        return this.send(simpleReply(h.cookie, 0, result.segments[0]?.data ?? undefined), written);
       }
-      for (const frame of readChunks(h.cookie, result.segments)) this.send(frame);
+      const frames = readChunks(h.cookie, result.segments);
+      frames.forEach((frame, i) => this.send(frame, i === frames.length - 1 ? written : undefined));
       return;
     }
     if (result.op === 'blockStatus') {
@@ -256,7 +259,7 @@ export class TransmissionSession {
     else this.send(simpleReply(h.cookie, errno));
   }
 
-  private send([header, payload]: Frame): void {
-    if (!this.stopped) this.host.writer.send(header, payload);
+  private send([header, payload]: Frame, written?: () => void): void {
+    if (!this.stopped) this.host.writer.send(header, payload, written);
   }
 }

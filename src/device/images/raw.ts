@@ -131,6 +131,12 @@ export class RawImage implements BlockDevice {
     return req.df ? [{ offset: req.offset, length: req.length, data }] : withoutZeroBlocks(req.offset, data);
   }
 
+  recycle(segments: ReadSegment[]): void {
+    // Every data segment is a view of the one buffer read.
+    const data = segments.find((s) => s.data)?.data;
+    if (data) this.file.release(data);
+  }
+
   write(req: Request): Promise<void> {
     const fd = req.fua ? this.dsyncFd : this.fd;
     const buffered = !req.fua && !this.direct;

@@ -246,5 +246,5 @@ const M_MMAP_THRESHOLD = -3;
 
 export function keepLargeAllocationsInHeap(): boolean {
   if (process.platform !== 'linux' || !bindings?.mallopt) return false;
-  return bindings.mallopt(M_MMAP_THRESHOLD, 32 << 20) === 1 && bindings.mallopt(M_TRIM_THRESHOLD, 32 << 20) === 1;
+  return bindings.mallopt(M_MMAP_THRESHOLD, 32 << 20) === 1 && bindings.mallopt(M_TRIM_THRESHOLD, 128 << 20) === 1;
 }

@@ -54,3 +54,14 @@ t.test('a released large read buffer is reused; a released small one is not', ne
   t.not(pool.allocate(1 << 20).buffer, foreign.buffer, 'a buffer the pool did not make is never handed out');
   t.equal(blocks(), before + 1, 'a new block was made instead');
 });
+
+t.test('giving a block back twice hands it out once', async (t) => {
+  const pool = new BufferPool((size: number) => Buffer.alloc(size), 64);
+  const big = pool.allocate(256 << 10);
+  pool.release(big);
+  pool.release(big.subarray(10));
+  const first = pool.allocate(256 << 10);
+  const second = pool.allocate(256 << 10);
+  t.equal(first.buffer, big.buffer, 'the block comes back');
+  t.not(second.buffer, big.buffer, 'but only to one taker');
+});

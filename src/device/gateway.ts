@@ -61,9 +61,14 @@ export class Gateway {
     }
   }
 
-  /** The reply to a request is written: a read's buffers go back to the device. */
-  recycle(result: Result): void {
-    if (result.op === 'read') this.device.recycle?.(result.segments);
+  /** A buffer for a WRITE payload of `size` bytes, from the device where it has them (aligned for direct I/O). */
+  payloadBuffer(size: number): Buffer {
+    return this.device.payloadBuffer?.(size) ?? Buffer.allocUnsafe(size);
+  }
+
+  /** A read's data or a write's payload is no longer used: the device may reuse its buffer. */
+  recycle(buffer: Buffer): void {
+    this.device.recycle?.(buffer);
   }
 
   private check(req: Request): void {

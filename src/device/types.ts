@@ -80,8 +80,10 @@ export interface BlockDevice {
   /** Human-readable one-liner: format and where the data lives. */
   readonly description: string;
   read(req: Request): Promise<ReadSegment[]>;
-  /** The reply carrying these segments (from read) is written: their buffers may be reused. */
-  recycle?(segments: ReadSegment[]): void;
+  /** A buffer for a write payload of `size` bytes, suited to the device's I/O (aligned for direct I/O). */
+  payloadBuffer?(size: number): Buffer;
+  /** A buffer from read() or payloadBuffer() is no longer used (any view of it will do, more than once is harmless). */
+  recycle?(buffer: Buffer): void;
   write(req: Request): Promise<void>;
   flush(): Promise<void>;
   trim(req: Request): Promise<void>;

@@ -6,7 +6,7 @@
 // memory is outside its heap: at 3 GB/s of 1 MiB reads that was 50 MB of
 // dead buffers in the server's RSS. So:
 //
-// - allocate/release: a read buffer of up to 64 KiB is cut out of a
+// - allocate/release: a read or payload buffer of up to 64 KiB is cut out of a
 //   shared slab (slab.ts) and never given back; a larger one is a block
 //   from take(), which release() returns once its reply is written.
 // - take/give: blocks in power-of-two size classes from 4 KiB up, kept
@@ -22,6 +22,8 @@ export class BufferPool {
   private readonly blocks = new WeakSet<ArrayBufferLike>();
   /** The blocks from take(), which may be given back. */
   private readonly reusable = new WeakSet<ArrayBufferLike>();
+  /** The blocks waiting in a class, so that giving one back twice cannot hand it out twice. */
+  private readonly idle = new WeakSet<ArrayBufferLike>();
   private readonly slab: Slab;
 
   constructor(
@@ -37,7 +39,7 @@ export class BufferPool {
     return size > MAX_CARVE ? this.take(size) : this.slab.carve(size);
   }
 
-  /** A buffer from allocate() is no longer used (any view of it will do). */
+  /** A buffer from allocate() is no longer used (any view of it will do, more than once is harmless). */
   release(buffer: Buffer): void {
     if (this.reusable.has(buffer.buffer)) this.give(buffer);
   }
@@ -46,7 +48,9 @@ export class BufferPool {
   take(size: number): Buffer {
     const bits = Math.max(MIN_CLASS, Math.ceil(Math.log2(Math.max(size, 1))));
     let block = this.classes.get(bits)?.pop();
-    if (!block) {
+    if (block) {
+      this.idle.delete(block.buffer);
+    } else {
       block = this.block(2 ** bits);
       this.reusable.add(block.buffer);
     }
@@ -55,10 +59,13 @@ export class BufferPool {
 
   /** Returns a buffer from take() to its class. */
   give(buffer: Buffer): void {
+    if (this.idle.has(buffer.buffer)) return;
     const block = Buffer.from(buffer.buffer, 0, buffer.buffer.byteLength);
     const bits = Math.log2(block.length);
     const free = this.classes.get(bits) ?? [];
-    if ((free.length + 1) * block.length <= Math.max(this.bytesPerClass, block.length)) free.push(block);
+    if ((free.length + 1) * block.length > Math.max(this.bytesPerClass, block.length)) return;
+    free.push(block);
+    this.idle.add(block.buffer);
     this.classes.set(bits, free);
   }
 

@@ -3,8 +3,11 @@
 // in any order. Reading stops (the socket is paused) while the requests
 // in flight, the bytes they hold, or the replies queued for a slow client
 // reach their bounds, and resumes as they drain. A WRITE payload is
-// copied once into a buffer of its size, or taken as a view when it
-// arrived in one piece. An oversized WRITE payload is skipped without
+// taken as a view when it arrived in one piece; otherwise it is put
+// together in a buffer the device provides (aligned for direct I/O), from
+// what the input queue holds and then straight from the socket. Read data
+// and payload buffers go back to the device once used (the read's once
+// its reply is written). An oversized WRITE payload is skipped without
 // being stored and answered EINVAL; an absurd one ends the connection.
 
 import type { Logger } from 'pino';
@@ -183,7 +186,7 @@ export class TransmissionSession {
     }
     const whole = this.host.input.length >= h.length ? this.host.input.take(h.length) : null;
     if (whole) return this.dispatch(h, whole);
-    const payload = Buffer.allocUnsafe(h.length);
+    const payload = this.gateway.payloadBuffer(h.length);
     this.pending = { header: h, payload, filled: 0 };
     this.inflightBytes += h.length;
   }
@@ -218,12 +221,13 @@ export class TransmissionSession {
     this.inflight++;
     this.inflightBytes += bytes;
     this.gateway.execute(req).then(
-      (result) => this.complete(h, bytes, result),
-      (err: unknown) => this.complete(h, bytes, toDeviceError(err)),
+      (result) => this.complete(h, bytes, result, payload),
+      (err: unknown) => this.complete(h, bytes, toDeviceError(err), payload),
     );
   }
 
-  private complete(h: RequestHeader, bytes: number, outcome: Result | DeviceError): void {
+  private complete(h: RequestHeader, bytes: number, outcome: Result | DeviceError, payload?: Buffer): void {
+    if (payload) this.gateway.recycle(payload);
     if (outcome instanceof DeviceError) this.replyError(h, nbdErrno(outcome.code), outcome.message);
     else this.replyResult(h, outcome);
     this.inflight--;
@@ -236,7 +240,9 @@ export class TransmissionSession {
     if (result.op === 'read') {
       this.stats.bytesRead += h.length;
       // Once the last frame is written, the read's buffers may be reused.
-      const written = (): void => this.gateway.recycle(result);
+      const written = (): void => {
+        for (const s of result.segments) if (s.data) this.gateway.recycle(s.data);
+      };
       if (!this.agreement.structuredReplies) {
         return this.send(simpleReply(h.cookie, 0, result.segments[0]?.data ?? undefined), written);
       }

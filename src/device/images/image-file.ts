@@ -64,11 +64,6 @@ export class ImageFile {
     return buffer;
   }
 
-  /** A buffer from read() is no longer used: the engine may reuse it. */
-  release(buffer: Buffer): void {
-    this.engine.release(buffer);
-  }
-
   write(buffer: Buffer, offset: number): Promise<void> {
     if (this.direct) this.extendTo(offset + buffer.length);
     return this.engine.submit([{ kind: 'write', fd: this.fd, buffer, position: offset, buffered: !this.direct }]);

@@ -131,10 +131,12 @@ export class RawImage implements BlockDevice {
     return req.df ? [{ offset: req.offset, length: req.length, data }] : withoutZeroBlocks(req.offset, data);
   }
 
-  recycle(segments: ReadSegment[]): void {
-    // Every data segment is a view of the one buffer read.
-    const data = segments.find((s) => s.data)?.data;
-    if (data) this.file.release(data);
+  payloadBuffer(size: number): Buffer {
+    return this.file.engine.allocate(size);
+  }
+
+  recycle(buffer: Buffer): void {
+    this.file.engine.release(buffer);
   }
 
   write(req: Request): Promise<void> {

@@ -1,5 +1,6 @@
 // BusyPoll: a touch keeps an immediate pending (the event loop does not
-// sleep) until the window has passed; with a window of 0 it never does.
+// sleep) until the window has passed; with a window of 0 it never does,
+// nor while a request is in flight.
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
@@ -28,5 +29,21 @@ t.test('a touch keeps the loop turning for the window, then lets it sleep', asyn
 t.test('a window of 0 never polls', async (t) => {
   const poll = new BusyPoll(0);
   poll.touch();
+  t.notOk(immediatePending());
+});
+
+t.test('no polling while a request is in flight', async (t) => {
+  const poll = new BusyPoll(1_000_000);
+  poll.touch();
+  t.ok(immediatePending(), 'polling while idle');
+  poll.begin();
+  await sleep(20);
+  t.notOk(immediatePending(), 'a request started: the loop may sleep until it completes');
+  poll.touch();
+  t.notOk(immediatePending(), 'activity with a request in flight opens no window');
+  poll.end();
+  poll.touch();
+  t.ok(immediatePending(), 'idle again: polling again');
+  await sleep(1100);
   t.notOk(immediatePending());
 });

@@ -61,11 +61,12 @@ Options:
                            before connections are cut (default 30)
   --max-inflight N         requests in flight per connection before vblk
                            stops reading from it (default 64)
-  --poll-us N              after socket activity, keep the event loop
-                           polling for N microseconds before it sleeps: a
-                           client's next request is then picked up without
-                           waking a halted CPU (default 50; 0 turns it off,
-                           for hosts where an idle core must stay idle)
+  --poll-us N              with no request in flight, keep the event loop
+                           polling for N microseconds after socket activity
+                           before it sleeps: a client's next request is then
+                           picked up without waking a halted CPU (default
+                           50; 0 turns it off, for hosts where an idle core
+                           must stay idle)
   --engine NAME            how to do the I/O: auto (default), sync, threads,
                            uring or posix-aio; 'vblk info --engines' lists
                            what this host has

@@ -37,6 +37,7 @@ export interface ConnectionOptions {
 export class NbdConnection implements SessionHost {
   readonly input = new ByteQueue();
   readonly writer: ReplyWriter;
+  readonly busyPoll: BusyPoll;
   private readonly fd: number | null;
   private readonly handshake: Handshake;
   private session: TransmissionSession | null = null;
@@ -58,6 +59,7 @@ export class NbdConnection implements SessionHost {
     private readonly log: Logger,
     private readonly onClosed: (conn: NbdConnection) => void,
   ) {
+    this.busyPoll = options.busyPoll;
     this.writer = new ReplyWriter(socket, options.busyPoll);
     this.fd = socketFd(socket);
     this.handshake = new Handshake(registry);
@@ -73,7 +75,7 @@ export class NbdConnection implements SessionHost {
     socket.on('data', (chunk: Buffer) => {
       if (this.closing) return;
       this.lastInput = Date.now();
-      this.options.busyPoll.touch();
+      this.busyPoll.touch();
       this.input.push(chunk);
       this.pump();
     });
@@ -102,7 +104,10 @@ export class NbdConnection implements SessionHost {
   }
 
   readInto(target: Buffer): number {
-    return this.fd === null || this.closing ? 0 : readInto(this.fd, target);
+    const n = this.fd === null || this.closing ? 0 : readInto(this.fd, target);
+    // Bytes read here count as input like the stream's do (see finishWhenQuiet).
+    if (n > 0) this.lastInput = Date.now();
+    return n;
   }
 
   pauseInput(): void {

@@ -20,6 +20,7 @@ import { nbdErrno } from '../protocol/nbd/errors.js';
 import type { Agreement } from '../protocol/nbd/handshake.js';
 import { blockStatusChunks, errorChunk, readChunks, simpleReply, type Frame } from '../protocol/nbd/replies.js';
 import { decodeRequest, type RequestHeader } from '../protocol/nbd/transmission-codec.js';
+import type { BusyPoll } from './busy-poll.js';
 import type { ByteQueue } from './byte-queue.js';
 import type { ReplyWriter } from './reply-writer.js';
 
@@ -44,6 +45,8 @@ export interface ConnectionStats {
 /** What the session needs from the connection that owns the socket. */
 export interface SessionHost {
   readonly input: ByteQueue;
+  /** Server-wide: told when requests start and end, so it polls only while waiting for clients. */
+  readonly busyPoll: BusyPoll;
   /** Reads bytes still in the kernel, past all of `input`, into target; 0 when there are none. */
   readInto(target: Buffer): number;
   readonly writer: ReplyWriter;
@@ -219,6 +222,7 @@ export class TransmissionSession {
     if (payload) req.data = payload;
     const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? h.length : 0;
     this.inflight++;
+    this.host.busyPoll.begin();
     this.inflightBytes += bytes;
     this.gateway.execute(req).then(
       (result) => this.complete(h, bytes, result, payload),
@@ -231,6 +235,7 @@ export class TransmissionSession {
     if (outcome instanceof DeviceError) this.replyError(h, nbdErrno(outcome.code), outcome.message);
     else this.replyResult(h, outcome);
     this.inflight--;
+    this.host.busyPoll.end();
     this.inflightBytes -= bytes;
     if (this.draining || this.shuttingDown) this.finishIfIdle();
     else this.pump();

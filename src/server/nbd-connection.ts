@@ -104,7 +104,11 @@ export class NbdConnection implements SessionHost {
   }
 
   readInto(target: Buffer): number {
-    const n = this.fd === null || this.closing ? 0 : readInto(this.fd, target);
+    // Bytes the stream has read but not yet delivered (a paused socket
+    // keeps them in its buffer) come first: only past them is the
+    // descriptor next in line.
+    if (this.fd === null || this.closing || this.socket.readableLength > 0) return 0;
+    const n = readInto(this.fd, target);
     // Bytes read here count as input like the stream's do (see finishWhenQuiet).
     if (n > 0) this.lastInput = Date.now();
     return n;

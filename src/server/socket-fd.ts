@@ -40,8 +40,10 @@ export function widenSendBuffer(socket: net.Socket): number | null {
  * input, or on an error, which the stream then reports itself). The
  * stream reads from the same descriptor in 64 KiB chunks that are copied
  * again into a payload; reading into the payload saves that copy and
- * most of the read calls. Only bytes past everything the stream has
- * already delivered can be read this way, so the order is kept.
+ * most of the read calls. The caller must make sure the stream holds
+ * nothing it has read but not yet delivered (a paused socket keeps such
+ * bytes in its buffer): only then are the descriptor's bytes the next
+ * ones, and the order is kept.
  */
 export function readInto(fd: number, target: Buffer): number {
   try {

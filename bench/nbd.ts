@@ -167,12 +167,27 @@ const SERVERS: Server[] = [
       fs.writeFileSync(config, `[generic]\nunixsock = ${socket}\n[bench]\nexportname = ${IMAGE}\n`);
       // The parent daemonizes and exits; the pid file names the daemon, stopped through a stand-in process.
       must('nbd-server', ['-C', config, '-p', pidFile]);
-      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+      const pid = daemonPid(pidFile);
       const proc = spawn('sh', ['-c', `trap 'kill ${pid}; exit 0' TERM; while kill -0 ${pid} 2>/dev/null; do sleep 0.2; done`], { stdio: 'ignore' });
       return { proc, uri: unixUri(socket, 'bench'), pid: () => pid };
     },
   },
 ];
+
+/**
+ * The pid a daemon wrote to its pid file, waiting until it is there: the
+ * parent may exit before the daemon has written it. Never 0 or less,
+ * which `kill` would take for a whole process group (the bench's own).
+ */
+function daemonPid(pidFile: string): number {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').trim()) : NaN;
+    if (Number.isInteger(pid) && pid > 0) return pid;
+    if (Date.now() > deadline) throw new Error(`no pid in ${pidFile} after 10 s`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  }
+}
 
 function selected<T>(all: T[], list: string | undefined, key: (t: T) => string, what: string): T[] {
   if (!list) return all;

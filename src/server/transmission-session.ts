@@ -197,7 +197,11 @@ export class TransmissionSession {
   private fillPayload(p: PendingWrite): boolean {
     p.filled += this.host.input.copyInto(p.payload, p.filled, p.payload.length - p.filled);
     // The queue is empty now: the rest goes from the socket straight into the payload.
-    for (let n = 1; p.filled < p.payload.length && n > 0; p.filled += n) n = this.host.readInto(p.payload.subarray(p.filled));
+    while (p.filled < p.payload.length) {
+      const n = this.host.readInto(p.payload.subarray(p.filled));
+      if (n === 0) break;
+      p.filled += n;
+    }
     if (p.filled < p.payload.length) return false;
     this.pending = null;
     this.inflightBytes -= p.payload.length;

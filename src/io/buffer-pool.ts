@@ -12,7 +12,7 @@
 // - take/give: blocks in power-of-two size classes from 4 KiB up, kept
 //   for reuse up to a byte budget per class.
 
-import { MAX_CARVE, Slab } from './slab.js';
+import { Slab } from './slab.js';
 
 const MIN_CLASS = 12; // 4 KiB
 
@@ -31,12 +31,13 @@ export class BufferPool {
     readonly alignment: number,
     private readonly bytesPerClass = 8 << 20,
   ) {
-    this.slab = new Slab((size) => this.block(size), alignment);
+    // Larger read buffers are pooled blocks, which release() gives back.
+    this.slab = new Slab((size) => this.block(size), alignment, (size) => this.take(size));
   }
 
   /** A read buffer of exactly `size` bytes; pass it to release() once nothing uses it, or drop it. */
   allocate(size: number): Buffer {
-    return size > MAX_CARVE ? this.take(size) : this.slab.carve(size);
+    return this.slab.carve(size);
   }
 
   /** A buffer from allocate() is no longer used (any view of it will do, more than once is harmless). */

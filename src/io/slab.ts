@@ -8,23 +8,25 @@
 // must be copied, or they keep their whole slab alive.
 
 const SLAB_SIZE = 1 << 20;
-/** Larger requests get a block of their own. */
-export const MAX_CARVE = 64 << 10;
+/** Larger requests are not cut out of a slab. */
+const MAX_CARVE = 64 << 10;
 
 export class Slab {
   private slab: Buffer | null = null;
   private used = 0;
 
   constructor(
-    /** Allocates a block: a whole slab, or one large buffer. */
+    /** Allocates a block: a whole slab. */
     private readonly block: (size: number) => Buffer,
     /** Where each buffer starts, in bytes from the slab's start. */
     private readonly alignment: number,
+    /** Where a buffer of more than 64 KiB comes from instead (by default a block of its own). */
+    private readonly large: (size: number) => Buffer = block,
   ) {}
 
   /** A buffer of exactly `size` bytes that nothing else uses. */
   carve(size: number): Buffer {
-    if (size > MAX_CARVE) return this.block(size);
+    if (size > MAX_CARVE) return this.large(size);
     const span = Math.max(this.alignment, Math.ceil(size / this.alignment) * this.alignment);
     if (!this.slab || this.used + span > this.slab.length) {
       this.slab = this.block(SLAB_SIZE);

@@ -170,7 +170,9 @@ export const serve: Command<ServeValues> = {
         const readOnly = s.readOnly || v['read-only'] === true;
         const forceShare = v['force-share'] === true;
         if (forceShare && !readOnly) throw new UsageError(`--force-share needs read-only exports; '${s.file}' is writable`);
-        registry.add(s.name, await openImage(s.file, { readOnly, engine, direct, forceShare }));
+        const onWritebackError = (file: string, err: Error): void =>
+          log.error({ export: s.name, file, err: err.message }, 'write-back failed: FLUSH and FUA writes fail from now on, until the image is served again');
+        registry.add(s.name, await openImage(s.file, { readOnly, engine, direct, forceShare, onWritebackError }));
         log.info({ export: s.name, file: s.file, readOnly, engine: engine.name, direct, reason }, 'export ready');
       }
     } catch (err) {

@@ -17,9 +17,19 @@
 // So without direct I/O they are plain synchronous pwrites into the page
 // cache; the order of writes, and what reaches the file before the call
 // returns, are the same. Cluster data goes through the engine.
+//
+// Write-back errors are sticky. Linux reports a failed write-back once
+// per open file description, and every connection to an export shares
+// this one: after one FLUSH got EIO, the next would return 0 while the
+// data it covers is gone. So the first failed sync (any error) or failed
+// durable write (EIO: an O_DSYNC write's ENOSPC is a full disk, not lost
+// data) marks the file, and from then on every sync and durable write
+// fails with EIO until the image is opened again, as qemu-nbd and nbdkit
+// do. Plain writes go on: they promise nothing until a FLUSH.
 
 import fs from 'node:fs';
 import type { IoEngine } from '../../io/engine.js';
+import { DeviceError } from '../errors.js';
 import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
 import { seek } from '../../io/syscalls.js';
 
@@ -29,17 +39,23 @@ export function fileSize(fd: number): number {
   return stat.isBlockDevice() ? (seek(fd, 0, 'end') ?? 0) : stat.size;
 }
 
+/** Told once, when an image file's write-back first fails (for the log). */
+export type WritebackReport = (err: Error) => void;
+
 export class ImageFile {
   /** The engine transfers go through: wrapped in DirectIo for an O_DIRECT descriptor. */
   readonly engine: IoEngine;
   /** Direct I/O: the file's length as extended so far (writable) or as it is (read-only). */
   private size = 0;
   private tailFd: number | null = null;
+  /** What every sync and durable write fails with once write-back has failed (see above). */
+  private writebackFailure: DeviceError | null = null;
 
   constructor(
     readonly fd: number,
     engine: IoEngine,
     private readonly direct: { writable: boolean } | null = null,
+    private readonly onWritebackError?: WritebackReport,
   ) {
     this.engine = direct ? directEngine(engine) : engine;
     if (direct) {
@@ -82,8 +98,36 @@ export class ImageFile {
     return Promise.resolve();
   }
 
+  /** fdatasync; from its first failure on, every sync fails (see above). */
   sync(): Promise<void> {
-    return this.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]);
+    return this.guard(() => this.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]), () => true);
+  }
+
+  /**
+   * Runs a write that is on stable storage when it succeeds (through an
+   * O_DSYNC descriptor): refused after a write-back failure; its own EIO
+   * is one.
+   */
+  durableWrite(write: () => Promise<void>): Promise<void> {
+    return this.guard(write, (err) => err.code === 'EIO');
+  }
+
+  private guard(transfer: () => Promise<void>, losesData: (err: NodeJS.ErrnoException) => boolean): Promise<void> {
+    if (this.writebackFailure) return Promise.reject(this.writebackFailure);
+    return transfer().catch((err: NodeJS.ErrnoException) => {
+      if (losesData(err)) this.failWriteback(err);
+      throw err;
+    });
+  }
+
+  private failWriteback(err: NodeJS.ErrnoException): void {
+    if (this.writebackFailure) return;
+    const cause = err.code ?? err.message;
+    this.writebackFailure = new DeviceError(
+      'EIO',
+      `an earlier write-back to this image failed (${cause}): data may be lost, so FLUSH and FUA writes fail until the image is opened again`,
+    );
+    this.onWritebackError?.(err);
   }
 
   /** Closes the extra descriptor, if one was opened (the caller owns `fd`). */

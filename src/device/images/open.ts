@@ -32,6 +32,8 @@ export interface OpenOptions {
   direct?: boolean;
   /** Open without QEMU-compatible image locks (like qemu-img -U); read-only only. */
   forceShare?: boolean;
+  /** Told when write-back to the image file first fails (see image-file.ts). */
+  onWritebackError?: (file: string, err: Error) => void;
 }
 
 /** The layers of a chain, top first: each file and its format. */
@@ -86,7 +88,8 @@ async function openQcow2(file: string, options: OpenOptions, backing: BlockDevic
   const fd = openImageFile(file, options.readOnly, options.direct === true);
   try {
     lockFor(fd, file, options);
-    return await Qcow2Image.open(file, { readOnly: options.readOnly, engine: options.engine, backing, fd });
+    const { readOnly, engine, onWritebackError } = options;
+    return await Qcow2Image.open(file, { readOnly, engine, backing, fd, onWritebackError: (err) => onWritebackError?.(file, err) });
   } catch (err) {
     fs.closeSync(fd);
     throw err;

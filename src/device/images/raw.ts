@@ -51,6 +51,8 @@ export interface RawOptions {
   direct?: boolean;
   /** Skip the QEMU-compatible image lock (like qemu-img -U); read-only opens only. */
   forceShare?: boolean;
+  /** Told when write-back to the file first fails (see image-file.ts). */
+  onWritebackError?: (path: string, err: Error) => void;
 }
 
 export class RawImage implements BlockDevice {
@@ -102,7 +104,7 @@ export class RawImage implements BlockDevice {
       // Before the lock, so that a host without direct I/O fails without
       // taking it. Never extended: a writable file must already be whole
       // blocks long (checked below), a read-only one has its tail read buffered.
-      const file = new ImageFile(fd, options.engine, direct ? { writable: false } : null);
+      const file = new ImageFile(fd, options.engine, direct ? { writable: false } : null, (err) => options.onWritebackError?.(path, err));
       const stat = fs.fstatSync(fd);
       if (!stat.isFile() && !stat.isBlockDevice()) throw new Error(`${path} is neither a file nor a block device`);
       refuseQcow2(path);
@@ -140,13 +142,13 @@ export class RawImage implements BlockDevice {
   }
 
   write(req: Request): Promise<void> {
-    const fd = req.fua ? this.dsyncFd : this.fd;
-    const buffered = !req.fua && !this.direct;
-    return this.file.engine.submit([{ kind: 'write', fd, buffer: req.data!, position: req.offset, buffered }]);
+    const { engine } = this.file;
+    if (!req.fua) return engine.submit([{ kind: 'write', fd: this.fd, buffer: req.data!, position: req.offset, buffered: !this.direct }]);
+    return this.file.durableWrite(() => engine.submit([{ kind: 'write', fd: this.dsyncFd, buffer: req.data!, position: req.offset }]));
   }
 
   flush(): Promise<void> {
-    return this.file.engine.submit([{ kind: 'sync', fd: this.fd, dataOnly: true }]);
+    return this.file.sync();
   }
 
   async trim(req: Request): Promise<void> {

@@ -37,7 +37,7 @@ import {
   type L2Entry,
 } from './format.js';
 import { markBitmapsInUse } from './bitmaps.js';
-import { ImageFile } from '../image-file.js';
+import { ImageFile, type WritebackReport } from '../image-file.js';
 import { Refcounts } from './refcounts.js';
 
 const close = promisify(fs.close);
@@ -58,6 +58,8 @@ export interface Qcow2Options {
    * offsets and lengths. When not given, Linux's /proc/self/fdinfo says.
    */
   direct?: boolean;
+  /** Told when write-back to the file first fails (see image-file.ts). */
+  onWritebackError?: WritebackReport;
 }
 
 /** Where a guest cluster's data is, for the map command and block status. */
@@ -118,7 +120,7 @@ export class Qcow2Image implements BlockDevice {
     // Metadata entries are 8 bytes and clusters may be 512: with O_DIRECT
     // every transfer goes through DirectIo (see image-file.ts).
     const direct = options.direct ?? openedDirect(options.fd);
-    const file = new ImageFile(options.fd, options.engine, direct ? { writable: !options.readOnly } : null);
+    const file = new ImageFile(options.fd, options.engine, direct ? { writable: !options.readOnly } : null, options.onWritebackError);
     const first = readHead(path);
     const header = decodeHeader(first);
     const unsupported = unsupportedReason(header);

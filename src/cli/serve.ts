@@ -3,7 +3,6 @@
 // order (see server/server.ts) and exit 0. A second signal exits at once.
 
 import fs from 'node:fs';
-import { openImage } from '../device/images/open.js';
 import { RawImage } from '../device/images/raw.js';
 import { ENGINE_NAMES } from '../io/engine.js';
 import { chooseEngine } from '../io/probe.js';
@@ -13,6 +12,7 @@ import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { NbdServer } from '../server/server.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
+import { openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
 import { parseSize } from './size.js';
 
@@ -21,6 +21,7 @@ interface ServeValues {
   'socket-mode'?: string;
   listen?: string[];
   export?: string[];
+  description?: string[];
   'read-only'?: boolean;
   'force-share'?: boolean;
   create?: string;
@@ -49,6 +50,10 @@ Options:
                            [::1]:PORT for IPv6 (repeatable)
   --export NAME=FILE[:ro]  add the export NAME served from FILE; ':ro' makes
                            it read-only (repeatable)
+  --description [NAME=]TEXT
+                           the description clients see for export NAME (or
+                           the default export) in NBD_OPT_LIST and INFO;
+                           none by default (repeatable)
   --read-only              serve every export read-only
   -U, --force-share        do not lock read-only images, so they can be
                            served while QEMU writes them (like qemu-nbd -U);
@@ -79,6 +84,9 @@ Options:
 Examples:
   vblk serve disk.img --socket /tmp/vblk.sock
       qemu-io -f raw nbd+unix:///?socket=/tmp/vblk.sock
+  vblk serve disk.img --socket /tmp/vblk.sock --export ro=disk.img:ro \\
+      --description 'scratch disk' --description 'ro=the same disk, read-only'
+      nbdinfo --list nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve base.img --socket /tmp/vblk.sock --export iso=boot.iso:ro
       nbdinfo --list nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve disk.img --listen 10809 --read-only
@@ -88,12 +96,6 @@ Examples:
       nbdinfo --map=qemu:allocation-depth nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve var/default.img --create 1G --socket var/vblk.sock
 `;
-
-interface ExportSpec {
-  name: string;
-  file: string;
-  readOnly: boolean;
-}
 
 function parseExport(spec: string): ExportSpec {
   const eq = spec.indexOf('=');
@@ -105,6 +107,17 @@ function parseExport(spec: string): ExportSpec {
   return { name: spec.slice(0, eq), file, readOnly };
 }
 
+/** --description [NAME=]TEXT: the export NAME's description, or the default export's. */
+function describe(specs: ExportSpec[], arg: string): void {
+  const eq = arg.indexOf('=');
+  const named = eq >= 0 ? specs.find((s) => s.name === arg.slice(0, eq)) : undefined;
+  const target = named ?? specs.find((s) => s.name === '');
+  const text = named ? arg.slice(eq + 1) : arg;
+  if (!target) throw new UsageError(`--description ${arg}: no export named '${eq >= 0 ? arg.slice(0, eq) : ''}'`);
+  if (Buffer.byteLength(text) > 4096) throw new UsageError(`--description: at most 4096 bytes, got ${Buffer.byteLength(text)}`);
+  target.description = text;
+}
+
 export const serve: Command<ServeValues> = {
   name: 'serve',
   summary: 'serve disk images over NBD',
@@ -114,6 +127,7 @@ export const serve: Command<ServeValues> = {
     'socket-mode': { type: 'string' },
     listen: { type: 'string', multiple: true },
     export: { type: 'string', multiple: true },
+    description: { type: 'string', multiple: true },
     'read-only': { type: 'boolean' },
     'force-share': { type: 'boolean', short: 'U' },
     create: { type: 'string' },
@@ -131,6 +145,8 @@ export const serve: Command<ServeValues> = {
     const specs = (v.export ?? []).map(parseExport);
     if (positionals[0]) specs.unshift({ name: '', file: positionals[0], readOnly: false });
     if (specs.length === 0) throw new UsageError('nothing to serve: give FILE or --export NAME=FILE');
+    for (const s of specs) s.readOnly ||= v['read-only'] === true;
+    for (const d of v.description ?? []) describe(specs, d);
     if (v.create !== undefined) {
       if (!positionals[0]) throw new UsageError('--create needs FILE');
       const size = usage(() => parseSize(v.create!));
@@ -166,15 +182,11 @@ export const serve: Command<ServeValues> = {
     const direct = v.direct === true;
     const registry = new ExportRegistry();
     try {
-      for (const s of specs) {
-        const readOnly = s.readOnly || v['read-only'] === true;
-        const forceShare = v['force-share'] === true;
-        if (forceShare && !readOnly) throw new UsageError(`--force-share needs read-only exports; '${s.file}' is writable`);
-        const onWritebackError = (file: string, err: Error): void =>
-          log.error({ export: s.name, file, err: err.message }, 'write-back failed: FLUSH and FUA writes fail from now on, until the image is served again');
-        registry.add(s.name, await openImage(s.file, { readOnly, engine, direct, forceShare, onWritebackError }));
-        log.info({ export: s.name, file: s.file, readOnly, engine: engine.name, direct, reason }, 'export ready');
-      }
+      const forceShare = v['force-share'] === true;
+      const writable = specs.find((s) => !s.readOnly);
+      if (forceShare && writable) throw new UsageError(`--force-share needs read-only exports; '${writable.file}' is writable`);
+      log.info({ engine: engine.name, direct, reason }, 'engine chosen');
+      await openExports(specs, { engine, direct, forceShare }, registry, log);
     } catch (err) {
       await registry.closeAll();
       engine.close();

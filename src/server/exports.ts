@@ -14,11 +14,11 @@ export interface ServedExport extends ExportSummary {
 export class ExportRegistry implements ExportCatalog {
   private readonly exports = new Map<string, ServedExport>();
 
-  add(name: string, device: BlockDevice): ServedExport {
+  add(name: string, device: BlockDevice, description = ''): ServedExport {
     if (this.exports.has(name)) throw new Error(`export '${name || '(default)'}' is given twice`);
     const served: ServedExport = {
       name,
-      description: device.description,
+      description,
       size: device.size,
       capabilities: device.capabilities,
       gateway: new Gateway(device),
@@ -37,8 +37,12 @@ export class ExportRegistry implements ExportCatalog {
 
   /** Waits for running requests, flushes and closes every device. */
   async closeAll(): Promise<void> {
+    // Exports of one image share its device (cli/open-exports.ts): close it once.
+    const closed = new Set<BlockDevice>();
     for (const e of this.exports.values()) {
       await e.gateway.drain();
+      if (closed.has(e.gateway.device)) continue;
+      closed.add(e.gateway.device);
       if (!e.capabilities.readOnly) await e.gateway.device.flush();
       await e.gateway.device.close();
     }

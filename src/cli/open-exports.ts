@@ -1,0 +1,49 @@
+// Opening the images behind `vblk serve`'s exports. One server opens each
+// image once, however many exports name it (by any path: the file's
+// device and inode decide): one descriptor, one lock, one cache, so a
+// read-write and a read-only export of the same image work together, as
+// with nbd-server and qemu-nbd, instead of the second open colliding with
+// the first one's lock. The image is opened writable when any export of
+// it is; read-only exports see it through a read-only view.
+
+import fs from 'node:fs';
+import type { Logger } from 'pino';
+import { readOnlyView } from '../device/filters/read-only.js';
+import { openImage, type OpenOptions } from '../device/images/open.js';
+import type { BlockDevice } from '../device/types.js';
+import type { ExportRegistry } from '../server/exports.js';
+
+export interface ExportSpec {
+  name: string;
+  file: string;
+  readOnly: boolean;
+  /** Sent to clients that ask (NBD_INFO_DESCRIPTION, NBD_OPT_LIST); none by default. */
+  description?: string;
+}
+
+type ImageOptions = Omit<OpenOptions, 'readOnly' | 'onWritebackError'>;
+
+function identity(file: string): string {
+  const st = fs.statSync(file);
+  return `${st.dev}:${st.ino}`;
+}
+
+/** Opens every spec's image (each once) and adds the exports to the registry. */
+export async function openExports(specs: ExportSpec[], options: ImageOptions, registry: ExportRegistry, log: Logger): Promise<void> {
+  const groups = new Map<string, ExportSpec[]>();
+  for (const s of specs) {
+    const key = identity(s.file);
+    groups.set(key, [...(groups.get(key) ?? []), s]);
+  }
+  for (const group of groups.values()) {
+    const readOnly = group.every((s) => s.readOnly);
+    const names = group.map((s) => s.name);
+    const onWritebackError = (file: string, err: Error): void =>
+      log.error({ exports: names, file, err: err.message }, 'write-back failed: FLUSH and FUA writes fail from now on, until the image is served again');
+    const device: BlockDevice = await openImage(group[0].file, { ...options, readOnly, onWritebackError });
+    for (const s of group) {
+      registry.add(s.name, s.readOnly && !readOnly ? readOnlyView(device) : device, s.description ?? '');
+      log.info({ export: s.name, file: s.file, readOnly: s.readOnly, shared: group.length > 1 }, 'export ready');
+    }
+  }
+}

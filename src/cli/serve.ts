@@ -185,8 +185,7 @@ export const serve: Command<ServeValues> = {
       const forceShare = v['force-share'] === true;
       const writable = specs.find((s) => !s.readOnly);
       if (forceShare && writable) throw new UsageError(`--force-share needs read-only exports; '${writable.file}' is writable`);
-      log.info({ engine: engine.name, direct, reason }, 'engine chosen');
-      await openExports(specs, { engine, direct, forceShare }, registry, log);
+      await openExports(specs, { engine, direct, forceShare }, registry, log.child({ engine: engine.name, direct, reason }));
     } catch (err) {
       await registry.closeAll();
       engine.close();

@@ -16,6 +16,18 @@ import { Slab } from './slab.js';
 
 const MIN_CLASS = 12; // 4 KiB
 
+/** Every pool, so that an idle server can empty them all (releaseIdleMemory). */
+const pools = new Set<WeakRef<BufferPool>>();
+
+/** Drops the blocks every pool keeps for reuse; the collector frees them. */
+export function emptyPools(): void {
+  for (const ref of pools) {
+    const pool = ref.deref();
+    if (pool) pool.empty();
+    else pools.delete(ref);
+  }
+}
+
 export class BufferPool {
   private readonly classes = new Map<number, Buffer[]>();
   /** Every block this pool allocated: their memory starts as the allocator aligns it. */
@@ -33,6 +45,13 @@ export class BufferPool {
   ) {
     // Larger read buffers are pooled blocks, which release() gives back.
     this.slab = new Slab((size) => this.block(size), alignment, (size) => this.take(size));
+    pools.add(new WeakRef(this));
+  }
+
+  /** Drops the blocks kept for reuse; buffers in use stay valid and may come back later. */
+  empty(): void {
+    for (const free of this.classes.values()) for (const block of free) this.idle.delete(block.buffer);
+    this.classes.clear();
   }
 
   /** A read buffer of exactly `size` bytes; pass it to release() once nothing uses it, or drop it. */

@@ -39,6 +39,7 @@ interface Bindings {
   fcntl: Fn | null;
   fcntlLock: ((fd: number, cmd: number, lock: Flock) => number) | null;
   mallopt: Fn | null;
+  mallocTrim: Fn | null;
   setsockopt: ((fd: number, level: number, name: number, value: number[], size: number) => number) | null;
   getsockopt: ((fd: number, level: number, name: number, value: number[], size: number[]) => number) | null;
   ioctl: Fn | null;
@@ -68,6 +69,7 @@ function load(): Bindings | null {
       fadvise: optional('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)'),
       fcntl: optional('int fcntl(int fd, int cmd, int arg)'),
       mallopt: optional('int mallopt(int param, int value)'),
+      mallocTrim: optional('int malloc_trim(size_t pad)'),
       setsockopt: optional('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t size)') as Bindings['setsockopt'],
       getsockopt: optional(
         'int getsockopt(int fd, int level, int name, _Out_ int *value, _Inout_ uint32_t *size)',
@@ -247,4 +249,11 @@ const M_MMAP_THRESHOLD = -3;
 export function keepLargeAllocationsInHeap(): boolean {
   if (process.platform !== 'linux' || !bindings?.mallopt) return false;
   return bindings.mallopt(M_MMAP_THRESHOLD, 32 << 20) === 1 && bindings.mallopt(M_TRIM_THRESHOLD, 128 << 20) === 1;
+}
+
+/** Gives the heap's free memory back to the system (malloc_trim); false where there is no glibc. */
+export function trimHeap(): boolean {
+  if (!bindings?.mallocTrim) return false;
+  bindings.mallocTrim(0);
+  return true;
 }

@@ -7,10 +7,14 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { releaseIdleMemory } from '../io/idle-memory.js';
 import type { ExportRegistry } from './exports.js';
 import { exportUri, listen, type Endpoint } from './listeners.js';
 import { NbdConnection, type ConnectionOptions } from './nbd-connection.js';
 import { widenSendBuffer } from './socket-fd.js';
+
+/** How long the server waits, once its last connection has gone, before it gives memory back. */
+const IDLE_RELEASE_MS = 1000;
 
 export interface ServerOptions extends ConnectionOptions {
   shutdownTimeoutMs: number;
@@ -27,6 +31,7 @@ export class NbdServer {
   private nextId = 1;
   private shutdownStarted: Promise<void> | null = null;
   private connectionsGone: (() => void) | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly registry: ExportRegistry,
@@ -66,6 +71,8 @@ export class NbdServer {
       socket.destroy();
       return;
     }
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     const log = this.log.child({ conn: this.nextId++ });
     if (endpoint.kind === 'unix') log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
     const conn = new NbdConnection(socket, this.registry, this.options, log, (c) => this.forget(c));
@@ -76,6 +83,17 @@ export class NbdServer {
   private forget(conn: NbdConnection): void {
     this.connections.delete(conn);
     this.checkDrained();
+    if (this.connections.size === 0 && !this.shutdownStarted) {
+      this.idleTimer = setTimeout(() => void this.releaseMemory(), IDLE_RELEASE_MS).unref();
+    }
+  }
+
+  /** No connection left: give back what the last ones made the server hold (io/idle-memory.ts). */
+  private async releaseMemory(): Promise<void> {
+    this.idleTimer = null;
+    const before = process.memoryUsage.rss();
+    await releaseIdleMemory();
+    this.log.debug({ rssBefore: before, rssAfter: process.memoryUsage.rss() }, 'idle: memory released');
   }
 
   /** During shutdown: wakes doShutdown once no connection is in transmission. */

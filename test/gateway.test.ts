@@ -393,3 +393,34 @@ t.test('size and capabilities come from the device', async (t) => {
   t.equal(gw.capabilities, dev.capabilities);
   t.equal(gw.device, dev);
 });
+
+t.test('a read into buffers (guest memory): holes as zeroes, spread over the buffers in order', async (t) => {
+  const dev = new MemDevice({
+    segments: (req) => [
+      { offset: req.offset, length: 3, data: Buffer.from([1, 2, 3]) },
+      { offset: req.offset + 3, length: 4, data: null },
+      { offset: req.offset + 7, length: 3, data: Buffer.from([8, 9, 10]) },
+    ],
+  });
+  const gw = new Gateway(dev);
+  const into = [Buffer.alloc(2, 0xff), Buffer.alloc(6, 0xff), Buffer.alloc(2, 0xff)];
+  const result = await gw.execute(request('read', 100, 10, { into }));
+  t.same(result, { op: 'read', segments: [] }, 'the data went into the buffers, not the result');
+  t.same(Buffer.concat(into), Buffer.from([1, 2, 3, 0, 0, 0, 0, 8, 9, 10]));
+  await t.rejects(gw.execute(request('read', 0, 10, { into: [Buffer.alloc(9)] })), { code: 'EINVAL' }, 'buffers must add up to the length');
+});
+
+t.test('a write from buffers is joined for a device that takes one, and checked for length', async (t) => {
+  const dev = new MemDevice();
+  const gw = new Gateway(dev);
+  await gw.execute(request('write', 10, 5, { from: [Buffer.from([1, 2]), Buffer.from([3, 4, 5])] }));
+  t.same(dev.data.subarray(10, 15), Buffer.from([1, 2, 3, 4, 5]));
+  await t.rejects(gw.execute(request('write', 0, 5, { from: [Buffer.alloc(4)] })), { code: 'EINVAL' });
+});
+
+t.test('getId answers with the gateway id and touches no device', async (t) => {
+  const dev = new MemDevice();
+  const gw = new Gateway(dev, 'disk-7');
+  t.same(await gw.execute(request('getId', 0, 0)), { op: 'getId', id: 'disk-7' });
+  t.same(dev.log, []);
+});

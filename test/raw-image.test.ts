@@ -302,3 +302,16 @@ t.test('direct I/O: a read-only image may have any size, a writable one must be 
   await img.close();
   t.throws(() => RawImage.open(file, { readOnly: false, engine, direct: true }), /multiple of 4096 bytes long, not 12388/);
 });
+
+t.test('readInto and writeFrom move bytes straight between the file and several buffers', async (t) => {
+  const file = sparseFile(t);
+  const img = open(t, file);
+  const into = [Buffer.alloc(1000), Buffer.alloc(3096), Buffer.alloc(4096)];
+  await img.readInto(request('read', 4096, 8192), into);
+  t.same(Buffer.concat(into), expected(4096, 8192), 'a read lands in the buffers in order');
+  const from = [pattern(1, 512), pattern(2, 1536), pattern(3, 2048)];
+  for (const fua of [false, true]) {
+    await img.writeFrom(request('write', 65536, 4096, { fua }), from);
+    t.same(await readAll(img, 65536, 4096), Buffer.concat(from), `a write from buffers reads back (fua ${fua})`);
+  }
+});

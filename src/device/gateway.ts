@@ -7,7 +7,7 @@
 
 import { DeviceError, toDeviceError } from './errors.js';
 import { OverlapQueue, type Ticket } from '../io/overlap-queue.js';
-import { joinSegments, type BlockDevice, type Capabilities, type Extent, type ReadSegment, type Request, type Result } from './types.js';
+import { joinSegments, scatterSegments, totalLength, type BlockDevice, type Capabilities, type Extent, type ReadSegment, type Request, type Result } from './types.js';
 
 const ZERO_WRITE_CHUNK = 1 << 20;
 
@@ -20,7 +20,11 @@ export class Gateway {
   private running = 0;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(readonly device: BlockDevice) {}
+  constructor(
+    readonly device: BlockDevice,
+    /** The device's identity for virtio-blk's GET_ID (at most 20 bytes are sent). */
+    readonly id = '',
+  ) {}
 
   get size(): number {
     return this.device.size;
@@ -51,6 +55,7 @@ export class Gateway {
       if (!this.capabilities.readOnly) await this.guard(this.device.flush());
       return { op: 'flush' };
     }
+    if (req.op === 'getId') return { op: 'getId', id: this.id };
     if (req.length === 0) return this.empty(req);
     const admitted = this.order.acquire(req.offset, req.length, isMutating(req.op));
     const ticket: Ticket = admitted instanceof Promise ? await admitted : admitted;
@@ -74,7 +79,7 @@ export class Gateway {
   private check(req: Request): void {
     const { op, offset, length } = req;
     if (isMutating(op) && this.capabilities.readOnly) throw new DeviceError('EPERM', 'the export is read-only');
-    if (op === 'flush') return;
+    if (op === 'flush' || op === 'getId') return;
     if (offset > this.size || length > this.size - offset) {
       const what = `${op} of ${length} bytes at offset ${offset}`;
       const code = op === 'write' || op === 'writeZeroes' ? 'ENOSPC' : 'EINVAL';
@@ -85,7 +90,10 @@ export class Gateway {
       throw new DeviceError('EINVAL', `${op} of ${length} bytes exceeds the maximum of ${max}`);
     }
     if (op === 'blockStatus' && length === 0) throw new DeviceError('EINVAL', 'block status of zero bytes');
-    if (op === 'write' && req.data?.length !== length) throw new DeviceError('EINVAL', 'write payload length mismatch');
+    if (op === 'write' && (req.from ? totalLength(req.from) : req.data?.length) !== length) {
+      throw new DeviceError('EINVAL', 'write payload length mismatch');
+    }
+    if (op === 'read' && req.into && totalLength(req.into) !== length) throw new DeviceError('EINVAL', 'read destination length mismatch');
   }
 
   private empty(req: Request): Result {
@@ -96,11 +104,16 @@ export class Gateway {
     const caps = this.capabilities;
     switch (req.op) {
       case 'read': {
+        if (req.into) {
+          await this.readInto(req, req.into);
+          return { op: 'read', segments: [] };
+        }
         const segments = await this.device.read(req);
         return { op: 'read', segments: req.df ? contiguous(req, segments) : segments };
       }
       case 'write':
-        await this.device.write(req);
+        if (req.from && this.device.writeFrom) await this.device.writeFrom(req, req.from);
+        else await this.device.write(req.from ? { ...req, data: Buffer.concat(req.from) } : req);
         return { op: 'write' };
       case 'trim':
         if (caps.trim) await this.device.trim(req);
@@ -116,6 +129,14 @@ export class Gateway {
       default:
         throw new DeviceError('EINVAL', `unknown operation ${String(req.op)}`);
     }
+  }
+
+  /** A read into the request's buffers: straight in where the device can, else read and copied. */
+  private async readInto(req: Request, into: Buffer[]): Promise<void> {
+    if (this.device.readInto) return this.device.readInto(req, into);
+    const segments = await this.device.read(req);
+    scatterSegments(req.offset, into, segments);
+    for (const s of segments) if (s.data) this.device.recycle?.(s.data);
   }
 
   private async writeZeroes(req: Request): Promise<void> {

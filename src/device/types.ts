@@ -4,7 +4,7 @@
 // BlockDevice and pass through what they do not change. No wire constant
 // of any protocol belongs here.
 
-export type Op = 'read' | 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' | 'blockStatus';
+export type Op = 'read' | 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' | 'blockStatus' | 'getId';
 
 export interface Request {
   op: Op;
@@ -12,6 +12,13 @@ export interface Request {
   length: number;
   /** Payload of a write; its length equals `length`. */
   data?: Buffer;
+  /**
+   * A read's destination: buffers filled one after another, `length` bytes
+   * in all (guest memory, for vhost-user). The result then holds no data.
+   */
+  into?: Buffer[];
+  /** A write's payload as buffers one after another, `length` bytes in all, instead of `data` (guest memory). */
+  from?: Buffer[];
   /** Persist before completing (data and whatever metadata reaches it). */
   fua: boolean;
   /** writeZeroes must leave the range allocated. */
@@ -72,6 +79,7 @@ export interface Capabilities {
 export type Result =
   | { op: 'read'; segments: ReadSegment[] }
   | { op: 'blockStatus'; extents: Extent[] }
+  | { op: 'getId'; id: string }
   | { op: 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' };
 
 export interface BlockDevice {
@@ -84,7 +92,11 @@ export interface BlockDevice {
   payloadBuffer?(size: number): Buffer;
   /** A buffer from read() or payloadBuffer() is no longer used (any view of it will do, more than once is harmless). */
   recycle?(buffer: Buffer): void;
+  /** Reads straight into req.into; without it the gateway reads and copies. */
+  readInto?(req: Request, into: Buffer[]): Promise<void>;
   write(req: Request): Promise<void>;
+  /** Writes straight from req.from; without it the gateway joins the buffers first. */
+  writeFrom?(req: Request, from: Buffer[]): Promise<void>;
   flush(): Promise<void>;
   trim(req: Request): Promise<void>;
   writeZeroes(req: Request): Promise<void>;
@@ -95,6 +107,30 @@ export interface BlockDevice {
 
 export function request(op: Op, offset: number, length: number, extra: Partial<Request> = {}): Request {
   return { op, offset, length, fua: false, noHole: false, fastZero: false, reqOne: false, df: false, ...extra };
+}
+
+/** The total length of a list of buffers. */
+export function totalLength(buffers: Buffer[]): number {
+  let n = 0;
+  for (const b of buffers) n += b.length;
+  return n;
+}
+
+/**
+ * Copies a read's segments (relative to `offset`) into the buffers `into`,
+ * laid one after another; holes become zeroes.
+ */
+export function scatterSegments(offset: number, into: Buffer[], segments: ReadSegment[]): void {
+  let start = 0;
+  for (const target of into) {
+    target.fill(0);
+    for (const s of segments) {
+      const from = Math.max(s.offset - offset, start);
+      const to = Math.min(s.offset - offset + s.length, start + target.length);
+      if (from < to && s.data) s.data.copy(target, from - start, from - (s.offset - offset), to - (s.offset - offset));
+    }
+    start += target.length;
+  }
 }
 
 /** The bytes of a read as one buffer, holes filled with zeroes. */

@@ -30,8 +30,20 @@
 import fs from 'node:fs';
 import type { IoEngine } from '../../io/engine.js';
 import { DeviceError } from '../errors.js';
+import { scatterSegments, totalLength } from '../types.js';
 import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
 import { seek } from '../../io/syscalls.js';
+
+/** One operation per buffer, at consecutive positions from `offset`. */
+export function consecutive<T>(buffers: Buffer[], offset: number, op: (buffer: Buffer, position: number) => T): T[] {
+  const ops: T[] = [];
+  let position = offset;
+  for (const buffer of buffers) {
+    ops.push(op(buffer, position));
+    position += buffer.length;
+  }
+  return ops;
+}
 
 /** The length of a file, or of a block device (whose stat size is 0). */
 export function fileSize(fd: number): number {
@@ -64,9 +76,21 @@ export class ImageFile {
     }
   }
 
+  /** Where the read-only direct tail starts: reads ending past it take the buffered path. */
+  private get alignedEnd(): number {
+    return this.direct && !this.direct.writable ? Math.floor(this.size / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT : Infinity;
+  }
+
+  /** Reads into `buffers`, laid one after another from `offset`: straight in, except for a read-only direct tail. */
+  async readInto(buffers: Buffer[], offset: number): Promise<void> {
+    const ops = consecutive(buffers, offset, (buffer, position) => ({ kind: 'read', fd: this.fd, buffer, position }) as const);
+    if (offset + totalLength(buffers) <= this.alignedEnd) return this.engine.submit(ops);
+    scatterSegments(offset, buffers, [{ offset, length: totalLength(buffers), data: await this.read(offset, totalLength(buffers)) }]);
+  }
+
   async read(offset: number, length: number): Promise<Buffer> {
     const buffer = this.engine.allocate(length);
-    const aligned = this.direct && !this.direct.writable ? Math.floor(this.size / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT : Infinity;
+    const aligned = this.alignedEnd;
     if (offset + length <= aligned) {
       await this.engine.submit([{ kind: 'read', fd: this.fd, buffer, position: offset }]);
       return buffer;

@@ -23,7 +23,7 @@ import {
 } from '../../io/syscalls.js';
 import { DeviceError } from '../errors.js';
 import { withoutZeroBlocks } from '../zero-blocks.js';
-import { fileSize, ImageFile } from './image-file.js';
+import { consecutive, fileSize, ImageFile } from './image-file.js';
 import { lockFor } from './lock.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
 
@@ -133,6 +133,10 @@ export class RawImage implements BlockDevice {
     return req.df ? [{ offset: req.offset, length: req.length, data }] : withoutZeroBlocks(req.offset, data);
   }
 
+  readInto(req: Request, into: Buffer[]): Promise<void> {
+    return this.file.readInto(into, req.offset);
+  }
+
   payloadBuffer(size: number): Buffer {
     return this.file.engine.allocate(size);
   }
@@ -145,6 +149,15 @@ export class RawImage implements BlockDevice {
     const { engine } = this.file;
     if (!req.fua) return engine.submit([{ kind: 'write', fd: this.fd, buffer: req.data!, position: req.offset, buffered: !this.direct }]);
     return this.file.durableWrite(() => engine.submit([{ kind: 'write', fd: this.dsyncFd, buffer: req.data!, position: req.offset }]));
+  }
+
+  /** A write from several buffers (guest memory): one engine operation each, in one batch. */
+  writeFrom(req: Request, from: Buffer[]): Promise<void> {
+    const { engine } = this.file;
+    const fd = req.fua ? this.dsyncFd : this.fd;
+    const buffered = !req.fua && !this.direct;
+    const ops = consecutive(from, req.offset, (buffer, position) => ({ kind: 'write', fd, buffer, position, buffered }) as const);
+    return req.fua ? this.file.durableWrite(() => engine.submit(ops)) : engine.submit(ops);
   }
 
   flush(): Promise<void> {

@@ -50,7 +50,7 @@ function scratch(t: Test, dir: string, direct: boolean, size = FILE_SIZE): { fd:
   return { fd, file };
 }
 
-export async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
+async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
   try {
     await p;
     return undefined;

@@ -195,6 +195,25 @@ t.test('page-cache hits never reach the ring; partial hits and misses do', async
   t.same(await e.submit([]), undefined, 'an empty batch resolves');
 });
 
+t.test('a file system without non-blocking reads (tmpfs, FUSE): EOPNOTSUPP sends reads on that descriptor through the ring', async (t) => {
+  const { engine: e, ring } = engine();
+  const tried: number[] = [];
+  ring().cached = (fd) => {
+    tried.push(fd);
+    return fd === 3 ? -95 : 4096;
+  };
+  const first = e.submit([read(Buffer.alloc(4096), 0)]);
+  t.same(ring().submitted.map((s) => [s.op, s.fd, s.position, s.buffer!.length]), [[0, 3, 0, 4096]], 'the read went through the ring');
+  ring().complete([[ring().submitted[0].id, 4096]]);
+  await first;
+  const second = e.submit([read(Buffer.alloc(4096), 4096)]);
+  ring().complete([[ring().submitted[0].id, 4096]]);
+  await second;
+  await e.submit([{ kind: 'read', fd: 4, buffer: Buffer.alloc(4096), position: 0 }]);
+  t.same(tried, [3, 4], 'descriptor 3 is not tried again; another descriptor still is');
+  t.equal(e.pending, 0);
+});
+
 t.test('buffered writes go to the page cache at once; FUA and direct writes go through the ring', async (t) => {
   const { engine: e, ring } = engine();
   const write = (position: number, buffered: boolean): IoOp => ({ kind: 'write', fd: 3, buffer: Buffer.alloc(4096), position, buffered });

@@ -2,7 +2,8 @@
 // SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges),
 // posix_fadvise (read-ahead for CACHE), fcntl(F_NOCACHE) (macOS's
 // direct I/O), ioctl(FICLONE) and copy_file_range (vblk clone),
-// setsockopt(SO_SNDBUF) (Node sets no socket buffer sizes). They
+// setsockopt(SO_SNDBUF) (Node sets no socket buffer sizes),
+// getrlimit(RLIMIT_NOFILE) (how many connections fit). They
 // are synchronous: each is a metadata operation of microseconds (a
 // copy goes in bounded chunks), cheaper than a hop to a
 // worker thread. Failures throw an Error carrying the errno name in
@@ -32,6 +33,12 @@ interface Flock {
   l_pid: number;
 }
 
+/** struct rlimit; a value past 2^53 (RLIM_INFINITY) comes back as a bigint. */
+interface Rlimit {
+  rlim_cur: number | bigint;
+  rlim_max: number | bigint;
+}
+
 interface Bindings {
   lseek: Fn;
   fallocate: Fn | null;
@@ -45,6 +52,7 @@ interface Bindings {
   ioctl: Fn | null;
   read: ((fd: number, buffer: Buffer, count: number) => number) | null;
   copyFileRange: ((fdIn: number, offIn: number[], fdOut: number, offOut: number[], len: number, flags: number) => number) | null;
+  getrlimit: ((resource: number, limit: Partial<Rlimit>) => number) | null;
   errno: () => number;
 }
 
@@ -93,6 +101,14 @@ function load(): Bindings | null {
       copyFileRange: optional(
         'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
       ) as Bindings['copyFileRange'],
+      getrlimit: (() => {
+        try {
+          const rlimit = koffi.struct('rlimit', { rlim_cur: 'uint64_t', rlim_max: 'uint64_t' });
+          return libc.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(rlimit))]) as Bindings['getrlimit'];
+        } catch {
+          return null;
+        }
+      })(),
       errno: () => koffi.errno(),
     };
   } catch {
@@ -256,4 +272,14 @@ export function trimHeap(): boolean {
   if (!bindings?.mallocTrim) return false;
   bindings.mallocTrim(0);
   return true;
+}
+
+const RLIMIT_NOFILE = process.platform === 'darwin' ? 8 : 7;
+
+/** How many descriptors this process may have open (the soft limit; Node raises it to the hard one at start). Infinity when unlimited. */
+export function openFileLimit(): number {
+  if (!bindings?.getrlimit) throw unavailable('getrlimit');
+  const limit: Partial<Rlimit> = {};
+  if (bindings.getrlimit(RLIMIT_NOFILE, limit) !== 0) throw systemError('getrlimit', bindings.errno());
+  return typeof limit.rlim_cur === 'number' ? limit.rlim_cur : Infinity;
 }

@@ -3,12 +3,15 @@
 // what it has in flight (new requests get ESHUTDOWN), closes the ones
 // still negotiating, then flushes and closes the exports and removes the
 // UNIX socket files. A connection that will not finish in time is cut.
+// Connections past what the open-file limit leaves room for are closed
+// as they come and logged (connection-limit.ts).
 
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { releaseIdleMemory } from '../io/idle-memory.js';
 import type { ExportRegistry } from './exports.js';
+import { connectionLimit, DropLog } from './connection-limit.js';
 import { exportUri, listen, type Endpoint } from './listeners.js';
 import { NbdConnection, type ConnectionOptions } from './nbd-connection.js';
 import { widenSendBuffer } from './socket-fd.js';
@@ -32,6 +35,10 @@ export class NbdServer {
   private shutdownStarted: Promise<void> | null = null;
   private connectionsGone: (() => void) | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
+  private maxConnections = Infinity;
+  private readonly drops = new DropLog((dropped, total) =>
+    this.log.warn({ dropped, total, maxConnections: this.maxConnections }, 'connections dropped: no descriptors left under the open-file limit'),
+  );
 
   constructor(
     private readonly registry: ExportRegistry,
@@ -41,10 +48,12 @@ export class NbdServer {
 
   async listen(endpoint: Endpoint): Promise<void> {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket, endpoint));
-    await listen(server, endpoint);
+    const backlog = await listen(server, endpoint);
     this.listening.push({ endpoint, server });
+    // Counted again with each listener: every one holds a descriptor.
+    this.maxConnections = connectionLimit();
     const where = endpoint.kind === 'unix' ? endpoint.path : `${endpoint.host}:${this.port(server)}`;
-    this.log.info({ listen: where }, 'listening');
+    this.log.info({ listen: where, backlog, maxConnections: this.maxConnections }, 'listening');
   }
 
   /** One URI per export and listener. */
@@ -69,6 +78,11 @@ export class NbdServer {
   private accept(socket: net.Socket, endpoint: Endpoint): void {
     if (this.shutdownStarted) {
       socket.destroy();
+      return;
+    }
+    if (this.connections.size >= this.maxConnections) {
+      socket.destroy();
+      this.drops.drop();
       return;
     }
     if (this.idleTimer) clearTimeout(this.idleTimer);
@@ -118,6 +132,7 @@ export class NbdServer {
     clearTimeout(timer);
     for (const conn of this.connections) conn.destroy('server shutdown');
     await closed;
+    this.drops.close();
     await this.registry.closeAll();
     for (const { endpoint } of this.listening) {
       if (endpoint.kind === 'unix') fs.rmSync(endpoint.path, { force: true });

@@ -36,8 +36,8 @@ import {
   PROTOCOL_FEATURES,
   TRANSPORT_FEATURES,
   VhostUserBackend,
-  inflightSize,
 } from '../src/protocol/vhost-user/backend.js';
+import { inflightSize } from '../src/protocol/vhost-user/requests.js';
 import type { GuestRegion } from '../src/protocol/vhost-user/memory-table.js';
 import { QEMU_72_FOUR_QUEUES, QEMU_72_ONE_QUEUE, type TracedMessage } from './helpers/vhost-user-traces.js';
 

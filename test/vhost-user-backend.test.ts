@@ -123,8 +123,8 @@ class FakeHost implements VhostUserHost {
       return this.stopAt.get(queue) ?? 0;
     });
   }
-  createInflight(size: number) {
-    return this.act('createInflight', [size], () => 900);
+  createInflight(area: InflightArea) {
+    return this.act('createInflight', [area], () => 900);
   }
   setInflight(area: InflightArea, fd: number) {
     this.own(fd);
@@ -720,6 +720,7 @@ t.test('inflight: GET creates an area sized for the queues, SET hands the front 
   const r = await s.ask(REQ.GET_INFLIGHT_FD, encodeInflight(asked), { needReply: true });
   t.same(decodeInflight(r.payload), { ...asked, mmapSize: BigInt(4 * 4160) }, 'four queues of 16 + 16 * 256 bytes, each rounded up to 64');
   t.same(r.fds, [900]);
+  t.same(s.host.calls.at(-1), ['createInflight', { mmapSize: 4 * 4160, mmapOffset: 0, numQueues: 4, queueSize: 256 }], 'the host is told the layout');
   t.equal(inflightSize(1, 1), 64, 'each queue rounded up to 64 bytes');
   for (const [what, bad] of [
     ['no queues', { ...asked, numQueues: 0 }],

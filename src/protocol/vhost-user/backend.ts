@@ -115,8 +115,12 @@ export interface VhostUserHost {
   startQueue(queue: number, ring: RingStart): void | Promise<void>;
   /** Stop processing it, finish what is in flight, and say the next available index it would have read. */
   stopQueue(queue: number): number | Promise<number>;
-  /** GET_INFLIGHT_FD: a zeroed shared area of `size` bytes; returns its fd, which stays the host's. */
-  createInflight(size: number): number | Promise<number>;
+  /**
+   * GET_INFLIGHT_FD: a zeroed shared area of `area.mmapSize` bytes (offset 0)
+   * for `area.numQueues` rings of `area.queueSize`; returns its fd, which
+   * stays the host's (it is sent with the reply, not given away).
+   */
+  createInflight(area: InflightArea): number | Promise<number>;
   /** SET_INFLIGHT_FD: the area the front end kept (from an earlier connection). */
   setInflight(area: InflightArea, fd: number): void | Promise<void>;
   /** The connection is over: every queue has been stopped; unmap all memory and close every fd. */

@@ -325,9 +325,10 @@ async function getInflightFd(be: VhostUserBackend, msg: Incoming): Promise<Outco
   if (isMalformed(asked)) return refuse(asked.malformed);
   const bad = checkInflight(be, asked);
   if (bad) return refuse(bad);
-  const size = inflightSize(asked.numQueues, asked.queueSize);
-  const fd = await be.host.createInflight(size);
-  return { reply: encodeInflight({ ...asked, mmapSize: BigInt(size), mmapOffset: 0n }), fds: [fd] };
+  const { numQueues, queueSize } = asked;
+  const area = { mmapSize: inflightSize(numQueues, queueSize), mmapOffset: 0, numQueues, queueSize };
+  const fd = await be.host.createInflight(area);
+  return { reply: encodeInflight({ ...area, mmapSize: BigInt(area.mmapSize), mmapOffset: 0n }), fds: [fd] };
 }
 
 async function setInflightFd(be: VhostUserBackend, msg: Incoming): Promise<Outcome> {

@@ -236,17 +236,20 @@ export class SplitVirtqueue {
   /**
    * Whether the driver must get a used-buffer notification for what was
    * pushed since the last call (which this call then counts as notified).
-   * The first call after creation that has pushes to report says yes.
+   * Nothing pushed: no. With EVENT_IDX the first call after creation that
+   * has pushes to report says yes, whatever used_event holds (the entries
+   * a previous back end pushed may not have been signalled).
    */
   needsNotify(): boolean {
     const old = this.signalledUsed;
     const now = this.nextUsed;
-    if (old === now && this.signalledValid) return false;
+    if (old === now) return false;
     this.signalledUsed = now;
     if (!this.eventIdx) return (Atomics.load(this.avail16, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
-    const valid = this.signalledValid;
-    this.signalledValid = true;
-    if (!valid) return true;
+    if (!this.signalledValid) {
+      this.signalledValid = true;
+      return true;
+    }
     return vringNeedEvent(Atomics.load(this.avail16, 2 + this.size), now, old);
   }
 

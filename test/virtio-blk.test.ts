@@ -106,7 +106,8 @@ function rangeOf(memory: BufferGuestMemory, views: Buffer[]): { gpa: number; len
 // --- request types ----------------------------------------------------------------
 
 t.test('IN: a read of the writable bytes before the status, at sector * 512', async (t) => {
-  const r = run([{ bytes: header(VIRTIO_BLK_T.IN, 10n) }, { length: 1024 }, { length: 3072 }, { length: 1 }], SETTINGS, { splitEvery: 1000 });
+  const parts = [{ bytes: header(VIRTIO_BLK_T.IN, 10n) }, { length: 1024 }, { length: 3072 }, { length: 1 }];
+  const r = run(parts, SETTINGS, { splitEvery: 1000 });
   const a = submitted(r);
   t.equal(a.requests.length, 1);
   const [req] = a.requests;
@@ -121,7 +122,8 @@ t.test('IN: a read of the writable bytes before the status, at sector * 512', as
 t.test('OUT: a write of the readable bytes after a header split across descriptors, status in the data descriptor', async (t) => {
   const data = Buffer.alloc(1024, 0x5a);
   const h = header(VIRTIO_BLK_T.OUT, 2047n - 1n);
-  const r = run([{ bytes: h.subarray(0, 5) }, { bytes: Buffer.concat([h.subarray(5), data]) }, { length: 1 }], SETTINGS, { indirect: true });
+  const parts = [{ bytes: h.subarray(0, 5) }, { bytes: Buffer.concat([h.subarray(5), data]) }, { length: 1 }];
+  const r = run(parts, SETTINGS, { indirect: true });
   const a = submitted(r);
   const [req] = a.requests;
   t.match(req, { op: 'write', offset: 2046 * 512, length: 1024 });
@@ -164,7 +166,8 @@ t.test('FLUSH becomes a flush whatever its sector; GET_ID writes the id', async 
 });
 
 t.test('DISCARD: one trim per segment; flags, limits and capacity checked', async (t) => {
-  const d = (segs: Buffer[], settings = SETTINGS) => run([{ bytes: header(VIRTIO_BLK_T.DISCARD) }, { bytes: Buffer.concat(segs) }, { length: 1 }], settings);
+  const d = (segs: Buffer[], settings = SETTINGS) =>
+    run([{ bytes: header(VIRTIO_BLK_T.DISCARD) }, { bytes: Buffer.concat(segs) }, { length: 1 }], settings);
   const a = submitted(d([segment(8n, 16), segment(100n, 1024)]));
   t.match(a.requests, [
     { op: 'trim', offset: 4096, length: 8192 },
@@ -187,7 +190,8 @@ t.test('DISCARD: one trim per segment; flags, limits and capacity checked', asyn
 });
 
 t.test('WRITE_ZEROES: UNMAP allows a hole, without it the range stays allocated', async (t) => {
-  const z = (segs: Buffer[], settings = SETTINGS) => run([{ bytes: header(VIRTIO_BLK_T.WRITE_ZEROES) }, { bytes: Buffer.concat(segs) }, { length: 1 }], settings);
+  const z = (segs: Buffer[], settings = SETTINGS) =>
+    run([{ bytes: header(VIRTIO_BLK_T.WRITE_ZEROES) }, { bytes: Buffer.concat(segs) }, { length: 1 }], settings);
   const a = submitted(z([segment(0n, 8, 1), segment(16n, 8, 0)]));
   t.match(a.requests, [
     { op: 'writeZeroes', offset: 0, length: 4096, noHole: false },
@@ -212,11 +216,13 @@ t.test('malformed requests fail with IOERR in their status byte', async (t) => {
   completed(run([{ bytes: header(VIRTIO_BLK_T.IN).subarray(0, 15) }, { length: 513 }]), VIRTIO_BLK_S.IOERR, /header is 15 bytes/);
   completed(run([{ length: 513 }]), VIRTIO_BLK_S.IOERR, /header is 0 bytes/);
   completed(run([{ bytes: header(VIRTIO_BLK_T.IN) }, { length: 500 }]), VIRTIO_BLK_S.IOERR, /499 is not a multiple of 512/);
-  completed(run([{ bytes: header(VIRTIO_BLK_T.OUT) }, { bytes: Buffer.alloc(100) }, { length: 1 }]), VIRTIO_BLK_S.IOERR, /100 is not a multiple/);
-  completed(run([{ bytes: Buffer.concat([header(VIRTIO_BLK_T.IN), Buffer.alloc(512)]) }, { length: 513 }]), VIRTIO_BLK_S.IOERR, /read carries device-readable data/);
-  completed(run([{ bytes: Buffer.concat([header(VIRTIO_BLK_T.OUT), Buffer.alloc(512)]) }, { length: 513 }]), VIRTIO_BLK_S.IOERR, /write carries device-writable data/);
+  const withData = (type: number) => ({ bytes: Buffer.concat([header(type), Buffer.alloc(512)]) });
+  const shortOut = run([{ bytes: header(VIRTIO_BLK_T.OUT) }, { bytes: Buffer.alloc(100) }, { length: 1 }]);
+  completed(shortOut, VIRTIO_BLK_S.IOERR, /100 is not a multiple/);
+  completed(run([withData(VIRTIO_BLK_T.IN), { length: 513 }]), VIRTIO_BLK_S.IOERR, /read carries device-readable data/);
+  completed(run([withData(VIRTIO_BLK_T.OUT), { length: 513 }]), VIRTIO_BLK_S.IOERR, /write carries device-writable data/);
   completed(
-    run([{ bytes: Buffer.concat([header(VIRTIO_BLK_T.OUT), Buffer.alloc(512)]) }, { length: 1 }], { ...SETTINGS, readOnly: true }),
+    run([withData(VIRTIO_BLK_T.OUT), { length: 1 }], { ...SETTINGS, readOnly: true }),
     VIRTIO_BLK_S.IOERR,
     /read-only/,
   );
@@ -253,7 +259,9 @@ t.test('property: any header and layout is answered without throwing, and what i
         const r = run([{ bytes: header(type, sector) }, ...rest], { ...SETTINGS, readOnly });
         if (r.action.kind === 'submit') {
           for (const q of r.action.requests) {
-            if (q.offset % 512 !== 0 || q.length % 512 !== 0 || q.offset + q.length > SETTINGS.capacity) throw new Error(`bad request ${JSON.stringify(q)}`);
+            if (q.offset % 512 !== 0 || q.length % 512 !== 0 || q.offset + q.length > SETTINGS.capacity) {
+              throw new Error(`bad request ${JSON.stringify(q)}`);
+            }
             if (readOnly && q.op !== 'read' && q.op !== 'flush') throw new Error(`${q.op} on a read-only device`);
             if (q.iov && q.iov.reduce((n, v) => n + v.length, 0) !== q.length) throw new Error('iov length differs');
           }

@@ -36,6 +36,7 @@ import {
 
 const BASE = 0x100000;
 const RUNS = { seed: 7, numRuns: 150 };
+const u16 = fc.integer({ min: 0, max: 0xffff });
 
 interface Setup {
   memory: BufferGuestMemory;
@@ -255,7 +256,7 @@ t.test('vring_need_event agrees with unbounded counters, across the 16-bit wrap'
   t.equal(vringNeedEvent(0, 1, 65535), true, '65535 -> 1 passes 0');
   t.equal(vringNeedEvent(5, 5, 5), false, 'no movement, no event');
   fc.assert(
-    fc.property(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }), (old, step, event) => {
+    fc.property(u16, u16, u16, (old, step, event) => {
       // The entries written are old, old+1, ..., old+step-1 (mod 2^16); is event among them?
       const expected = ((event - old) & 0xffff) < step;
       return vringNeedEvent(event, (old + step) & 0xffff, old) === expected;
@@ -359,6 +360,7 @@ function indirectCases(): [string, (s: Setup) => void, RegExp][] {
   };
   const I = VIRTQ_DESC_F_INDIRECT;
   const N = VIRTQ_DESC_F_NEXT;
+  const d = (next: number, flags: number, len = 1) => encodeDescriptor({ addr: BASE, len, flags, next });
   return [
     ['indirect with NEXT', withTable({ len: 16, flags: I | N }), /both INDIRECT and NEXT/],
     ['indirect table of 0 bytes', withTable({ len: 0, flags: I }), /indirect table of 0 bytes/],
@@ -367,17 +369,17 @@ function indirectCases(): [string, (s: Setup) => void, RegExp][] {
     ['indirect table outside memory', withTable({ len: 32, flags: I, addr: 0x1000 }), /indirect table outside guest memory/],
     [
       'indirect inside indirect',
-      withTable({ len: 32, flags: I }, [encodeDescriptor({ addr: BASE, len: 1, flags: N, next: 1 }), encodeDescriptor({ addr: BASE, len: 16, flags: I, next: 0 })]),
+      withTable({ len: 32, flags: I }, [d(1, N), d(0, I, 16)]),
       /indirect descriptor 1 of head 0 is an indirect descriptor inside an indirect table/,
     ],
     [
       'a loop inside an indirect table',
-      withTable({ len: 32, flags: I }, [encodeDescriptor({ addr: BASE, len: 1, flags: N, next: 1 }), encodeDescriptor({ addr: BASE, len: 1, flags: N, next: 0 })]),
+      withTable({ len: 32, flags: I }, [d(1, N), d(0, N)]),
       /longer than its indirect table/,
     ],
     [
       'next past an indirect table',
-      withTable({ len: 32, flags: I }, [encodeDescriptor({ addr: BASE, len: 1, flags: N, next: 2 }), encodeDescriptor({ addr: BASE, len: 1, flags: 0, next: 0 })]),
+      withTable({ len: 32, flags: I }, [d(2, N), d(0, 0)]),
       /chains to 2, past a table of 2/,
     ],
   ];
@@ -479,7 +481,10 @@ t.test('property: random valid traffic pops what the guest put there and returns
             const count = p.readable.length + p.writable.length;
             const indirect = p.indirect || count > size; // a plan never holds more than 8 buffers, what a table takes
             if (guest.freeDescriptors < (indirect ? 1 : count)) break;
-            const specs = buffers(alloc, [...p.readable.map((n): [number, boolean] => [n, false]), ...p.writable.map((n): [number, boolean] => [n, true])]);
+            const specs = buffers(alloc, [
+              ...p.readable.map((n): [number, boolean] => [n, false]),
+              ...p.writable.map((n): [number, boolean] => [n, true]),
+            ]);
             expected.set(guest.addChain(specs, { indirect }), specs);
             next++;
             offered++;
@@ -493,7 +498,9 @@ t.test('property: random valid traffic pops what the guest put there and returns
             expected.delete(c.head);
             const got = c.segments.map((s) => segmentRange(memory, s));
             const wantRanges = want.map((s) => ({ gpa: s.length ? s.gpa : -1, length: s.length, writable: s.writable }));
-            if (JSON.stringify(got) !== JSON.stringify(wantRanges)) throw new Error(`segments ${JSON.stringify(got)} != ${JSON.stringify(wantRanges)}`);
+            if (JSON.stringify(got) !== JSON.stringify(wantRanges)) {
+              throw new Error(`segments ${JSON.stringify(got)} != ${JSON.stringify(wantRanges)}`);
+            }
             inFlight.push(c.head);
           }
           if (eventIdx && guest.availEvent !== queue.lastAvailIdx) throw new Error('avail_event lags the last avail idx');
@@ -532,8 +539,8 @@ t.test('property: random descriptor tables never throw, never loop, never hand o
       { weight: 2, arbitrary: fc.constantFrom(16, 32, 48, 0xffffffff) },
       { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffffffff }) },
     ),
-    flags: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 0, max: 7 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) }),
-    next: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 0, max: 40 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) }),
+    flags: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 0, max: 7 }) }, { weight: 1, arbitrary: u16 }),
+    next: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 0, max: 40 }) }, { weight: 1, arbitrary: u16 }),
   });
   fc.assert(
     fc.property(

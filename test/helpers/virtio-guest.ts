@@ -206,7 +206,9 @@ export class VirtioGuestQueue {
   addChain(buffers: BufferSpec[], options: { indirect?: boolean } = {}): number {
     if (options.indirect) {
       if (!this.indirect) throw new Error('this queue was laid out without indirect tables');
-      if (buffers.length > this.indirect.entries) throw new RangeError(`${buffers.length} buffers, indirect tables hold ${this.indirect.entries}`);
+      if (buffers.length > this.indirect.entries) {
+        throw new RangeError(`${buffers.length} buffers, indirect tables hold ${this.indirect.entries}`);
+      }
       const head = this.take(1)[0];
       const table = this.indirect.area + head * this.indirect.entries * VIRTQ_DESC_SIZE;
       const indices = buffers.map((_, i) => i);

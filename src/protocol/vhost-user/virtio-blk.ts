@@ -62,17 +62,19 @@ export type BlkAction =
   /** The request cannot be answered: the device needs reset. */
   | { kind: 'reset'; head: number; reason: string };
 
-type Answer = { status: number; reason: string | null } | GuestRequest[];
+/** A status to answer with at once. */
+type Verdict = { status: number; reason: string | null };
+type Answer = Verdict | GuestRequest[];
 
 const SECTOR = VIRTIO_BLK_SECTOR_SIZE;
 /** Sectors at or above 2^44 lie past any capacity a Number can hold in bytes. */
 const SECTOR_HIGH_WORD_LIMIT = 0x1000;
 
-function ioerr(reason: string): Answer {
+function ioerr(reason: string): Verdict {
   return { status: VIRTIO_BLK_S.IOERR, reason };
 }
 
-function unsupp(reason: string): Answer {
+function unsupp(reason: string): Verdict {
   return { status: VIRTIO_BLK_S.UNSUPP, reason };
 }
 
@@ -88,33 +90,30 @@ function rangeOffset(lo: number, hi: number, length: number, capacity: number): 
 
 export function blkAction(chain: Chain | MalformedChain, s: BlkSettings): BlkAction {
   const { head, writableLength } = chain;
-  let status: Buffer | undefined;
   if (chain.kind === 'malformed') {
-    if (!chain.lastWritableByte) return { kind: 'reset', head, reason: `${chain.reason}, and no status byte maps` };
-    status = chain.lastWritableByte;
-  } else if (writableLength > 0) {
-    status = sliceViews(writableViews(chain), writableLength - 1, 1)[0];
+    const status = chain.lastWritableByte;
+    if (!status) return { kind: 'reset', head, reason: `${chain.reason}, and no status byte maps` };
+    return complete(head, status, ioerr(chain.reason), writableLength);
   }
+  const readable: Buffer[] = [];
+  const writable: Buffer[] = [];
+  for (const seg of chain.segments) (seg.writable ? writable : readable).push(...seg.views);
+  const status = writableLength > 0 ? sliceViews(writable, writableLength - 1, 1)[0] : undefined;
   if (!status) return { kind: 'reset', head, reason: `request at head ${head} has no device-writable status byte` };
-  const answer = chain.kind === 'malformed' ? ioerr(chain.reason) : answerChain(chain, s);
+  const answer = answerRequest(chain, readable, writable, s);
   if (Array.isArray(answer)) return { kind: 'submit', head, requests: answer, status, usedLength: writableLength };
+  return complete(head, status, answer, writableLength);
+}
+
+function complete(head: number, status: Buffer, answer: Verdict, usedLength: number): BlkAction {
   status[0] = answer.status;
-  return { kind: 'complete', head, status: answer.status, reason: answer.reason, usedLength: writableLength };
+  return { kind: 'complete', head, status: answer.status, reason: answer.reason, usedLength };
 }
 
-function readableViews(chain: Chain): Buffer[] {
-  return chain.segments.filter((seg) => !seg.writable).flatMap((seg) => seg.views);
-}
-
-function writableViews(chain: Chain): Buffer[] {
-  return chain.segments.filter((seg) => seg.writable).flatMap((seg) => seg.views);
-}
-
-function answerChain(chain: Chain, s: BlkSettings): Answer {
+function answerRequest(chain: Chain, readable: Buffer[], writable: Buffer[], s: BlkSettings): Answer {
   if (chain.readableLength < VIRTIO_BLK_HEADER_SIZE) {
     return ioerr(`request header is ${chain.readableLength} bytes, not ${VIRTIO_BLK_HEADER_SIZE}`);
   }
-  const readable = readableViews(chain);
   const header = gatherViews(readable, 0, VIRTIO_BLK_HEADER_SIZE);
   const type = header.readUInt32LE(0);
   const sectorLo = header.readUInt32LE(8);
@@ -134,7 +133,7 @@ function answerChain(chain: Chain, s: BlkSettings): Answer {
       if (length % SECTOR !== 0) return ioerr(`data length ${length} is not a multiple of ${SECTOR}`);
       const offset = rangeOffset(sectorLo, sectorHi, length, s.capacity);
       if (typeof offset === 'string') return ioerr(offset);
-      const iov = isRead ? sliceViews(writableViews(chain), 0, length) : sliceViews(readable, VIRTIO_BLK_HEADER_SIZE, length);
+      const iov = isRead ? sliceViews(writable, 0, length) : sliceViews(readable, VIRTIO_BLK_HEADER_SIZE, length);
       return [{ ...request(isRead ? 'read' : 'write', offset, length), iov }];
     }
     case VIRTIO_BLK_T.FLUSH:
@@ -142,7 +141,7 @@ function answerChain(chain: Chain, s: BlkSettings): Answer {
     case VIRTIO_BLK_T.GET_ID: {
       const id = Buffer.alloc(Math.min(dataIn, VIRTIO_BLK_ID_BYTES));
       s.id.copy(id, 0, 0, id.length);
-      scatterToViews(writableViews(chain), 0, id);
+      scatterToViews(writable, 0, id);
       return { status: VIRTIO_BLK_S.OK, reason: null };
     }
     case VIRTIO_BLK_T.DISCARD:

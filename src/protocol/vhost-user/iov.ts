@@ -2,13 +2,6 @@
 // chain is once mapped. The views are live guest memory; these helpers
 // slice, gather and scatter without copying more than they are asked to.
 
-/** Total bytes in the views. */
-export function viewsLength(views: readonly Buffer[]): number {
-  let n = 0;
-  for (const v of views) n += v.length;
-  return n;
-}
-
 /** Views of bytes [start, start + length) of the concatenated views; shorter if the views end first. */
 export function sliceViews(views: readonly Buffer[], start: number, length: number): Buffer[] {
   const out: Buffer[] = [];

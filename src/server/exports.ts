@@ -35,13 +35,36 @@ export class ExportRegistry implements ExportCatalog {
     return [...this.exports.values()];
   }
 
-  /** Waits for running requests, flushes and closes every device. */
-  async closeAll(): Promise<void> {
-    for (const e of this.exports.values()) {
-      await e.gateway.drain();
-      if (!e.capabilities.readOnly) await e.gateway.device.flush();
-      await e.gateway.device.close();
-    }
+  /**
+   * Waits for running requests, then flushes and closes every device, all
+   * of them even when some fail (a device whose flush failed is still
+   * closed). Says how each one went.
+   */
+  async closeAll(): Promise<ExportClosed[]> {
+    const closing = [...this.exports.values()].map((e) => closeExport(e));
     this.exports.clear();
+    return Promise.all(closing);
   }
+}
+
+export interface ExportClosed {
+  name: string;
+  /** What failed, in order: the final flush, the close, or both. */
+  failures: { step: 'flush' | 'close'; error: unknown }[];
+}
+
+async function closeExport(e: ServedExport): Promise<ExportClosed> {
+  const closed: ExportClosed = { name: e.name, failures: [] };
+  await e.gateway.drain();
+  try {
+    if (!e.capabilities.readOnly) await e.gateway.device.flush();
+  } catch (error) {
+    closed.failures.push({ step: 'flush', error });
+  }
+  try {
+    await e.gateway.device.close();
+  } catch (error) {
+    closed.failures.push({ step: 'close', error });
+  }
+  return closed;
 }

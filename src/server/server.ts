@@ -3,6 +3,8 @@
 // what it has in flight (new requests get ESHUTDOWN), closes the ones
 // still negotiating, then flushes and closes the exports and removes the
 // UNIX socket files. A connection that will not finish in time is cut.
+// Every export is flushed and closed even if another one fails; each
+// failure is logged, and the shutdown then fails as a whole.
 
 import fs from 'node:fs';
 import net from 'node:net';
@@ -100,9 +102,17 @@ export class NbdServer {
     clearTimeout(timer);
     for (const conn of this.connections) conn.destroy('server shutdown');
     await closed;
-    await this.registry.closeAll();
+    const exports = await this.registry.closeAll();
     for (const { endpoint } of this.listening) {
       if (endpoint.kind === 'unix') fs.rmSync(endpoint.path, { force: true });
+    }
+    for (const { name, failures } of exports) {
+      if (failures.length === 0) this.log.info({ export: name }, 'export closed');
+      for (const { step, error } of failures) this.log.error({ export: name, err: error }, `export failed to ${step}`);
+    }
+    const failed = exports.filter((e) => e.failures.length > 0).map((e) => `'${e.name}'`);
+    if (failed.length > 0) {
+      throw new Error(`${failed.length} export${failed.length === 1 ? '' : 's'} failed to flush or close: ${failed.join(', ')}`);
     }
     this.log.info('shutdown complete');
   }

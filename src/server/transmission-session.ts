@@ -54,7 +54,11 @@ export interface SessionHost {
   resumeInput(): void;
   /** Close gracefully: pending replies are flushed first. */
   finish(reason: string): void;
-  /** Close gracefully once the client has sent nothing for a moment. */
+  /**
+   * At shutdown, with no request running: close gracefully once the client
+   * has sent nothing for a moment, or once a short grace has passed
+   * whatever it sends.
+   */
   finishWhenQuiet(reason: string): void;
   /** Hard disconnect after a protocol violation. */
   abort(reason: string): void;
@@ -146,8 +150,14 @@ export class TransmissionSession {
     this.stopped = true;
   }
 
+  /** No request running and none half received. */
   get idle(): boolean {
     return this.inflight === 0 && !this.pending && !this.skipped;
+  }
+
+  /** Whether requests are running on the device (their replies still to come). */
+  get running(): boolean {
+    return this.inflight > 0;
   }
 
   private atBound(): boolean {
@@ -161,7 +171,7 @@ export class TransmissionSession {
   private finishIfIdle(): void {
     if (this.stopped || this.inflight > 0) return;
     if (this.draining) this.host.finish(this.draining);
-    else if (this.shuttingDown && this.idle) this.host.finishWhenQuiet('server shutdown');
+    else if (this.shuttingDown) this.host.finishWhenQuiet('server shutdown');
   }
 
   private onHeader(h: RequestHeader): void {

@@ -48,7 +48,7 @@ export const MAX_HANDSHAKE_BACKLOG = 1 << 20;
  * every export on the same connection, then ABORT; qemu sends about four
  * in all. Four per export covers INFO, both META_CONTEXT options and GO
  * for each one, and 64 leaves room for anything else (nbdkit once stopped
- * at 32 in all, which broke nbdinfo --list past 14 exports). Memory is
+ * at 32 in all, which nbdinfo --list outgrows past 15 exports). Memory is
  * bounded by back-pressure anyway; this bounds the work one connection
  * can make the server do.
  */

@@ -14,6 +14,7 @@ import { CMD, OPT, REP } from '../../src/protocol/nbd/constants.js';
 import { encodeClientFlags, encodeInfoRequest, encodeOption } from '../../src/protocol/nbd/handshake-codec.js';
 import { RawClient } from '../helpers/nbd-client.js';
 import { serve, tempDir, type Served } from '../helpers/server.js';
+import { run } from '../helpers/tools.js';
 
 const MB = 1 << 20;
 const SIZE = 8 * MB;
@@ -122,4 +123,18 @@ t.test('a client that sends many options before reading any reply gets them all,
   const go = await c.option(OPT.GO, encodeInfoRequest({ name: names[7], requests: [] }));
   t.equal(go[go.length - 1].type, REP.ACK, 'and the connection goes on to transmission');
   c.close();
+});
+
+t.test('the option limit leaves room for real clients: nbdinfo --list over 100 exports', async (t) => {
+  // nbdinfo asks for INFO and LIST_META_CONTEXT of every export on one
+  // connection: about 200 options here.
+  const file = image(t);
+  const names = Array.from({ length: 100 }, (_, i) => `export-${i}`);
+  const srv = await serve(t, [file, ...names.flatMap((n) => ['--export', `${n}=${file}`]), '--read-only']);
+  const r = await run('nbdinfo', ['--list', '--json', srv.uri()]);
+  t.equal(r.code, 0, `nbdinfo --list succeeds ${r.stderr}`);
+  const listed = (JSON.parse(r.stdout) as { exports: { 'export-name': string; 'export-size': number }[] }).exports;
+  t.equal(listed.length, names.length + 1, 'every export is listed');
+  t.ok(listed.every((e) => e['export-size'] === SIZE), 'each with its size');
+  t.notOk(srv.logs().some((l) => l.msg === 'closing connection: too many options'), 'and no connection is cut');
 });

@@ -176,8 +176,6 @@ export class NbdConnection implements SessionHost {
     const graceEnds = (this.graceEnds ??= Date.now() + SHUTDOWN_GRACE_MS);
     const check = (): void => {
       this.quietTimer = null;
-      // A request still running calls again when it completes.
-      if (session.running) return;
       const now = Date.now();
       const quietFor = now - this.lastInput;
       if (now >= graceEnds || (quietFor >= QUIET_MS && session.idle)) {

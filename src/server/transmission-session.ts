@@ -55,9 +55,9 @@ export interface SessionHost {
   /** Close gracefully: pending replies are flushed first. */
   finish(reason: string): void;
   /**
-   * At shutdown, with no request running: close gracefully once the client
-   * has sent nothing for a moment, or once a short grace has passed
-   * whatever it sends.
+   * At shutdown, called whenever no request is running (none start from
+   * then on): close gracefully once the client has sent nothing for a
+   * moment, or once a short grace has passed whatever it sends.
    */
   finishWhenQuiet(reason: string): void;
   /** Hard disconnect after a protocol violation. */
@@ -153,11 +153,6 @@ export class TransmissionSession {
   /** No request running and none half received. */
   get idle(): boolean {
     return this.inflight === 0 && !this.pending && !this.skipped;
-  }
-
-  /** Whether requests are running on the device (their replies still to come). */
-  get running(): boolean {
-    return this.inflight > 0;
   }
 
   private atBound(): boolean {

@@ -1,6 +1,7 @@
 // vblk serve: open the images, listen, print one NBD URI per export and
 // listener on stdout, serve until SIGINT or SIGTERM, then shut down in
-// order (see server/server.ts) and exit 0. A second signal exits at once.
+// order (see server/server.ts) and exit 0, or 1 if an export failed to
+// flush or close. A second signal exits at once.
 
 import fs from 'node:fs';
 import { RawImage } from '../device/images/raw.js';
@@ -41,7 +42,9 @@ any named exports. Images may be raw or qcow2; a qcow2 image's backing
 chain is opened read-only below it. Prints one NBD URI per export and listener on stdout
 once it is accepting connections; logs go to stderr as JSON lines.
 SIGINT or SIGTERM finishes the requests in flight, flushes, removes the
-socket and exits 0.
+socket and exits 0. If an export's final flush or close fails, that is
+logged, the other exports are still flushed and closed, and the exit
+status is 1.
 
 Options:
   --socket PATH            listen on a UNIX socket at PATH
@@ -195,7 +198,8 @@ export const serve: Command<ServeValues> = {
     try {
       for (const e of endpoints) await server.listen(e);
     } catch (err) {
-      await server.shutdown();
+      // Export failures are logged by the shutdown; the listen error is the one to report.
+      await server.shutdown().catch(() => undefined);
       engine.close();
       throw err;
     }
@@ -212,16 +216,19 @@ export const serve: Command<ServeValues> = {
         }
         signalled = true;
         log.info({ signal }, 'signal received');
-        server.shutdown().then(
-          () => {
+        server
+          .shutdown()
+          .then(
+            () => 0,
+            (err: unknown) => {
+              log.error({ err }, 'shutdown failed');
+              return 1;
+            },
+          )
+          .then((code) => {
             engine.close();
-            resolve(0);
-          },
-          (err: unknown) => {
-            log.error({ err }, 'shutdown failed');
-            resolve(1);
-          },
-        );
+            resolve(code);
+          });
       };
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);

@@ -35,17 +35,42 @@ export class ExportRegistry implements ExportCatalog {
     return [...this.exports.values()];
   }
 
-  /** Waits for running requests, flushes and closes every device. */
-  async closeAll(): Promise<void> {
-    // Exports of one image share its device (cli/open-exports.ts): close it once.
-    const closed = new Set<BlockDevice>();
-    for (const e of this.exports.values()) {
-      await e.gateway.drain();
-      if (closed.has(e.gateway.device)) continue;
-      closed.add(e.gateway.device);
-      if (!e.capabilities.readOnly) await e.gateway.device.flush();
-      await e.gateway.device.close();
-    }
+  /**
+   * Waits for running requests, then flushes and closes every device, all
+   * of them even when some fail (a device whose flush failed is still
+   * closed). Says how each one went.
+   */
+  async closeAll(): Promise<ExportClosed[]> {
+    const all = [...this.exports.values()];
+    // A read-only view must not read from a device already closed under it.
+    await Promise.all(all.map((e) => e.gateway.drain()));
+    // Exports of one image share its device (cli/open-exports.ts): it is closed once.
+    const byDevice = new Map<BlockDevice, ServedExport[]>();
+    for (const e of all) byDevice.set(e.gateway.device, [...(byDevice.get(e.gateway.device) ?? []), e]);
+    const closing = [...byDevice.values()].map((group) => closeExport(group));
     this.exports.clear();
+    return Promise.all(closing);
   }
+}
+
+export interface ExportClosed {
+  name: string;
+  /** What failed, in order: the final flush, the close, or both. */
+  failures: { step: 'flush' | 'close'; error: unknown }[];
+}
+
+async function closeExport(group: ServedExport[]): Promise<ExportClosed> {
+  const e = group[0];
+  const closed: ExportClosed = { name: group.map((g) => g.name).join(', '), failures: [] };
+  try {
+    if (!e.capabilities.readOnly) await e.gateway.device.flush();
+  } catch (error) {
+    closed.failures.push({ step: 'flush', error });
+  }
+  try {
+    await e.gateway.device.close();
+  } catch (error) {
+    closed.failures.push({ step: 'close', error });
+  }
+  return closed;
 }

@@ -4,7 +4,20 @@
 // TransmissionSession once an export is chosen. Option data beyond
 // MAX_OPTION_DATA is skipped unread and answered TOO_BIG; beyond
 // MAX_OPTION_SKIP the client is cut off. A client that does not finish
-// the handshake in time is cut off too.
+// the handshake in time is cut off too, and so is one that sends more
+// options than maxOptions allows.
+//
+// The handshake has back-pressure as the transmission phase does: no
+// further option is read while the replies queued for the client reach
+// MAX_HANDSHAKE_BACKLOG, so a client that sends options and never reads
+// the replies stalls itself instead of growing the server.
+//
+// Closing gracefully (finish) ends the server's side and closes the socket
+// once the last reply is with the kernel, without waiting for the client
+// to close its end. At shutdown a connection closes once nothing is
+// running and the client has been quiet for QUIET_MS, so requests already
+// on the wire get ESHUTDOWN rather than a cut; however much the client
+// keeps sending, that wait ends SHUTDOWN_GRACE_MS after it began.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -21,11 +34,32 @@ import { TransmissionSession, type ConnectionStats, type SessionHost, type Sessi
 export const MAX_OPTION_DATA = 64 << 10;
 export const MAX_OPTION_SKIP = 16 << 20;
 /**
- * At shutdown, requests already on their way are answered ESHUTDOWN rather
- * than cut off: the connection closes once the client has been silent
- * this long (the shutdown timeout bounds the wait).
+ * Reply bytes queued for a client before the handshake reads its next
+ * option. Replies to options are small (a LIST reply is the largest, and
+ * it is sent whole however large), and real clients read each before
+ * sending the next option, so they never come near it.
  */
+export const MAX_HANDSHAKE_BACKLOG = 1 << 20;
+
+/**
+ * Options one connection may send before it is cut off. Real clients send
+ * a few per export they look at: nbdinfo --list (libnbd 1.14, measured)
+ * sends STRUCTURED_REPLY and LIST, then INFO and LIST_META_CONTEXT for
+ * every export on the same connection, then ABORT; qemu sends about four
+ * in all. Four per export covers INFO, both META_CONTEXT options and GO
+ * for each one, and 64 leaves room for anything else (nbdkit once stopped
+ * at 32 in all, which nbdinfo --list outgrows past 15 exports). Memory is
+ * bounded by back-pressure anyway; this bounds the work one connection
+ * can make the server do.
+ */
+export function maxOptions(exportCount: number): number {
+  return 64 + 4 * exportCount;
+}
+
+/** At shutdown: how long the client must have been silent before its connection closes. */
 const QUIET_MS = 100;
+/** At shutdown: the longest a client's input can hold its connection open once nothing is running. */
+const SHUTDOWN_GRACE_MS = 2000;
 
 export interface ConnectionOptions {
   handshakeTimeoutMs: number;
@@ -43,8 +77,11 @@ export class NbdConnection implements SessionHost {
   private session: TransmissionSession | null = null;
   private option: OptionHeader | null = null;
   private optionSkip = 0;
+  private optionCount = 0;
+  private readonly maxOptions: number;
   private handshakeTimer: NodeJS.Timeout | null = null;
   private quietTimer: NodeJS.Timeout | null = null;
+  private graceEnds: number | null = null;
   private lastInput = 0;
   private closing = false;
   private exportName: string | null = null;
@@ -63,6 +100,7 @@ export class NbdConnection implements SessionHost {
     this.writer = new ReplyWriter(socket, options.busyPoll);
     this.fd = socketFd(socket);
     this.handshake = new Handshake(registry);
+    this.maxOptions = maxOptions(registry.list().length);
   }
 
   get inTransmission(): boolean {
@@ -83,7 +121,7 @@ export class NbdConnection implements SessionHost {
       if (this.session) this.session.endOfInput();
       else this.finish('client closed during the handshake');
     });
-    socket.on('drain', () => this.session?.pump());
+    socket.on('drain', () => this.pump());
     socket.on('error', (err: NodeJS.ErrnoException) => {
       this.closeReason = `socket error: ${err.code ?? err.message}`;
     });
@@ -127,27 +165,36 @@ export class NbdConnection implements SessionHost {
     this.closing = true;
     this.closeReason = reason;
     this.session?.stop();
-    this.socket.end();
+    // Everything the client is owed has been written: once the kernel has
+    // it, close, whether or not the client ever closes its end.
+    this.socket.end(() => this.socket.destroy());
   }
 
   finishWhenQuiet(reason: string): void {
-    if (this.quietTimer || this.closing) return;
+    if (this.quietTimer || this.closing || !this.session) return;
+    const session = this.session;
+    const graceEnds = (this.graceEnds ??= Date.now() + SHUTDOWN_GRACE_MS);
     const check = (): void => {
-      const quietFor = Date.now() - this.lastInput;
-      if (quietFor < QUIET_MS) {
-        this.quietTimer = setTimeout(check, QUIET_MS - quietFor);
+      this.quietTimer = null;
+      const now = Date.now();
+      const quietFor = now - this.lastInput;
+      if (now >= graceEnds || (quietFor >= QUIET_MS && session.idle)) {
+        this.finish(reason);
         return;
       }
-      this.quietTimer = null;
-      if (this.session?.idle) this.finish(reason);
+      this.quietTimer = setTimeout(check, Math.min(quietFor < QUIET_MS ? QUIET_MS - quietFor : QUIET_MS, graceEnds - now));
     };
-    this.quietTimer = setTimeout(check, QUIET_MS);
+    this.quietTimer = setTimeout(check, Math.min(QUIET_MS, graceEnds - Date.now()));
   }
 
   abort(reason: string): void {
+    this.hangUp(reason, 'closing connection: protocol violation');
+  }
+
+  private hangUp(reason: string, message: string): void {
     if (this.closing) return;
     this.closing = true;
-    this.log.warn({ reason }, 'closing connection: protocol violation');
+    this.log.warn({ reason }, message);
     this.session?.stop();
     this.destroy(reason);
   }
@@ -155,15 +202,21 @@ export class NbdConnection implements SessionHost {
   private pump(): void {
     if (this.session) return this.session.pump();
     while (!this.closing && !this.session) {
+      if (this.socket.writableLength >= MAX_HANDSHAKE_BACKLOG) {
+        // The client is not reading its replies; 'drain' brings us back.
+        this.pauseInput();
+        return;
+      }
       if (this.handshake.phase === 'client-flags') {
         const bytes = this.input.take(4);
-        if (!bytes) return;
+        if (!bytes) break;
         this.apply(this.handshake.receiveClientFlags(decodeClientFlags(bytes)!));
       } else if (!this.readOption()) {
-        return;
+        break;
       }
     }
     if (this.session) (this.session as TransmissionSession).pump();
+    else this.resumeInput();
   }
 
   /** Frames one option; false when it needs more bytes. */
@@ -178,6 +231,10 @@ export class NbdConnection implements SessionHost {
       }
       if (header.length > MAX_OPTION_SKIP) {
         this.abort(`option ${header.option} with ${header.length} bytes of data`);
+        return false;
+      }
+      if (++this.optionCount > this.maxOptions) {
+        this.hangUp(`client sent more than ${this.maxOptions} options`, 'closing connection: too many options');
         return false;
       }
       this.option = header;
@@ -199,7 +256,8 @@ export class NbdConnection implements SessionHost {
   }
 
   private apply(step: Step): void {
-    for (const b of step.send) this.socket.write(b);
+    // One write a step: a flood of small replies queues as few buffers as it can.
+    if (step.send.length > 0) this.socket.write(step.send.length === 1 ? step.send[0] : Buffer.concat(step.send));
     if (step.phase === 'closed') {
       this.finish(step.reason ?? 'handshake closed');
       return;

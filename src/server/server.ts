@@ -5,6 +5,8 @@
 // UNIX socket files. A connection that will not finish in time is cut.
 // Connections past what the open-file limit leaves room for are closed
 // as they come and logged (connection-limit.ts).
+// Every export is flushed and closed even if another one fails; each
+// failure is logged, and the shutdown then fails as a whole.
 
 import fs from 'node:fs';
 import net from 'node:net';
@@ -133,9 +135,17 @@ export class NbdServer {
     for (const conn of this.connections) conn.destroy('server shutdown');
     await closed;
     this.drops.close();
-    await this.registry.closeAll();
+    const exports = await this.registry.closeAll();
     for (const { endpoint } of this.listening) {
       if (endpoint.kind === 'unix') fs.rmSync(endpoint.path, { force: true });
+    }
+    for (const { name, failures } of exports) {
+      if (failures.length === 0) this.log.info({ export: name }, 'export closed');
+      for (const { step, error } of failures) this.log.error({ export: name, err: error }, `export failed to ${step}`);
+    }
+    const failed = exports.filter((e) => e.failures.length > 0).map((e) => `'${e.name}'`);
+    if (failed.length > 0) {
+      throw new Error(`${failed.length} export${failed.length === 1 ? '' : 's'} failed to flush or close: ${failed.join(', ')}`);
     }
     this.log.info('shutdown complete');
   }

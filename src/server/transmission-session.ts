@@ -54,7 +54,11 @@ export interface SessionHost {
   resumeInput(): void;
   /** Close gracefully: pending replies are flushed first. */
   finish(reason: string): void;
-  /** Close gracefully once the client has sent nothing for a moment. */
+  /**
+   * At shutdown, called whenever no request is running (none start from
+   * then on): close gracefully once the client has sent nothing for a
+   * moment, or once a short grace has passed whatever it sends.
+   */
   finishWhenQuiet(reason: string): void;
   /** Hard disconnect after a protocol violation. */
   abort(reason: string): void;
@@ -146,6 +150,7 @@ export class TransmissionSession {
     this.stopped = true;
   }
 
+  /** No request running and none half received. */
   get idle(): boolean {
     return this.inflight === 0 && !this.pending && !this.skipped;
   }
@@ -161,7 +166,7 @@ export class TransmissionSession {
   private finishIfIdle(): void {
     if (this.stopped || this.inflight > 0) return;
     if (this.draining) this.host.finish(this.draining);
-    else if (this.shuttingDown && this.idle) this.host.finishWhenQuiet('server shutdown');
+    else if (this.shuttingDown) this.host.finishWhenQuiet('server shutdown');
   }
 
   private onHeader(h: RequestHeader): void {

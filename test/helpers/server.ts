@@ -94,6 +94,7 @@ export async function serve(
   const logs = (): Record<string, unknown>[] =>
     stderr
       .split('\n')
+      .slice(0, -1) // the last line may not be complete yet
       .filter((l) => l.startsWith('{'))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
 

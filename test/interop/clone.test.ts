@@ -11,18 +11,11 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { serve, tempDir, vblk } from '../helpers/server.js';
-import { run, TOOL_ENV } from '../helpers/tools.js';
+import { cannotMount, sys, SYS_ENV } from '../helpers/system.js';
+import { run } from '../helpers/tools.js';
 import { allocatedBytes, dataBytes, expectedLayout, makeSparse, standardWrites } from './sparse.js';
 
 const MiB = 1 << 20;
-
-/** System tools (mkfs.xfs, mount) live in sbin, which TOOL_ENV may lack. */
-const SYS_ENV = { ...TOOL_ENV, PATH: `/usr/sbin:/sbin:${TOOL_ENV.PATH}` };
-
-function sys(cmd: string, args: string[]): { code: number | null; out: string } {
-  const r = spawnSync(cmd, args, { env: SYS_ENV, encoding: 'utf8' });
-  return { code: r.error ? -1 : r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error?.message ?? ''}` };
-}
 
 function hasCommand(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { env: SYS_ENV }).status === 0;
@@ -167,14 +160,6 @@ t.test('refuses an image in use: a SRC being written, a DST being served', async
 function extentMap(file: string): string {
   const frag = sys('filefrag', ['-v', file]);
   return frag.code === 0 ? frag.out : sys('xfs_io', ['-r', '-c', 'fiemap -v', file]).out;
-}
-
-/** Why this host cannot mount a loop device, or null when it can try. */
-function cannotMount(): string | null {
-  if (process.getuid?.() !== 0) return 'not root, so no loop mount';
-  if (!fs.existsSync('/dev/loop-control') && !fs.existsSync('/dev/loop0')) return 'no loop devices (/dev/loop-control)';
-  if (sys('losetup', ['-f']).code !== 0) return 'no free loop device (losetup -f)';
-  return null;
 }
 
 const noMount = cannotMount();

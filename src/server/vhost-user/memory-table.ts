@@ -46,7 +46,9 @@ interface Mapped extends RegionInfo {
 
 type AddressKey = 'gpa' | 'uva';
 
+/** A region the table refuses; the table is left as it was. */
 export class MemoryRegionError extends Error {
+  override readonly name = 'MemoryRegionError';
   readonly code = 'ERR_MEMORY_REGION';
 }
 

@@ -38,7 +38,10 @@ const sameFile = (a: number, b: number) => {
 };
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 /** O_CLOEXEC as /proc/self/fdinfo shows it (octal flags). */
-const closeOnExec = (fd: number) => (parseInt(/flags:\s+(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8) & 0o2000000) !== 0;
+function closeOnExec(fd: number): boolean {
+  const flags = /flags:\s+(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1];
+  return (parseInt(flags, 8) & 0o2000000) !== 0;
+}
 
 function recvExactly(fd: number, length: number, maxFds: number) {
   const buffer = Buffer.alloc(length);

@@ -108,7 +108,7 @@ t.test('regions that overlap or carry impossible numbers are refused, and their 
   refused(region(fd, 2 ** 53 - MiB + 1, MiB, 0x900000, 0), /below 2\^53/, 'end past 2^53');
   refused(region(fd, 8 * MiB, MiB, 0x900000, -4096), /below 2\^53/, 'negative offset');
   refused(region(fd, 8 * MiB, MiB, 0x900000, 3.5), /below 2\^53/, 'fractional offset');
-  refused(region(fd, 8 * MiB, 4 * MiB, 0x900000, MiB), /past the end of the file/, 'a range past the end of the file (SIGBUS if touched)');
+  refused(region(fd, 8 * MiB, 4 * MiB, 0x900000, MiB), /past the end of the file/, 'past the end of the file (SIGBUS if touched)');
   table.add(region(fd, 8 * MiB, MiB, 0x900000, 0));
   t.throws(() => table.add(region(fd, 8 * MiB, MiB, 0x900000, 0)), MemoryRegionError, 'the same region twice');
   t.same(table.regions, [

@@ -5,11 +5,11 @@
 import fs from 'node:fs';
 import { errno, optionalFunc, systemError, unavailable } from './libc.js';
 
-export const EFD_SEMAPHORE = 0x1;
 export const EFD_NONBLOCK = 0x800;
 export const EFD_CLOEXEC = 0x80000;
 
-const create = process.platform === 'linux' ? optionalFunc<(initval: number, flags: number) => number>('int eventfd(unsigned int initval, int flags)') : null;
+type Create = (initval: number, flags: number) => number;
+const create = process.platform === 'linux' ? optionalFunc<Create>('int eventfd(unsigned int initval, int flags)') : null;
 
 /** A new eventfd; non-blocking and close-on-exec unless `flags` says otherwise. */
 export function eventfd(initval = 0, flags = EFD_NONBLOCK | EFD_CLOEXEC): number {
@@ -22,7 +22,7 @@ export function eventfd(initval = 0, flags = EFD_NONBLOCK | EFD_CLOEXEC): number
 const scratch = Buffer.alloc(8);
 
 /**
- * Takes the counter (resetting it to 0; with EFD_SEMAPHORE takes 1):
+ * Takes the counter (resetting it to 0; with EFD_SEMAPHORE, 0x1, takes 1):
  * the value, or 0 when it was already 0. The descriptor must be
  * non-blocking (eventfd() makes it so, and so does watchFd), or a read
  * of a zero counter would block the event loop. A value above 2^53 is

@@ -23,9 +23,6 @@ const loaded = load();
 export const koffi: Koffi | null = loaded?.koffi ?? null;
 export const libc: Library | null = loaded?.libc ?? null;
 
-/** Why libc could not be bound, or null when it was. */
-export const libcUnavailable: string | null = loaded ? null : 'koffi or libc could not be loaded';
-
 /** A libc function, or null where this libc lacks it (or koffi is missing). */
 export function optionalFunc<T>(proto: string): T | null {
   try {

@@ -5,9 +5,9 @@
 import { errno, optionalFunc, systemError, unavailable } from './libc.js';
 
 export const MFD_CLOEXEC = 0x1;
-export const MFD_ALLOW_SEALING = 0x2;
 
-const create = process.platform === 'linux' ? optionalFunc<(name: string, flags: number) => number>('int memfd_create(const char *name, unsigned int flags)') : null;
+type Create = (name: string, flags: number) => number;
+const create = process.platform === 'linux' ? optionalFunc<Create>('int memfd_create(const char *name, unsigned int flags)') : null;
 
 /** A new empty memfd (close-on-exec unless `flags` says otherwise); `name` shows in /proc/PID/fd. */
 export function memfdCreate(name: string, flags = MFD_CLOEXEC): number {

@@ -52,14 +52,17 @@ export class MemoryRegionError extends Error {
   readonly code = 'ERR_MEMORY_REGION';
 }
 
-const describe = (r: RegionInfo) => `region gpa=0x${r.gpa.toString(16)} size=0x${r.size.toString(16)} uva=0x${r.uva.toString(16)}`;
+const hex = (n: number) => `0x${n.toString(16)}`;
+const describe = (r: RegionInfo) => `region gpa=${hex(r.gpa)} size=${hex(r.size)} uva=${hex(r.uva)}`;
 
 const isAddress = (n: number) => Number.isSafeInteger(n) && n >= 0;
 
 function checkRegion(r: MemoryRegion): void {
-  const fields = [r.gpa, r.size, r.uva, r.mmapOffset];
-  if (!fields.every(isAddress) || r.size === 0 || !isAddress(r.gpa + r.size) || !isAddress(r.uva + r.size) || !isAddress(r.mmapOffset + r.size)) {
-    throw new MemoryRegionError(`${describe(r)} mmapOffset=${r.mmapOffset}: addresses and sizes must be integers below 2^53, the size above 0`);
+  const starts = [r.gpa, r.uva, r.mmapOffset];
+  if (!isAddress(r.size) || r.size === 0 || !starts.every((start) => isAddress(start) && isAddress(start + r.size))) {
+    throw new MemoryRegionError(
+      `${describe(r)} mmapOffset=${r.mmapOffset}: addresses and sizes must be integers below 2^53, the size above 0`,
+    );
   }
 }
 
@@ -71,7 +74,8 @@ function checkDisjoint(regions: readonly RegionInfo[], from = 0): void {
     for (let i = 0; i < j; i++) {
       for (const key of ['gpa', 'uva'] as const) {
         if (overlaps(regions[i], regions[j], key)) {
-          throw new MemoryRegionError(`${describe(regions[j])} overlaps ${describe(regions[i])} in ${key === 'gpa' ? 'guest-physical' : 'front-end virtual'} addresses`);
+          const space = key === 'gpa' ? 'guest-physical' : 'front-end virtual';
+          throw new MemoryRegionError(`${describe(regions[j])} overlaps ${describe(regions[i])} in ${space} addresses`);
         }
       }
     }

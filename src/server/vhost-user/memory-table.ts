@@ -17,6 +17,12 @@
 // the old mappings are released only when the caller's `drained` promise
 // settles; a view used after that reads zeros and writes nowhere (see
 // native/src/guest-memory.cc), it never reaches freed memory.
+//
+// No fence function goes with the views: Atomics.load and Atomics.store on
+// a typed array over a view are sequentially consistent (a locked xchg on
+// x86-64, ldar/stlr on arm64) and keep the plain accesses before and after
+// them in order, which is all the virtio ring barriers ask for, provided
+// the ring indexes and flags are read and written with Atomics.
 
 import fs from 'node:fs';
 import { type NativeAddon, type SharedMapping, requireNative } from '../../io/native.js';

@@ -53,3 +53,32 @@ t.test('without the addon: auto serves with threads and says why; info --engines
   t.equal(direct.code, 1);
   t.match(direct.stderr, /--direct needs aligned buffers from the native addon/);
 });
+
+t.test('without the addon: vhost-user guest memory and fd watches say why, the koffi calls still work', async (t) => {
+  const dist = (file: string) => JSON.stringify(new URL(`../src/${file}`, import.meta.url).href);
+  const script = `
+    import { MemoryTable } from ${dist('server/vhost-user/memory-table.js')};
+    import { native, requireNative } from ${dist('io/native.js')};
+    import { eventfd, eventfdRead, eventfdWrite } from ${dist('sys/eventfd.js')};
+    const out = { native: native === null };
+    try { new MemoryTable(); } catch (err) { out.table = [err.code, err.message]; }
+    try { requireNative('watching a kick eventfd'); } catch (err) { out.watch = err.message; }
+    const fd = eventfd();
+    eventfdWrite(fd, 2);
+    out.eventfd = eventfdRead(fd);
+    console.log(JSON.stringify(out));
+  `;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, VBLK_NO_NATIVE: '1' },
+  });
+  t.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  t.equal(out.native, true, 'the addon is off');
+  t.same(out.table, [
+    'ERR_NATIVE_UNAVAILABLE',
+    'vhost-user guest memory needs the native addon, which is unavailable: disabled by VBLK_NO_NATIVE=1',
+  ]);
+  t.match(out.watch, /^watching a kick eventfd needs the native addon/);
+  t.equal(out.eventfd, 2, 'eventfd through koffi needs no addon');
+});

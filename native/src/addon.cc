@@ -1,4 +1,5 @@
-// vblk's native addon: io_uring and POSIX AIO rings, aligned buffers.
+// vblk's native addon: io_uring and POSIX AIO rings, aligned buffers,
+// shared guest memory and file descriptor watches for vhost-user.
 #include <napi.h>
 
 #include "aio.h"
@@ -7,6 +8,8 @@
 namespace vblk {
 Napi::Value AlignedBuffer(const Napi::CallbackInfo& info);
 Napi::Value AddressModulo(const Napi::CallbackInfo& info);
+Napi::Value MapShared(const Napi::CallbackInfo& info);
+void InitFdWatch(Napi::Env env, Napi::Object exports);
 }  // namespace vblk
 
 static Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
@@ -14,6 +17,8 @@ static Napi::Object InitAll(Napi::Env env, Napi::Object exports) {
   vblk::Aio::Init(env, exports);
   exports.Set("alignedBuffer", Napi::Function::New(env, vblk::AlignedBuffer));
   exports.Set("addressModulo", Napi::Function::New(env, vblk::AddressModulo));
+  exports.Set("mapShared", Napi::Function::New(env, vblk::MapShared));
+  vblk::InitFdWatch(env, exports);
   return exports;
 }
 

@@ -26,11 +26,46 @@ export interface NativeRingClass {
   probe(): string | null;
 }
 
+/** One MAP_SHARED mapping of a file range (native/src/guest-memory.cc). */
+export interface SharedMapping {
+  /** Window i covers bytes [i * windowSize, (i + 1) * windowSize) of the range; the last may be shorter. */
+  windows: ArrayBuffer[];
+  windowSize: number;
+  /**
+   * Releases the file's pages now; the windows stay valid but read zeros
+   * and their writes go nowhere. True when done (again: true), false when
+   * the pages must stay mapped until the windows are collected.
+   */
+  unmap(): boolean;
+}
+
+/** A uv_poll for readability on a descriptor (native/src/fd-watch.cc). */
+export interface FdWatch {
+  /** No callback runs after this; safe to call twice. Call it before closing the descriptor. */
+  stop(): void;
+  /** Keep the event loop alive while watching (the default). */
+  ref(): this;
+  /** Let the process exit even while watching. */
+  unref(): this;
+}
+
 export interface NativeAddon {
   Uring: NativeRingClass;
   Aio: NativeRingClass;
   alignedBuffer(size: number, alignment: number): Buffer;
   addressModulo(buffer: Buffer, n: number): number;
+  /**
+   * Maps [offset, offset + length) of `fd` shared (writable) or copy-on-write
+   * (not writable), in windows of windowSize bytes (default and most 1 GiB).
+   * Throws a RangeError when the range ends past the end of a regular file.
+   */
+  mapShared(fd: number, offset: number, length: number, writable: boolean, windowSize?: number): SharedMapping;
+  /**
+   * Calls `callback(null)` whenever `fd` is readable (level-triggered) and
+   * callback(error) if polling fails; makes `fd` non-blocking. Throws
+   * (code EEXIST) for a descriptor the event loop already polls.
+   */
+  watchFd(fd: number, callback: (error: Error | null) => void): FdWatch;
 }
 
 const BUILD = fileURLToPath(new URL('../../../native/build/', import.meta.url));
@@ -51,3 +86,11 @@ const loaded = load();
 
 export const native: NativeAddon | null = loaded.addon;
 export const nativeUnavailable: string | null = loaded.reason;
+
+/** The addon, or an error saying that `what` needs it and why it is missing. */
+export function requireNative(what: string): NativeAddon {
+  if (native) return native;
+  throw Object.assign(new Error(`${what} needs the native addon, which is unavailable: ${nativeUnavailable}`), {
+    code: 'ERR_NATIVE_UNAVAILABLE',
+  });
+}

@@ -8,10 +8,10 @@
 // copy goes in bounded chunks), cheaper than a hop to a
 // worker thread. Failures throw an Error carrying the errno name in
 // `code`, like Node's own fs errors. Where libc or a call is missing (not
-// Linux, no koffi), the call throws ENOSYS and callers fall back.
+// Linux, no koffi), the call throws ENOSYS and callers fall back. libc
+// itself is loaded by sys/libc.ts, shared with the bindings in sys/.
 
-import { constants as osConstants } from 'node:os';
-import { createRequire } from 'node:module';
+import { errno, errnoName, koffi, libc, optionalFunc, systemError, unavailable } from '../sys/libc.js';
 
 const SEEK_END = 2;
 const SEEK_DATA = 3;
@@ -56,21 +56,10 @@ interface Bindings {
   errno: () => number;
 }
 
-const ERRNO_NAMES = new Map<number, string>(
-  Object.entries(osConstants.errno).map(([name, value]) => [value as number, name]),
-);
-
 function load(): Bindings | null {
+  if (!koffi || !libc) return null;
   try {
-    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
-    const libc = koffi.load(process.platform === 'darwin' ? 'libSystem.B.dylib' : 'libc.so.6');
-    const optional = (proto: string): Fn | null => {
-      try {
-        return libc.func(proto) as Fn;
-      } catch {
-        return null;
-      }
-    };
+    const optional = (proto: string): Fn | null => optionalFunc<Fn>(proto);
     return {
       lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)') as Fn,
       fallocate: optional('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
@@ -109,7 +98,7 @@ function load(): Bindings | null {
           return null;
         }
       })(),
-      errno: () => koffi.errno(),
+      errno,
     };
   } catch {
     return null;
@@ -120,15 +109,6 @@ const bindings = load();
 
 /** Why the bindings are missing, or null when they loaded. */
 export const syscallsUnavailable: string | null = bindings ? null : 'koffi or libc could not be loaded';
-
-function systemError(call: string, errno: number): Error {
-  const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
-  return Object.assign(new Error(`${call} failed: ${code}`), { code, errno: -errno, syscall: call });
-}
-
-function unavailable(call: string): Error {
-  return Object.assign(new Error(`${call} is not available on this host`), { code: 'ENOSYS', syscall: call });
-}
 
 const WHENCE = { end: SEEK_END, data: SEEK_DATA, hole: SEEK_HOLE };
 
@@ -143,7 +123,7 @@ export function seek(fd: number, offset: number, whence: keyof typeof WHENCE): n
   const r = bindings.lseek(fd, offset, WHENCE[whence]);
   if (r >= 0) return Number(r);
   const errno = bindings.errno();
-  if (ERRNO_NAMES.get(errno) === 'ENXIO') return null;
+  if (errnoName(errno) === 'ENXIO') return null;
   throw systemError('lseek', errno);
 }
 
@@ -231,7 +211,7 @@ export function readNow(fd: number, buffer: Buffer): number {
   const n = Number(bindings.read(fd, buffer, buffer.length));
   if (n >= 0) return n;
   const errno = bindings.errno();
-  const code = ERRNO_NAMES.get(errno);
+  const code = errnoName(errno);
   if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') return 0;
   throw systemError('read', errno);
 }

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { RawImage } from '../device/images/raw.js';
 import { ENGINE_NAMES } from '../io/engine.js';
 import { chooseEngine } from '../io/probe.js';
-import { keepLargeAllocationsInHeap } from '../io/syscalls.js';
+import { keepLargeAllocationsInHeap } from '../sys/syscalls.js';
 import { BusyPoll } from '../server/busy-poll.js';
 import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';

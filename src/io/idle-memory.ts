@@ -9,7 +9,7 @@
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { emptyPools } from './buffer-pool.js';
-import { trimHeap } from './syscalls.js';
+import { trimHeap } from '../sys/syscalls.js';
 
 /** Array buffers found dead are freed on V8's background threads, shortly after the collection. */
 const FREE_DELAY_MS = 100;

@@ -9,7 +9,7 @@
 // flood of them cannot flood the log.
 
 import fs from 'node:fs';
-import { openFileLimit } from '../io/syscalls.js';
+import { openFileLimit } from '../sys/syscalls.js';
 
 /** Descriptors kept free for what the server opens after it starts listening. */
 export const DESCRIPTOR_RESERVE = 32;

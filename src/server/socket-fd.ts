@@ -5,7 +5,7 @@
 // and the stream's own reads carry the bytes.
 
 import type net from 'node:net';
-import { readNow, setSendBuffer } from '../io/syscalls.js';
+import { readNow, setSendBuffer } from '../sys/syscalls.js';
 
 /** The socket's descriptor, where Node has one (UNIX and TCP sockets on POSIX). */
 export function socketFd(socket: net.Socket): number | null {

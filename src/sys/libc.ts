@@ -1,5 +1,5 @@
 // The C library through koffi, loaded once for every binding in sys/ and
-// io/syscalls.ts, and the errors they throw: an Error carrying the errno
+// sys/syscalls.ts, and the errors they throw: an Error carrying the errno
 // name in `code`, like Node's own fs errors, or ENOSYS where libc, koffi
 // or the call is missing (not Linux, no koffi), so callers can fall back.
 

@@ -13,7 +13,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { copyFileRange, ficlone, seek } from '../../io/syscalls.js';
+import { copyFileRange, ficlone, seek } from '../../sys/syscalls.js';
 import { lockImage } from './lock.js';
 import { decodeHeader, INCOMPAT, QCOW2_MAGIC } from './qcow2/format.js';
 

@@ -32,7 +32,7 @@ import type { IoEngine } from '../../io/engine.js';
 import { DeviceError } from '../errors.js';
 import { scatterSegments, totalLength } from '../types.js';
 import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
-import { seek } from '../../io/syscalls.js';
+import { seek } from '../../sys/syscalls.js';
 
 /** One operation per buffer, at consecutive positions from `offset`. */
 export function consecutive<T>(buffers: Buffer[], offset: number, op: (buffer: Buffer, position: number) => T): T[] {

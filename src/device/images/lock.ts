@@ -14,7 +14,7 @@
 // and shares the same. Locks live as long as the descriptor. Where the
 // host has no OFD locks (macOS), images are not locked, as in QEMU.
 
-import { lockedByOthers, ofdLocksAvailable, sharedLock } from '../../io/syscalls.js';
+import { lockedByOthers, ofdLocksAvailable, sharedLock } from '../../sys/syscalls.js';
 
 const PERM_BASE = 100;
 const SHARED_BASE = 200;

@@ -20,7 +20,7 @@ import {
   FALLOC_FL_ZERO_RANGE,
   seek,
   setNoCache,
-} from '../../io/syscalls.js';
+} from '../../sys/syscalls.js';
 import { DeviceError } from '../errors.js';
 import { withoutZeroBlocks } from '../zero-blocks.js';
 import { consecutive, fileSize, ImageFile } from './image-file.js';

@@ -9,9 +9,9 @@
 // worker thread. Failures throw an Error carrying the errno name in
 // `code`, like Node's own fs errors. Where libc or a call is missing (not
 // Linux, no koffi), the call throws ENOSYS and callers fall back. libc
-// itself is loaded by sys/libc.ts, shared with the bindings in sys/.
+// itself is loaded by libc.ts, shared with the other bindings in sys/.
 
-import { errno, errnoName, koffi, libc, optionalFunc, systemError, unavailable } from '../sys/libc.js';
+import { errno, errnoName, koffi, libc, optionalFunc, systemError, unavailable } from './libc.js';
 
 const SEEK_END = 2;
 const SEEK_DATA = 3;

@@ -11,7 +11,8 @@ import { keepLargeAllocationsInHeap } from '../sys/syscalls.js';
 import { BusyPoll } from '../server/busy-poll.js';
 import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
-import { NbdServer } from '../server/server.js';
+import { nbdFrontEnd } from '../server/nbd/connection.js';
+import { Server } from '../server/server.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
 import { openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
@@ -194,16 +195,17 @@ export const serve: Command<ServeValues> = {
       engine.close();
       throw err;
     }
-    const server = new NbdServer(registry, options, log);
+    const server = new Server(registry, options, log);
+    const nbd = nbdFrontEnd(registry, options);
     try {
-      for (const e of endpoints) await server.listen(e);
+      for (const e of endpoints) await server.listen(e, nbd);
     } catch (err) {
       // Export failures are logged by the shutdown; the listen error is the one to report.
       await server.shutdown().catch(() => undefined);
       engine.close();
       throw err;
     }
-    const uris = server.uris();
+    const uris = server.addresses();
     process.stdout.write(uris.map((u) => `${u}\n`).join(''));
     log.info({ uris }, 'ready');
 

@@ -1,17 +1,22 @@
-// The exports a server offers: each name maps to one device behind one
-// gateway, shared by every connection to it. Sharing is what makes
-// CAN_MULTI_CONN true: a FLUSH on any connection syncs the one file that
-// all of them wrote through.
+// The exports a server offers, to every front end alike: each name maps
+// to one device behind one gateway, shared by every connection to it.
+// Sharing is what makes CAN_MULTI_CONN true: a FLUSH on any connection
+// syncs the one file that all of them wrote through.
 
 import { Gateway } from '../device/gateway.js';
-import type { BlockDevice } from '../device/types.js';
-import type { ExportCatalog, ExportSummary } from '../protocol/nbd/handshake.js';
+import type { BlockDevice, Capabilities } from '../device/types.js';
 
-export interface ServedExport extends ExportSummary {
+/** One export, as every front end sees it (the NBD handshake reads it as its ExportCatalog). */
+export interface ServedExport {
+  name: string;
+  /** What clients are told it is; '' for nothing. */
+  description: string;
+  size: number;
+  capabilities: Capabilities;
   gateway: Gateway;
 }
 
-export class ExportRegistry implements ExportCatalog {
+export class ExportRegistry {
   private readonly exports = new Map<string, ServedExport>();
 
   add(name: string, device: BlockDevice, description = ''): ServedExport {
@@ -21,7 +26,7 @@ export class ExportRegistry implements ExportCatalog {
       description,
       size: device.size,
       capabilities: device.capabilities,
-      gateway: new Gateway(device),
+      gateway: new Gateway(device, name || 'vblk'),
     };
     this.exports.set(name, served);
     return served;

@@ -1,5 +1,7 @@
-// The NBD server: listeners in, connections out, and an orderly shutdown.
-// Shutdown stops accepting, lets every connection in transmission answer
+// The server: listeners in, connections out, and an orderly shutdown.
+// Each listener has a front end (NBD, vhost-user) that makes its
+// connections (connection.ts); the server knows no protocol.
+// Shutdown stops accepting, lets every busy connection answer
 // what it has in flight (new requests get ESHUTDOWN), closes the ones
 // still negotiating, then flushes and closes the exports and removes the
 // UNIX socket files. A connection that will not finish in time is cut.
@@ -12,27 +14,27 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { releaseIdleMemory } from '../io/idle-memory.js';
-import type { ExportRegistry } from './exports.js';
+import type { Connection, FrontEnd } from './connection.js';
 import { connectionLimit, DropLog } from './connection-limit.js';
-import { exportUri, listen, type Endpoint } from './listeners.js';
-import { NbdConnection, type ConnectionOptions } from './nbd-connection.js';
-import { widenSendBuffer } from './socket-fd.js';
+import type { ExportRegistry } from './exports.js';
+import { listen, type Endpoint } from './listeners.js';
 
 /** How long the server waits, once its last connection has gone, before it gives memory back. */
 const IDLE_RELEASE_MS = 1000;
 
-export interface ServerOptions extends ConnectionOptions {
+export interface ServerOptions {
   shutdownTimeoutMs: number;
 }
 
 interface Listening {
   endpoint: Endpoint;
   server: net.Server;
+  frontEnd: FrontEnd;
 }
 
-export class NbdServer {
+export class Server {
   private readonly listening: Listening[] = [];
-  private readonly connections = new Set<NbdConnection>();
+  private readonly connections = new Set<Connection>();
   private nextId = 1;
   private shutdownStarted: Promise<void> | null = null;
   private connectionsGone: (() => void) | null = null;
@@ -48,23 +50,19 @@ export class NbdServer {
     private readonly log: Logger,
   ) {}
 
-  async listen(endpoint: Endpoint): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket, endpoint));
+  async listen(endpoint: Endpoint, frontEnd: FrontEnd): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket, endpoint, frontEnd));
     const backlog = await listen(server, endpoint);
-    this.listening.push({ endpoint, server });
+    this.listening.push({ endpoint, server, frontEnd });
     // Counted again with each listener: every one holds a descriptor.
     this.maxConnections = connectionLimit();
     const where = endpoint.kind === 'unix' ? endpoint.path : `${endpoint.host}:${this.port(server)}`;
-    this.log.info({ listen: where, backlog, maxConnections: this.maxConnections }, 'listening');
+    this.log.info({ listen: where, protocol: frontEnd.protocol, backlog, maxConnections: this.maxConnections }, 'listening');
   }
 
-  /** One URI per export and listener. */
-  uris(): string[] {
-    const uris: string[] = [];
-    for (const e of this.registry.list()) {
-      for (const { endpoint, server } of this.listening) uris.push(exportUri(endpoint, e.name, this.port(server)));
-    }
-    return uris;
+  /** What clients connect to: for each listener, its front end's addresses (one NBD URI per export, ...). */
+  addresses(): string[] {
+    return this.listening.flatMap(({ endpoint, server, frontEnd }) => frontEnd.addresses(endpoint, this.port(server)));
   }
 
   shutdown(): Promise<void> {
@@ -77,7 +75,7 @@ export class NbdServer {
     return typeof address === 'object' && address ? address.port : undefined;
   }
 
-  private accept(socket: net.Socket, endpoint: Endpoint): void {
+  private accept(socket: net.Socket, endpoint: Endpoint, frontEnd: FrontEnd): void {
     if (this.shutdownStarted) {
       socket.destroy();
       return;
@@ -90,13 +88,12 @@ export class NbdServer {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = null;
     const log = this.log.child({ conn: this.nextId++ });
-    if (endpoint.kind === 'unix') log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
-    const conn = new NbdConnection(socket, this.registry, this.options, log, (c) => this.forget(c));
+    const conn = frontEnd.connect(socket, endpoint, log, (c) => this.forget(c));
     this.connections.add(conn);
     conn.start();
   }
 
-  private forget(conn: NbdConnection): void {
+  private forget(conn: Connection): void {
     this.connections.delete(conn);
     this.checkDrained();
     if (this.connections.size === 0 && !this.shutdownStarted) {
@@ -112,9 +109,9 @@ export class NbdServer {
     this.log.debug({ rssBefore: before, rssAfter: process.memoryUsage.rss() }, 'idle: memory released');
   }
 
-  /** During shutdown: wakes doShutdown once no connection is in transmission. */
+  /** During shutdown: wakes doShutdown once no connection is busy. */
   private checkDrained(): void {
-    if (this.connectionsGone && ![...this.connections].some((c) => c.inTransmission)) this.connectionsGone();
+    if (this.connectionsGone && ![...this.connections].some((c) => c.busy)) this.connectionsGone();
   }
 
   private async doShutdown(): Promise<void> {

@@ -15,7 +15,8 @@ import { DeviceError } from '../../src/device/errors.js';
 import type { BlockDevice, Capabilities } from '../../src/device/types.js';
 import { BusyPoll } from '../../src/server/busy-poll.js';
 import { ExportRegistry } from '../../src/server/exports.js';
-import { NbdServer } from '../../src/server/server.js';
+import { nbdFrontEnd } from '../../src/server/nbd/connection.js';
+import { Server } from '../../src/server/server.js';
 import { serve, tempDir } from '../helpers/server.js';
 import { cannotMount, sys } from '../helpers/system.js';
 import { nbdsh } from '../helpers/tools.js';
@@ -81,18 +82,14 @@ t.test('in process: a failing flush or close does not stop the other exports', a
   for (const [name, device] of Object.entries(devices)) registry.add(name, device);
   const lines: Record<string, unknown>[] = [];
   const log = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const server = new NbdServer(
-    registry,
-    {
-      handshakeTimeoutMs: 10_000,
-      shutdownTimeoutMs: 10_000,
-      limits: { maxInflight: 64, maxInflightBytes: 128 << 20, maxBacklogBytes: 64 << 20, maxSkippedPayload: 128 << 20 },
-      busyPoll: new BusyPoll(0),
-    },
-    log,
-  );
+  const server = new Server(registry, { shutdownTimeoutMs: 10_000 }, log);
+  const nbd = nbdFrontEnd(registry, {
+    handshakeTimeoutMs: 10_000,
+    limits: { maxInflight: 64, maxInflightBytes: 128 << 20, maxBacklogBytes: 64 << 20, maxSkippedPayload: 128 << 20 },
+    busyPoll: new BusyPoll(0),
+  });
   const socket = path.join(tempDir(t), 'vblk.sock');
-  await server.listen({ kind: 'unix', path: socket, mode: 0o600 });
+  await server.listen({ kind: 'unix', path: socket, mode: 0o600 }, nbd);
 
   await t.rejects(server.shutdown(), /2 exports failed/, 'shutdown reports the failures');
   t.same(devices.first.calls, ['flush', 'close'], 'the export before the failures is flushed and closed');

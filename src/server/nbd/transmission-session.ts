@@ -11,17 +11,17 @@
 // being stored and answered EINVAL; an absurd one ends the connection.
 
 import type { Logger } from 'pino';
-import type { Gateway } from '../device/gateway.js';
-import { DeviceError, toDeviceError } from '../device/errors.js';
-import type { Result } from '../device/types.js';
-import { checkRequest, commandName, type TransmissionTerms } from '../protocol/nbd/commands.js';
-import { CMD, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../protocol/nbd/constants.js';
-import { nbdErrno } from '../protocol/nbd/errors.js';
-import type { Agreement } from '../protocol/nbd/handshake.js';
-import { blockStatusChunks, errorChunk, readChunks, simpleReply, type Frame } from '../protocol/nbd/replies.js';
-import { decodeRequest, type RequestHeader } from '../protocol/nbd/transmission-codec.js';
-import type { BusyPoll } from './busy-poll.js';
-import type { ByteQueue } from './byte-queue.js';
+import type { Gateway } from '../../device/gateway.js';
+import { DeviceError, toDeviceError } from '../../device/errors.js';
+import type { Result } from '../../device/types.js';
+import { checkRequest, commandName, type TransmissionTerms } from '../../protocol/nbd/commands.js';
+import { CMD, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../../protocol/nbd/constants.js';
+import { nbdErrno } from '../../protocol/nbd/errors.js';
+import type { Agreement } from '../../protocol/nbd/handshake.js';
+import { blockStatusChunks, errorChunk, readChunks, simpleReply, type Frame } from '../../protocol/nbd/replies.js';
+import { decodeRequest, type RequestHeader } from '../../protocol/nbd/transmission-codec.js';
+import type { BusyPoll } from '../busy-poll.js';
+import type { ByteQueue } from '../byte-queue.js';
 import type { ReplyWriter } from './reply-writer.js';
 
 export interface SessionLimits {

@@ -7,7 +7,7 @@
 // (see busy-poll.ts).
 
 import type { Socket } from 'node:net';
-import type { BusyPoll } from './busy-poll.js';
+import type { BusyPoll } from '../busy-poll.js';
 
 export class ReplyWriter {
   private corked = false;

@@ -21,14 +21,16 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { IHAVEOPT, OPTION_HEADER_SIZE } from '../protocol/nbd/constants.js';
-import { decodeClientFlags, decodeOptionHeader, type OptionHeader } from '../protocol/nbd/handshake-codec.js';
-import { Handshake, type Step } from '../protocol/nbd/handshake.js';
-import type { BusyPoll } from './busy-poll.js';
-import { ByteQueue } from './byte-queue.js';
-import type { ExportRegistry } from './exports.js';
+import { IHAVEOPT, OPTION_HEADER_SIZE } from '../../protocol/nbd/constants.js';
+import { decodeClientFlags, decodeOptionHeader, type OptionHeader } from '../../protocol/nbd/handshake-codec.js';
+import { Handshake, type Step } from '../../protocol/nbd/handshake.js';
+import type { BusyPoll } from '../busy-poll.js';
+import { ByteQueue } from '../byte-queue.js';
+import type { ExportRegistry } from '../exports.js';
 import { ReplyWriter } from './reply-writer.js';
-import { readInto, socketFd } from './socket-fd.js';
+import { readInto, socketFd, widenSendBuffer } from '../socket-fd.js';
+import type { Connection, FrontEnd } from '../connection.js';
+import { exportUri } from '../listeners.js';
 import { TransmissionSession, type ConnectionStats, type SessionHost, type SessionLimits } from './transmission-session.js';
 
 export const MAX_OPTION_DATA = 64 << 10;
@@ -68,7 +70,19 @@ export interface ConnectionOptions {
   busyPoll: BusyPoll;
 }
 
-export class NbdConnection implements SessionHost {
+/** The NBD front end: a connection per accepted socket, one URI per export. */
+export function nbdFrontEnd(registry: ExportRegistry, options: ConnectionOptions): FrontEnd {
+  return {
+    protocol: 'nbd',
+    connect(socket, endpoint, log, closed) {
+      if (endpoint.kind === 'unix') log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
+      return new NbdConnection(socket, registry, options, log, closed);
+    },
+    addresses: (endpoint, port) => registry.list().map((e) => exportUri(endpoint, e.name, port)),
+  };
+}
+
+export class NbdConnection implements SessionHost, Connection {
   readonly input = new ByteQueue();
   readonly writer: ReplyWriter;
   readonly busyPoll: BusyPoll;
@@ -103,7 +117,7 @@ export class NbdConnection implements SessionHost {
     this.maxOptions = maxOptions(registry.list().length);
   }
 
-  get inTransmission(): boolean {
+  get busy(): boolean {
     return this.session !== null;
   }
 

@@ -112,8 +112,8 @@ t.test('IN: a read of the writable bytes before the status, at sector * 512', as
   t.equal(a.requests.length, 1);
   const [req] = a.requests;
   t.match(req, { op: 'read', offset: 5120, length: 4096, fua: false });
-  t.same(rangeOf(r.memory, req.iov!.slice(0, 2)).gpa, r.specs[1].gpa);
-  t.equal(req.iov!.reduce((n, v) => n + v.length, 0), 4096);
+  t.same(rangeOf(r.memory, (req.into ?? req.from)!.slice(0, 2)).gpa, r.specs[1].gpa);
+  t.equal((req.into ?? req.from)!.reduce((n, v) => n + v.length, 0), 4096);
   t.same(rangeOf(r.memory, [a.status]), { gpa: r.specs[3].gpa, length: 1 });
   t.equal(a.usedLength, 4097, 'every writable byte, status included');
   t.equal(a.head, 0);
@@ -127,7 +127,7 @@ t.test('OUT: a write of the readable bytes after a header split across descripto
   const a = submitted(r);
   const [req] = a.requests;
   t.match(req, { op: 'write', offset: 2046 * 512, length: 1024 });
-  t.same(rangeOf(r.memory, req.iov!), { gpa: r.specs[1].gpa + 11, length: 1024 });
+  t.same(rangeOf(r.memory, (req.into ?? req.from)!), { gpa: r.specs[1].gpa + 11, length: 1024 });
   t.equal(a.usedLength, 1);
   t.equal(req.data, undefined, 'the payload stays in guest memory');
 });
@@ -263,7 +263,7 @@ t.test('property: any header and layout is answered without throwing, and what i
               throw new Error(`bad request ${JSON.stringify(q)}`);
             }
             if (readOnly && q.op !== 'read' && q.op !== 'flush') throw new Error(`${q.op} on a read-only device`);
-            if (q.iov && q.iov.reduce((n, v) => n + v.length, 0) !== q.length) throw new Error('iov length differs');
+            if ((q.into ?? q.from) && (q.into ?? q.from)!.reduce((n, v) => n + v.length, 0) !== q.length) throw new Error('iov length differs');
           }
         } else if (r.action.kind === 'complete') {
           completed(r, r.action.status);

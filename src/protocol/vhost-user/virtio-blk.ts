@@ -8,7 +8,7 @@
 // IN data is the device-writable bytes before the status, OUT data (and
 // the DISCARD / WRITE_ZEROES segments) the device-readable bytes after
 // the header; the data stays in guest memory and reaches the device as
-// `iov` views.
+// `into` (IN) or `from` (OUT) views.
 //
 // Which answer, and why:
 //  - No device-writable byte: there is nowhere to put a status, so the
@@ -52,11 +52,10 @@ import {
 import type { Chain, MalformedChain } from './virtqueue.js';
 
 /** A device Request whose data lives in guest memory: a read's destination, a write's source. */
-export type GuestRequest = Request & { iov?: Buffer[] };
 
 export type BlkAction =
   /** Run the requests, then write the status byte (OK, or virtioStatus of the error) and push. */
-  | { kind: 'submit'; head: number; requests: GuestRequest[]; status: Buffer; usedLength: number }
+  | { kind: 'submit'; head: number; requests: Request[]; status: Buffer; usedLength: number }
   /** Answered already: the status byte (and GET_ID's data) is written; push. */
   | { kind: 'complete'; head: number; status: number; reason: string | null; usedLength: number }
   /** The request cannot be answered: the device needs reset. */
@@ -64,7 +63,7 @@ export type BlkAction =
 
 /** A status to answer with at once. */
 type Verdict = { status: number; reason: string | null };
-type Answer = Verdict | GuestRequest[];
+type Answer = Verdict | Request[];
 
 const SECTOR = VIRTIO_BLK_SECTOR_SIZE;
 /** Sectors at or above 2^44 lie past any capacity a Number can hold in bytes. */
@@ -134,7 +133,7 @@ function answerRequest(chain: Chain, readable: Buffer[], writable: Buffer[], s: 
       const offset = rangeOffset(sectorLo, sectorHi, length, s.capacity);
       if (typeof offset === 'string') return ioerr(offset);
       const iov = isRead ? sliceViews(writable, 0, length) : sliceViews(readable, VIRTIO_BLK_HEADER_SIZE, length);
-      return [{ ...request(isRead ? 'read' : 'write', offset, length), iov }];
+      return [isRead ? request('read', offset, length, { into: iov }) : request('write', offset, length, { from: iov })];
     }
     case VIRTIO_BLK_T.FLUSH:
       return [request('flush', 0, 0)];
@@ -169,7 +168,7 @@ function segmentRequests(discard: boolean, readable: Buffer[], dataOut: number, 
     const flags = table.readUInt32LE(at + 12);
     if (flags & ~known) return unsupp(`${name} segment flags 0x${flags.toString(16)} are not supported`);
   }
-  const requests: GuestRequest[] = [];
+  const requests: Request[] = [];
   for (let at = 0; at < dataOut; at += VIRTIO_BLK_DWZ_SEGMENT_SIZE) {
     const sectors = table.readUInt32LE(at + 8);
     if (sectors > limits.maxSectors) return ioerr(`${name} of ${sectors} sectors, more than ${limits.maxSectors}`);

@@ -4,6 +4,7 @@
 // flush or close. A second signal exits at once.
 
 import fs from 'node:fs';
+import os from 'node:os';
 import { RawImage } from '../device/images/raw.js';
 import { ENGINE_NAMES } from '../io/engine.js';
 import { chooseEngine } from '../io/probe.js';
@@ -12,6 +13,7 @@ import { BusyPoll } from '../server/busy-poll.js';
 import { ExportRegistry } from '../server/exports.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { nbdFrontEnd } from '../server/nbd/connection.js';
+import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
 import { openExports, type ExportSpec } from './open-exports.js';
@@ -20,6 +22,8 @@ import { parseSize } from './size.js';
 
 interface ServeValues {
   socket?: string;
+  'vhost-user-blk'?: string[];
+  'num-queues'?: string;
   'socket-mode'?: string;
   listen?: string[];
   export?: string[];
@@ -49,6 +53,13 @@ status is 1.
 
 Options:
   --socket PATH            listen on a UNIX socket at PATH
+  --vhost-user-blk [NAME=]PATH
+                           also serve export NAME (default: the default
+                           export) to a VMM as a vhost-user-blk device on the
+                           UNIX socket PATH: the guest's virtio-blk queues
+                           are read in its shared memory (repeatable)
+  --num-queues N           virtqueues each vhost-user-blk device offers
+                           (default: one per core, at most 8)
   --socket-mode MODE       permissions of the socket file, octal (default 0600)
   --listen [HOST:]PORT     also listen on TCP; HOST defaults to 127.0.0.1,
                            [::1]:PORT for IPv6 (repeatable)
@@ -111,6 +122,24 @@ function parseExport(spec: string): ExportSpec {
   return { name: spec.slice(0, eq), file, readOnly };
 }
 
+/** --socket-mode, for every UNIX socket. */
+function socketMode(v: ServeValues): number {
+  const mode = v['socket-mode'] === undefined ? 0o600 : parseInt(v['socket-mode'], 8);
+  if (!(mode >= 0 && mode <= 0o777)) throw new UsageError('--socket-mode must be octal, like 0600 or 660');
+  return mode;
+}
+
+/** --vhost-user-blk [NAME=]PATH: a socket for export NAME, or for the default export. */
+function parseVhostUser(spec: string, specs: ExportSpec[], socketMode: number): { name: string; endpoint: Endpoint } {
+  const eq = spec.indexOf('=');
+  const named = eq >= 0 && specs.some((s) => s.name === spec.slice(0, eq));
+  const name = named ? spec.slice(0, eq) : '';
+  const socketPath = named ? spec.slice(eq + 1) : spec;
+  if (!specs.some((s) => s.name === name)) throw new UsageError(`--vhost-user-blk ${spec}: there is no default export; name one (NAME=PATH)`);
+  if (!socketPath) throw new UsageError(`--vhost-user-blk ${spec}: no socket path`);
+  return { name, endpoint: { kind: 'unix', path: socketPath, mode: socketMode } };
+}
+
 /** --description [NAME=]TEXT: the export NAME's description, or the default export's. */
 function describe(specs: ExportSpec[], arg: string): void {
   const eq = arg.indexOf('=');
@@ -128,6 +157,8 @@ export const serve: Command<ServeValues> = {
   help: HELP,
   options: {
     socket: { type: 'string' },
+    'vhost-user-blk': { type: 'string', multiple: true },
+    'num-queues': { type: 'string' },
     'socket-mode': { type: 'string' },
     listen: { type: 'string', multiple: true },
     export: { type: 'string', multiple: true },
@@ -157,13 +188,13 @@ export const serve: Command<ServeValues> = {
       if (!fs.existsSync(positionals[0])) RawImage.create(positionals[0], size);
     }
     const endpoints: Endpoint[] = [];
-    if (v.socket) {
-      const mode = v['socket-mode'] === undefined ? 0o600 : parseInt(v['socket-mode'], 8);
-      if (!(mode >= 0 && mode <= 0o777)) throw new UsageError('--socket-mode must be octal, like 0600 or 660');
-      endpoints.push({ kind: 'unix', path: v.socket, mode });
-    }
+    if (v.socket) endpoints.push({ kind: 'unix', path: v.socket, mode: socketMode(v) });
     for (const spec of v.listen ?? []) endpoints.push({ kind: 'tcp', ...usage(() => parseListenAddress(spec)) });
-    if (endpoints.length === 0) throw new UsageError('nowhere to listen: give --socket PATH or --listen [HOST:]PORT');
+    const vhostUser = (v['vhost-user-blk'] ?? []).map((spec) => parseVhostUser(spec, specs, socketMode(v)));
+    const numQueues = numberOption('num-queues', v['num-queues'], Math.min(8, os.availableParallelism()), 1, 64);
+    if (endpoints.length === 0 && vhostUser.length === 0) {
+      throw new UsageError('nowhere to listen: give --socket PATH, --listen [HOST:]PORT or --vhost-user-blk PATH');
+    }
     const options = {
       handshakeTimeoutMs: numberOption('handshake-timeout', v['handshake-timeout'], 10, 0.1, 3600) * 1000,
       shutdownTimeoutMs: numberOption('shutdown-timeout', v['shutdown-timeout'], 30, 0, 3600) * 1000,
@@ -199,6 +230,7 @@ export const serve: Command<ServeValues> = {
     const nbd = nbdFrontEnd(registry, options);
     try {
       for (const e of endpoints) await server.listen(e, nbd);
+      for (const { name, endpoint } of vhostUser) await server.listen(endpoint, vhostUserFrontEnd(registry.find(name)!, numQueues));
     } catch (err) {
       // Export failures are logged by the shutdown; the listen error is the one to report.
       await server.shutdown().catch(() => undefined);

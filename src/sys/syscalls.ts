@@ -140,6 +140,15 @@ export function adviseWillNeed(fd: number, offset: number, length: number): void
 }
 
 const F_NOCACHE = 48;
+const F_DUPFD_CLOEXEC = process.platform === 'darwin' ? 67 : 1030;
+
+/** A second descriptor for the same open file (close-on-exec). */
+export function duplicateFd(fd: number): number {
+  if (!bindings?.fcntl) throw unavailable('fcntl(F_DUPFD_CLOEXEC)');
+  const copy = bindings.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy === -1) throw systemError('fcntl', bindings.errno());
+  return copy;
+}
 
 /** macOS: bypass the unified buffer cache for this descriptor. */
 export function setNoCache(fd: number): void {

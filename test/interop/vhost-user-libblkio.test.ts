@@ -1,7 +1,7 @@
 // libblkio's own programs (test/helpers/libblkio.ts) against a
 // vhost-user-blk back end: blkio-info reads the capacity, limits and
 // queue count, blkio-copy copies a 256 MiB file in and out, byte for byte.
-// qemu-storage-daemon is the reference back end.
+// qemu-storage-daemon is the reference back end; vblk must do the same.
 
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { libblkioTools } from '../helpers/libblkio.js';
-import { tempDir } from '../helpers/server.js';
+import { serve, tempDir } from '../helpers/server.js';
 import { requireTool, run } from '../helpers/tools.js';
 
 const SIZE = 256 << 20;
@@ -44,6 +44,13 @@ const qemuStorageDaemon: Backend = {
       if (alive) proc.kill('SIGKILL');
     });
     await waitForSocket(socket, () => alive);
+  },
+};
+
+const vblk: Backend = {
+  name: 'vblk',
+  async start(t, image, socket, queues) {
+    await serve(t, [image, '--vhost-user-blk', socket, '--num-queues', String(queues)], { socket: false });
   },
 };
 
@@ -85,3 +92,4 @@ function libblkioSuite(backend: Backend): void {
 }
 
 libblkioSuite(qemuStorageDaemon);
+libblkioSuite(vblk);

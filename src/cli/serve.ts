@@ -42,7 +42,7 @@ interface ServeValues {
 
 const HELP = `Usage: vblk serve [FILE] [options]
 
-Serve FILE over NBD as the default export (the empty name), together with
+Serve FILE over NBD (and vhost-user-blk) as the default export (the empty name), together with
 any named exports. Images may be raw or qcow2; a qcow2 image's backing
 chain is opened read-only below it. Prints one NBD URI per export and listener on stdout
 once it is accepting connections; logs go to stderr as JSON lines.
@@ -110,6 +110,14 @@ Examples:
   vblk serve top.qcow2 --socket /tmp/vblk.sock
       nbdinfo --map=qemu:allocation-depth nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve var/default.img --create 1G --socket var/vblk.sock
+  vblk serve disk.qcow2 --vhost-user-blk /tmp/vhost.sock --num-queues 2
+      qemu-system-x86_64 -m 1G \\
+        -object memory-backend-memfd,id=mem,size=1G,share=on \\
+        -numa node,memdev=mem \\
+        -chardev socket,id=disk0,path=/tmp/vhost.sock,reconnect=1 \\
+        -device vhost-user-blk-pci,chardev=disk0,num-queues=2 ...
+  vblk serve disk.img --socket /tmp/vblk.sock --vhost-user-blk /tmp/vhost.sock
+      (the same image over NBD and to a VM at once: one device, one lock)
 `;
 
 function parseExport(spec: string): ExportSpec {
@@ -153,7 +161,7 @@ function describe(specs: ExportSpec[], arg: string): void {
 
 export const serve: Command<ServeValues> = {
   name: 'serve',
-  summary: 'serve disk images over NBD',
+  summary: 'serve disk images over NBD and vhost-user-blk',
   help: HELP,
   options: {
     socket: { type: 'string' },

@@ -53,6 +53,8 @@ export class VhostUserConnection implements Connection, VhostUserHost {
   private readonly opened = Date.now();
   /** Messages read but not yet handled, in order. */
   private readonly incoming: { header: MessageHeader; payload: Buffer; fds: number[] }[] = [];
+  /** The message being read. */
+  private partial = emptyPartial();
   private handling = false;
   private closed = false;
   private closeReason = 'front end disconnected';
@@ -96,6 +98,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
     this.closeReason = reason;
     this.watch.stop();
     void this.backend.shutdown().finally(() => {
+      for (const fd of this.partial.fds) fs.closeSync(fd);
       fs.closeSync(this.fd);
       this.log.info(
         {
@@ -115,49 +118,43 @@ export class VhostUserConnection implements Connection, VhostUserHost {
 
   // --- reading messages ----------------------------------------------------
 
-  /** Reads every whole message waiting on the socket; each header with its own recvmsg. */
+  /**
+   * Reads what the socket has: a header with its own recvmsg (so the fds
+   * that came with it are its), then its payload; a message that arrives
+   * in pieces is finished on the next readable event.
+   */
   private readable(): void {
     for (;;) {
-      const header = Buffer.alloc(HEADER_SIZE);
+      const partial = this.partial;
+      const target = partial.payload ?? partial.header;
       let got;
       try {
-        got = recvWithFds(this.fd, header, MAX_FDS);
+        got = recvWithFds(this.fd, target.subarray(partial.filled), partial.payload || partial.filled > 0 ? 0 : MAX_FDS);
       } catch (err) {
         return this.destroy(`receive failed: ${(err as Error).message}`);
       }
       if (got === null) break;
       if (got.bytes === 0) return this.destroy('front end disconnected');
-      const fds = got.fds;
-      if (got.bytes < HEADER_SIZE && !this.readRest(header, got.bytes)) return this.hangUp('the header came short', fds);
-      const decoded = decodeHeader(header);
-      if (decoded === null || isMalformed(decoded)) {
-        return this.hangUp(decoded === null ? 'short header' : `malformed header: ${decoded.malformed}`, fds);
+      partial.fds.push(...got.fds);
+      partial.filled += got.bytes;
+      if (partial.filled < target.length) continue;
+      if (!partial.payload) {
+        const decoded = decodeHeader(partial.header);
+        if (decoded === null || isMalformed(decoded)) return this.hangUp(`malformed header: ${decoded === null ? 'short' : decoded.malformed}`);
+        partial.decoded = decoded;
+        partial.payload = Buffer.alloc(decoded.size);
+        partial.filled = 0;
+        if (decoded.size > 0) continue;
       }
-      const payload = Buffer.alloc(decoded.size);
-      if (decoded.size > 0 && !this.readRest(payload, 0)) return this.hangUp(`the payload of ${requestName(decoded.request)} came short`, fds);
-      this.incoming.push({ header: decoded, payload, fds });
+      this.incoming.push({ header: partial.decoded!, payload: partial.payload, fds: partial.fds });
+      this.partial = emptyPartial();
     }
     void this.handleAll();
   }
 
-  /**
-   * Fills `buffer` from `from` on; a front end sends a message whole, so
-   * the rest is already here or very nearly (a bounded wait), and any fds
-   * on these bytes would be a protocol error.
-   */
-  private readRest(buffer: Buffer, from: number): boolean {
-    let filled = from;
-    for (let spins = 0; filled < buffer.length && spins < 10_000; spins++) {
-      const got = recvWithFds(this.fd, buffer.subarray(filled), 0);
-      if (got === null) continue;
-      if (got.bytes === 0) return false;
-      filled += got.bytes;
-    }
-    return filled === buffer.length;
-  }
-
-  private hangUp(reason: string, fds: number[]): void {
-    for (const fd of fds) fs.closeSync(fd);
+  private hangUp(reason: string): void {
+    for (const fd of this.partial.fds) fs.closeSync(fd);
+    this.partial = emptyPartial();
     this.log.warn({ reason }, 'closing vhost-user connection: protocol violation');
     this.destroy(reason);
   }
@@ -298,6 +295,20 @@ export class VhostUserConnection implements Connection, VhostUserHost {
     fds[kind] = fd;
     if (old !== null && old !== fd) fs.closeSync(old);
   }
+}
+
+interface PartialMessage {
+  header: Buffer;
+  decoded: MessageHeader | null;
+  /** Allocated once the header is whole. */
+  payload: Buffer | null;
+  /** Bytes of the header, then of the payload, read so far. */
+  filled: number;
+  fds: number[];
+}
+
+function emptyPartial(): PartialMessage {
+  return { header: Buffer.alloc(HEADER_SIZE), decoded: null, payload: null, filled: 0, fds: [] };
 }
 
 function toTableRegion(region: GuestRegion, fd: number) {

@@ -7,15 +7,23 @@
 // Crash safety follows the order in REFERENCE.md: refcount up before any
 // L1/L2 entry points at a cluster, the cluster's data before the L2 entry
 // that exposes it, a new L2 table before its L1 entry, and references
-// dropped before refcounts. Metadata changes run one at a time under a
-// mutex; cluster data is written outside it, so allocations of different
-// clusters overlap. Writes racing for the same unallocated cluster wait
-// for the first allocation and then write in place.
+// dropped before refcounts. A power cut keeps page-cache writes in any
+// order, so each "before" is a sync (sync-barrier.ts): an allocation
+// raises refcounts and writes a new L2 table (phase one, under the
+// metadata mutex), writes the cluster's data (outside it), waits for one
+// sync shared by its whole request and by every request allocating at
+// the same time, then writes the L1 entry of a new table and the L2 entry
+// (phase two). A dropped reference is given back later, by the first
+// metadata change after a sync has covered the L2 write that dropped it.
+// Writes racing for the same unallocated cluster wait for the first
+// allocation and then write in place. An allocation that fails gives
+// its cluster back.
 //
 // Zeroing and trimming whole clusters only edits L2 entries: the zero
 // flag hides the backing file; where there is no backing file a trimmed
-// cluster is simply deallocated. Everything is written through (no dirty
-// metadata cache), so FLUSH is one fdatasync and FUA a write plus one.
+// cluster is simply deallocated. Every entry a request changes is
+// written before it completes (no dirty metadata cache), so FLUSH is one
+// fdatasync and FUA a write plus one, shared with the ordering syncs.
 
 import fs from 'node:fs';
 import { promisify } from 'node:util';
@@ -39,6 +47,7 @@ import {
 import { markBitmapsInUse } from './bitmaps.js';
 import { ImageFile } from '../image-file.js';
 import { Refcounts } from './refcounts.js';
+import { SyncBarrier, SyncBatch } from './sync-barrier.js';
 
 const close = promisify(fs.close);
 const L2_CACHE_TABLES = 512;
@@ -58,6 +67,11 @@ export interface Qcow2Options {
    * offsets and lengths. When not given, Linux's /proc/self/fdinfo says.
    */
   direct?: boolean;
+  /**
+   * Test only, the negative control of the power-loss test: the syncs
+   * that order metadata writes are left out (FLUSH and FUA still sync).
+   */
+  unorderedForTest?: boolean;
 }
 
 /** Where a guest cluster's data is, for the map command and block status. */
@@ -83,6 +97,10 @@ export class Qcow2Image implements BlockDevice {
    * every allocation made garbage collection a large share of the time.
    */
   private readonly clusterBuffers: Buffer[] = [];
+  /** L1 entries of new L2 tables, by index, not yet written: each waits for a sync after its table (the epoch). */
+  private readonly l1Pending = new Map<number, number>();
+  /** Clusters nothing points to any more, to be given back once a sync has covered the dropped reference. */
+  private readonly frees: { host: number; epoch: number }[] = [];
 
   private constructor(
     readonly path: string,
@@ -93,6 +111,10 @@ export class Qcow2Image implements BlockDevice {
     private readonly refcounts: Refcounts | null,
     readonly backing: BlockDevice | null,
     readOnly: boolean,
+    /** FLUSH and FUA. */
+    private readonly durable: SyncBarrier,
+    /** The syncs between metadata writes (the same barrier, but for the negative control). */
+    private readonly order: SyncBarrier,
   ) {
     this.size = header.size;
     this.clusterBits = header.clusterBits;
@@ -128,19 +150,21 @@ export class Qcow2Image implements BlockDevice {
       if (why) throw new Error(`${path}: vblk will not write this qcow2 image: ${why}; serve it read-only`);
     }
     const l1 = Buffer.from(await file.read(header.l1TableOffset, header.l1Size * 8));
+    const durable = new SyncBarrier(() => file.sync());
+    const order = options.unorderedForTest ? new SyncBarrier(() => Promise.resolve()) : durable;
     let refcounts: Refcounts | null = null;
     if (!options.readOnly) {
-      refcounts = await Refcounts.load(file, header, fs.fstatSync(options.fd).size);
+      refcounts = await Refcounts.load(file, order, header, fs.fstatSync(options.fd).size);
       if (header.autoclear & AUTOCLEAR_BITMAPS && !(await markBitmapsInUse(file, header))) {
         // Persistent bitmaps we do not maintain and cannot mark in use (see
         // bitmaps.ts): clearing the bit tells QEMU they are all stale.
         const field = Buffer.alloc(4);
         field.writeUInt32BE((header.autoclear & ~AUTOCLEAR_BITMAPS) >>> 0, 0);
         await file.writeMeta(field, FIELD.autoclearLow);
-        await file.sync();
+        await durable.wait();
       }
     }
-    return new Qcow2Image(path, header, file, options.fd, l1, refcounts, options.backing, options.readOnly);
+    return new Qcow2Image(path, header, file, options.fd, l1, refcounts, options.backing, options.readOnly, durable, order);
   }
 
   // --- mapping --------------------------------------------------------
@@ -242,13 +266,14 @@ export class Qcow2Image implements BlockDevice {
 
   async write(req: Request): Promise<void> {
     const data = req.data!;
+    const batch = new SyncBatch(this.order);
     await this.forEachCluster(req.offset, req.length, (gc, offset, inner, length) =>
-      this.writeCluster(gc, inner, data.subarray(offset - req.offset, offset - req.offset + length)),
+      this.writeCluster(gc, inner, data.subarray(offset - req.offset, offset - req.offset + length), batch),
     );
-    if (req.fua) await this.file.sync();
+    if (req.fua) await this.durable.wait();
   }
 
-  private async writeCluster(gc: number, inner: number, data: Buffer): Promise<void> {
+  private async writeCluster(gc: number, inner: number, data: Buffer, batch: SyncBatch): Promise<void> {
     for (;;) {
       const e = await this.lookup(gc);
       if (e.kind === 'data' && e.copied) return this.file.write(data, e.host + inner);
@@ -260,36 +285,55 @@ export class Qcow2Image implements BlockDevice {
       return this.allocateCluster(gc, (old) => {
         data.copy(old, inner);
         return old;
-      }, inner === 0 && data.length === this.clusterSize);
+      }, inner === 0 && data.length === this.clusterSize, batch);
     }
   }
 
   /**
    * Gives guest cluster `gc` a new host cluster holding fill(what the guest
-   * saw there), then points the L2 entry at it. `whole`: fill ignores the
-   * old content, so it is not read.
+   * saw there), then, after a sync shared with the rest of `batch`, points
+   * the L2 entry at it. `whole`: fill ignores the old content, so it is not
+   * read. When it fails, the new cluster is given back.
    */
-  private async allocateCluster(gc: number, fill: (old: Buffer) => Buffer, whole: boolean): Promise<void> {
+  private async allocateCluster(gc: number, fill: (old: Buffer) => Buffer, whole: boolean, batch: SyncBatch): Promise<void> {
     let done!: () => void;
     this.allocating.set(gc, new Promise((resolve) => (done = resolve)));
+    let host = 0;
+    let pointed = false;
     try {
-      const { l2, host, old } = await this.meta.run(async () => {
-        const l2 = await this.ownL2Table(gc);
-        const old = decodeL2(await this.l2Table(l2), gc % this.l2Entries, this.clusterBits);
-        return { l2, host: await this.refcounts!.allocate(), old };
-      });
-      const buffer = this.clusterBuffers.pop() ?? Buffer.allocUnsafe(this.clusterSize);
+      batch.enter();
+      let l2: number, old: L2Entry;
       try {
-        const content = fill(whole ? buffer.fill(0) : await this.clusterContent(gc, old, buffer));
-        await this.file.write(content, host);
-      } finally {
-        // The engine is done with it once the write settled.
-        if (this.clusterBuffers.length < Math.max(1, COPY_BUFFER_BYTES / this.clusterSize)) this.clusterBuffers.push(buffer);
+        ({ l2, host, old } = await this.meta.run(async () => {
+          await this.settle();
+          const l2 = await this.ownL2Table(gc);
+          const old = decodeL2(await this.l2Table(l2), gc % this.l2Entries, this.clusterBits);
+          return { l2, host: await this.refcounts!.allocate(), old };
+        }));
+        const buffer = this.clusterBuffers.pop() ?? Buffer.allocUnsafe(this.clusterSize);
+        try {
+          const content = fill(whole ? buffer.fill(0) : await this.clusterContent(gc, old, buffer));
+          await this.file.write(content, host);
+        } finally {
+          // The engine is done with it once the write settled.
+          if (this.clusterBuffers.length < Math.max(1, COPY_BUFFER_BYTES / this.clusterSize)) this.clusterBuffers.push(buffer);
+        }
+      } catch (err) {
+        batch.abandon();
+        throw err;
       }
+      await batch.leave();
       await this.meta.run(async () => {
+        await this.settle();
         await this.setL2(l2, gc, host, true, false);
-        await this.release(old);
+        pointed = true;
+        this.dropped(old);
       });
+    } catch (err) {
+      // Nothing points at the new cluster: give it back now. If even that
+      // fails, the cluster is leaked (qemu-img check -r leaks repairs it).
+      if (host && !pointed) await this.meta.run(() => this.refcounts!.change(host, -1)).catch(() => undefined);
+      throw err;
     } finally {
       this.allocating.delete(gc);
       done();
@@ -316,12 +360,12 @@ export class Qcow2Image implements BlockDevice {
         const table = Buffer.alloc(clusters * cs);
         this.l1.copy(table);
         await this.file.write(table, at);
-        await this.file.sync();
+        await this.order.wait();
         const fields = Buffer.alloc(12);
         fields.writeUInt32BE(l1Size, 0);
         fields.writeBigUInt64BE(BigInt(at), 4);
         await this.file.write(fields, FIELD.l1Size);
-        await this.file.sync();
+        await this.order.wait();
         const old = { offset: this.header.l1TableOffset, clusters: Math.ceil((this.header.l1Size * 8) / cs) };
         this.header.l1Size = l1Size;
         this.header.l1TableOffset = at;
@@ -331,13 +375,17 @@ export class Qcow2Image implements BlockDevice {
       const field = Buffer.alloc(8);
       field.writeBigUInt64BE(BigInt(size));
       await this.file.write(field, FIELD.size);
-      await this.file.sync();
+      await this.durable.wait();
       this.header.size = size;
       this.size = size;
     });
   }
 
-  /** The host offset of gc's L2 table, allocating an empty one if there is none. Under the mutex. */
+  /**
+   * The host offset of gc's L2 table, allocating an empty one if there is
+   * none. A new table is in the in-memory L1 at once; its entry in the file
+   * waits in l1Pending for a sync. Under the mutex.
+   */
   private async ownL2Table(gc: number): Promise<number> {
     const l1Index = Math.floor(gc / this.l2Entries);
     if (l1Index >= this.header.l1Size) throw new DeviceError('EIO', 'qcow2: L1 table too small for the virtual size');
@@ -346,23 +394,47 @@ export class Qcow2Image implements BlockDevice {
     if (host) return host;
     const table = await this.refcounts!.allocate();
     const empty = Buffer.alloc(this.clusterSize);
-    await this.file.writeMeta(empty, table);
-    const entry = Buffer.alloc(8);
-    encodeEntry(entry, 0, table, true);
-    await this.file.writeMeta(entry, this.header.l1TableOffset + 8 * l1Index);
-    entry.copy(this.l1, 8 * l1Index);
+    try {
+      await this.file.writeMeta(empty, table);
+    } catch (err) {
+      await this.refcounts!.change(table, -1);
+      throw err;
+    }
+    encodeEntry(this.l1, 8 * l1Index, table, true);
+    this.l1Pending.set(l1Index, this.order.epoch);
     this.l2Cache.set(table, empty);
     return table;
   }
 
-  /** Writes L2 entry of gc (table at `l2`). Under the mutex. */
+  /**
+   * Does what waited for a sync that has now completed: writes the L1
+   * entries of new tables and gives back clusters whose references were
+   * dropped. Under the mutex, first thing in every metadata change.
+   */
+  private async settle(): Promise<void> {
+    for (const [i, epoch] of this.l1Pending) {
+      if (!this.order.covers(epoch)) continue;
+      await this.file.writeMeta(Buffer.from(this.l1.subarray(8 * i, 8 * i + 8)), this.header.l1TableOffset + 8 * i);
+      this.l1Pending.delete(i);
+    }
+    while (this.frees.length > 0 && this.order.covers(this.frees[0].epoch)) {
+      await this.refcounts!.change(this.frees[0].host, -1);
+      this.frees.shift();
+    }
+  }
+
+  /** Writes L2 entry of gc (table at `l2`); the cached table is put back if the write fails. Under the mutex. */
   private async setL2(l2: number, gc: number, host: number, copied: boolean, zero: boolean): Promise<void> {
     const table = await this.l2Table(l2);
     const i = gc % this.l2Entries;
+    const before = Buffer.from(table.subarray(8 * i, 8 * i + 8));
     encodeEntry(table, 8 * i, host, copied, zero);
     this.l2Writing.set(l2, (this.l2Writing.get(l2) ?? 0) + 1);
     try {
       await this.file.writeMeta(Buffer.from(table.subarray(8 * i, 8 * i + 8)), l2 + 8 * i);
+    } catch (err) {
+      before.copy(table, 8 * i);
+      throw err;
     } finally {
       const n = this.l2Writing.get(l2)! - 1;
       if (n) this.l2Writing.set(l2, n);
@@ -370,19 +442,21 @@ export class Qcow2Image implements BlockDevice {
     }
   }
 
-  /** Drops the reference an old entry held (after nothing points to it any more). */
-  private async release(old: L2Entry): Promise<void> {
-    if (old.kind === 'data' || (old.kind === 'zero' && old.host)) await this.refcounts!.change(old.host, -1);
+  /** An L2 write just dropped `old`: its clusters are given back after the next sync. */
+  private dropped(old: L2Entry): void {
+    const epoch = this.order.epoch;
+    if (old.kind === 'data' || (old.kind === 'zero' && old.host)) this.frees.push({ host: old.host, epoch });
     else if (old.kind === 'compressed') {
       // A compressed cluster's bytes may span two host clusters, each counted.
       const first = Math.floor(old.host / this.clusterSize) * this.clusterSize;
       const last = Math.floor((old.host + old.length - 1) / this.clusterSize) * this.clusterSize;
-      for (let c = first; c <= last; c += this.clusterSize) await this.refcounts!.change(c, -1);
+      for (let c = first; c <= last; c += this.clusterSize) this.frees.push({ host: c, epoch });
     }
   }
 
   async flush(): Promise<void> {
-    await this.file.sync();
+    await this.durable.wait();
+    if (this.frees.length > 0) await this.meta.run(() => this.settle());
   }
 
   // --- zeroes and trim --------------------------------------------------
@@ -396,13 +470,13 @@ export class Qcow2Image implements BlockDevice {
       if (part) await this.write({ ...req, op: 'write', offset: part.offset, length: part.length, data: Buffer.alloc(part.length), fua: false });
     }
     for (let gc = whole.first; gc < whole.end; gc++) await this.zeroCluster(gc, req.noHole, false);
-    if (req.fua) await this.file.sync();
+    if (req.fua) await this.durable.wait();
   }
 
   async trim(req: Request): Promise<void> {
     const { whole } = this.split(req.offset, req.length);
     for (let gc = whole.first; gc < whole.end; gc++) await this.zeroCluster(gc, false, true);
-    if (req.fua) await this.file.sync();
+    if (req.fua) await this.durable.wait();
   }
 
   /**
@@ -411,18 +485,29 @@ export class Qcow2Image implements BlockDevice {
    * backing file shows through deallocates it.
    */
   private async zeroCluster(gc: number, keep: boolean, trim: boolean): Promise<void> {
-    while (this.allocating.has(gc)) await this.allocating.get(gc);
-    await this.meta.run(async () => {
-      const old = await this.lookup(gc);
-      const showsThrough = this.backing !== null && gc * this.clusterSize < this.backing.size;
-      if (old.kind === 'unallocated' && !showsThrough) return;
-      if (old.kind === 'zero' && !(trim && !showsThrough)) return;
-      const l2 = await this.ownL2Table(gc);
-      if (keep && old.kind === 'data' && old.copied) return this.setL2(l2, gc, old.host, true, true);
-      if (trim && !showsThrough) await this.setL2(l2, gc, 0, false, false);
-      else await this.setL2(l2, gc, 0, false, true);
-      await this.release(old);
-    });
+    for (;;) {
+      while (this.allocating.has(gc)) await this.allocating.get(gc);
+      const tableNew = await this.meta.run(async () => {
+        await this.settle();
+        const old = await this.lookup(gc);
+        const showsThrough = this.backing !== null && gc * this.clusterSize < this.backing.size;
+        if (old.kind === 'unallocated' && !showsThrough) return false;
+        if (old.kind === 'zero' && !(trim && !showsThrough)) return false;
+        const l2 = await this.ownL2Table(gc);
+        // A table whose L1 entry is not written yet waits for a sync first.
+        if (this.l1Pending.has(Math.floor(gc / this.l2Entries))) return true;
+        if (keep && old.kind === 'data' && old.copied) {
+          await this.setL2(l2, gc, old.host, true, true);
+          return false;
+        }
+        if (trim && !showsThrough) await this.setL2(l2, gc, 0, false, false);
+        else await this.setL2(l2, gc, 0, false, true);
+        this.dropped(old);
+        return false;
+      });
+      if (!tableNew) return;
+      await this.order.wait();
+    }
   }
 
   /** Splits a range into partial clusters at its ends and whole clusters between. */
@@ -490,10 +575,19 @@ export class Qcow2Image implements BlockDevice {
     return out;
   }
 
+  /** Gives back what still waits for a sync (else it would be leaked), then closes. */
   async close(): Promise<void> {
-    await this.backing?.close();
-    this.file.close();
-    await close(this.fd);
+    try {
+      if (this.frees.length > 0 || this.l1Pending.size > 0) {
+        await this.order.wait();
+        await this.meta.run(() => this.settle());
+        await this.durable.wait();
+      }
+    } finally {
+      await this.backing?.close();
+      this.file.close();
+      await close(this.fd);
+    }
   }
 
   // --- helpers ------------------------------------------------------------

@@ -8,22 +8,27 @@
 // L1/L2 entry points at a cluster, the cluster's data before the L2 entry
 // that exposes it, a new L2 table before its L1 entry, and references
 // dropped before refcounts. A power cut keeps page-cache writes in any
-// order, so each "before" is a sync (sync-barrier.ts): an allocation
-// raises refcounts and writes a new L2 table (phase one, under the
-// metadata mutex), writes the cluster's data (outside it), waits for one
-// sync shared by its whole request and by every request allocating at
-// the same time, then writes the L1 entry of a new table and the L2 entry
-// (phase two). A dropped reference is given back later, by the first
-// metadata change after a sync has covered the L2 write that dropped it.
+// order, so each "before" is a sync between the two (sync-barrier.ts).
+// Requests do not wait for those syncs: an allocation raises the refcount
+// and writes a new L2 table if it needs one (under the metadata mutex),
+// writes the cluster's data (outside it), then sets the L2 entry in the
+// cached table only, tagged with the sync epoch. Entries wait there,
+// pinned in the cache, until a sync covers what they need; then settle()
+// writes them, and the L1 entries of new tables, and tags the clusters
+// they dropped, which are given back after one sync more. A background
+// loop runs those syncs while anything waits (back to back under load,
+// each covering every allocation made during the one before), and FLUSH
+// runs them at once: a sync, the waiting entries, a second sync. So an
+// acknowledged write is durable after FLUSH or FUA, and a power cut
+// before that loses it whole and leaks at worst, as a kill -9 does.
 // Writes racing for the same unallocated cluster wait for the first
-// allocation and then write in place. An allocation that fails gives
-// its cluster back.
+// allocation and then write in place. An allocation that fails gives its
+// cluster back.
 //
-// Zeroing and trimming whole clusters only edits L2 entries: the zero
-// flag hides the backing file; where there is no backing file a trimmed
-// cluster is simply deallocated. Every entry a request changes is
-// written before it completes (no dirty metadata cache), so FLUSH is one
-// fdatasync and FUA a write plus one, shared with the ordering syncs.
+// Zeroing and trimming whole clusters only edits L2 entries (the same
+// way, waiting in the cache): the zero flag hides the backing file; where
+// there is no backing file a trimmed cluster is deallocated, its space
+// reusable once the next sync has made that durable.
 
 import fs from 'node:fs';
 import { promisify } from 'node:util';
@@ -47,7 +52,7 @@ import {
 import { markBitmapsInUse } from './bitmaps.js';
 import { ImageFile } from '../image-file.js';
 import { Refcounts } from './refcounts.js';
-import { SyncBarrier, SyncBatch } from './sync-barrier.js';
+import { SyncBarrier } from './sync-barrier.js';
 
 const close = promisify(fs.close);
 const L2_CACHE_TABLES = 512;
@@ -88,8 +93,10 @@ export class Qcow2Image implements BlockDevice {
   private readonly l2Cache = new Map<number, Buffer>();
   /** Tables being read: concurrent lookups share one read and one buffer. */
   private readonly l2Loading = new Map<number, Promise<Buffer>>();
-  /** Tables with an entry write in flight: never evicted, so never re-read stale. */
-  private readonly l2Writing = new Map<number, number>();
+  /** Tables with entries not yet written, and how many: never evicted, so never re-read stale. */
+  private readonly l2Dirty = new Map<number, number>();
+  /** L2 entries set in the cache, by guest cluster: each written once a sync covers its epoch; then what it dropped is freed. */
+  private readonly l2Pending = new Map<number, { l2: number; epoch: number; drops: number[] }>();
   private readonly meta = new Mutex();
   private readonly allocating = new Map<number, Promise<void>>();
   /**
@@ -101,6 +108,9 @@ export class Qcow2Image implements BlockDevice {
   private readonly l1Pending = new Map<number, number>();
   /** Clusters nothing points to any more, to be given back once a sync has covered the dropped reference. */
   private readonly frees: { host: number; epoch: number }[] = [];
+  /** The background loop that syncs and settles while anything waits. */
+  private writingBack: Promise<void> | null = null;
+  private closing = false;
 
   private constructor(
     readonly path: string,
@@ -188,7 +198,7 @@ export class Qcow2Image implements BlockDevice {
     if (installed) return installed;
     if (this.l2Cache.size >= L2_CACHE_TABLES) {
       for (const key of this.l2Cache.keys()) {
-        if (this.l2Writing.has(key)) continue;
+        if (this.l2Dirty.has(key)) continue;
         this.l2Cache.delete(key);
         break;
       }
@@ -266,14 +276,13 @@ export class Qcow2Image implements BlockDevice {
 
   async write(req: Request): Promise<void> {
     const data = req.data!;
-    const batch = new SyncBatch(this.order);
     await this.forEachCluster(req.offset, req.length, (gc, offset, inner, length) =>
-      this.writeCluster(gc, inner, data.subarray(offset - req.offset, offset - req.offset + length), batch),
+      this.writeCluster(gc, inner, data.subarray(offset - req.offset, offset - req.offset + length)),
     );
-    if (req.fua) await this.durable.wait();
+    if (req.fua) await this.flush();
   }
 
-  private async writeCluster(gc: number, inner: number, data: Buffer, batch: SyncBatch): Promise<void> {
+  private async writeCluster(gc: number, inner: number, data: Buffer): Promise<void> {
     for (;;) {
       const e = await this.lookup(gc);
       if (e.kind === 'data' && e.copied) return this.file.write(data, e.host + inner);
@@ -285,49 +294,40 @@ export class Qcow2Image implements BlockDevice {
       return this.allocateCluster(gc, (old) => {
         data.copy(old, inner);
         return old;
-      }, inner === 0 && data.length === this.clusterSize, batch);
+      }, inner === 0 && data.length === this.clusterSize);
     }
   }
 
   /**
    * Gives guest cluster `gc` a new host cluster holding fill(what the guest
-   * saw there), then, after a sync shared with the rest of `batch`, points
-   * the L2 entry at it. `whole`: fill ignores the old content, so it is not
-   * read. When it fails, the new cluster is given back.
+   * saw there), then points the cached L2 entry at it (written after a
+   * sync). `whole`: fill ignores the old content, so it is not read. When
+   * it fails, the new cluster is given back.
    */
-  private async allocateCluster(gc: number, fill: (old: Buffer) => Buffer, whole: boolean, batch: SyncBatch): Promise<void> {
+  private async allocateCluster(gc: number, fill: (old: Buffer) => Buffer, whole: boolean): Promise<void> {
     let done!: () => void;
     this.allocating.set(gc, new Promise((resolve) => (done = resolve)));
     let host = 0;
     let pointed = false;
     try {
-      batch.enter();
       let l2: number, old: L2Entry;
-      try {
-        ({ l2, host, old } = await this.meta.run(async () => {
-          await this.settle();
-          const l2 = await this.ownL2Table(gc);
-          const old = decodeL2(await this.l2Table(l2), gc % this.l2Entries, this.clusterBits);
-          return { l2, host: await this.refcounts!.allocate(), old };
-        }));
-        const buffer = this.clusterBuffers.pop() ?? Buffer.allocUnsafe(this.clusterSize);
-        try {
-          const content = fill(whole ? buffer.fill(0) : await this.clusterContent(gc, old, buffer));
-          await this.file.write(content, host);
-        } finally {
-          // The engine is done with it once the write settled.
-          if (this.clusterBuffers.length < Math.max(1, COPY_BUFFER_BYTES / this.clusterSize)) this.clusterBuffers.push(buffer);
-        }
-      } catch (err) {
-        batch.abandon();
-        throw err;
-      }
-      await batch.leave();
-      await this.meta.run(async () => {
+      ({ l2, host, old } = await this.meta.run(async () => {
         await this.settle();
-        await this.setL2(l2, gc, host, true, false);
+        const l2 = await this.ownL2Table(gc);
+        const old = decodeL2(await this.l2Table(l2), gc % this.l2Entries, this.clusterBits);
+        return { l2, host: await this.refcounts!.allocate(), old };
+      }));
+      const buffer = this.clusterBuffers.pop() ?? Buffer.allocUnsafe(this.clusterSize);
+      try {
+        const content = fill(whole ? buffer.fill(0) : await this.clusterContent(gc, old, buffer));
+        await this.file.write(content, host);
+      } finally {
+        // The engine is done with it once the write settled.
+        if (this.clusterBuffers.length < Math.max(1, COPY_BUFFER_BYTES / this.clusterSize)) this.clusterBuffers.push(buffer);
+      }
+      await this.meta.run(async () => {
+        await this.setL2(l2, gc, host, true, false, old);
         pointed = true;
-        this.dropped(old);
       });
     } catch (err) {
       // Nothing points at the new cluster: give it back now. If even that
@@ -407,56 +407,100 @@ export class Qcow2Image implements BlockDevice {
   }
 
   /**
-   * Does what waited for a sync that has now completed: writes the L1
-   * entries of new tables and gives back clusters whose references were
-   * dropped. Under the mutex, first thing in every metadata change.
+   * Sets L2 entry of gc (table at `l2`) in the cache; it is written once a
+   * sync has covered what was written before now (the cluster's data and
+   * refcount), and then the clusters of `old` are freed. Under the mutex.
    */
-  private async settle(): Promise<void> {
+  private async setL2(l2: number, gc: number, host: number, copied: boolean, zero: boolean, old: L2Entry | null): Promise<void> {
+    const table = await this.l2Table(l2);
+    encodeEntry(table, 8 * (gc % this.l2Entries), host, copied, zero);
+    const drops = old ? this.hostClusters(old) : [];
+    const pending = this.l2Pending.get(gc);
+    if (pending) {
+      pending.epoch = this.order.epoch;
+      pending.drops.push(...drops);
+    } else {
+      this.l2Pending.set(gc, { l2, epoch: this.order.epoch, drops });
+      this.l2Dirty.set(l2, (this.l2Dirty.get(l2) ?? 0) + 1);
+    }
+    this.writeBack();
+  }
+
+  /**
+   * Writes what waited for a sync that has now completed: the L1 entries
+   * of new tables and the L2 entries set since, tagging the clusters they
+   * dropped; gives back clusters whose dropping a sync has covered.
+   * Returns whether it wrote anything. Under the mutex.
+   */
+  private async settle(): Promise<boolean> {
+    let wrote = false;
     for (const [i, epoch] of this.l1Pending) {
       if (!this.order.covers(epoch)) continue;
       await this.file.writeMeta(Buffer.from(this.l1.subarray(8 * i, 8 * i + 8)), this.header.l1TableOffset + 8 * i);
       this.l1Pending.delete(i);
+      wrote = true;
+    }
+    for (const [gc, p] of this.l2Pending) {
+      if (!this.order.covers(p.epoch)) continue;
+      const at = 8 * (gc % this.l2Entries);
+      await this.file.writeMeta(Buffer.from(this.l2Cache.get(p.l2)!.subarray(at, at + 8)), p.l2 + at);
+      this.l2Pending.delete(gc);
+      const n = this.l2Dirty.get(p.l2)! - 1;
+      if (n) this.l2Dirty.set(p.l2, n);
+      else this.l2Dirty.delete(p.l2);
+      for (const host of p.drops) this.frees.push({ host, epoch: this.order.epoch });
+      wrote = true;
     }
     while (this.frees.length > 0 && this.order.covers(this.frees[0].epoch)) {
       await this.refcounts!.change(this.frees[0].host, -1);
       this.frees.shift();
+      wrote = true;
     }
+    return wrote;
   }
 
-  /** Writes L2 entry of gc (table at `l2`); the cached table is put back if the write fails. Under the mutex. */
-  private async setL2(l2: number, gc: number, host: number, copied: boolean, zero: boolean): Promise<void> {
-    const table = await this.l2Table(l2);
-    const i = gc % this.l2Entries;
-    const before = Buffer.from(table.subarray(8 * i, 8 * i + 8));
-    encodeEntry(table, 8 * i, host, copied, zero);
-    this.l2Writing.set(l2, (this.l2Writing.get(l2) ?? 0) + 1);
-    try {
-      await this.file.writeMeta(Buffer.from(table.subarray(8 * i, 8 * i + 8)), l2 + 8 * i);
-    } catch (err) {
-      before.copy(table, 8 * i);
-      throw err;
-    } finally {
-      const n = this.l2Writing.get(l2)! - 1;
-      if (n) this.l2Writing.set(l2, n);
-      else this.l2Writing.delete(l2);
-    }
+  private waiting(): boolean {
+    return this.l2Pending.size > 0 || this.l1Pending.size > 0 || this.frees.length > 0;
   }
 
-  /** An L2 write just dropped `old`: its clusters are given back after the next sync. */
-  private dropped(old: L2Entry): void {
-    const epoch = this.order.epoch;
-    if (old.kind === 'data' || (old.kind === 'zero' && old.host)) this.frees.push({ host: old.host, epoch });
-    else if (old.kind === 'compressed') {
-      // A compressed cluster's bytes may span two host clusters, each counted.
-      const first = Math.floor(old.host / this.clusterSize) * this.clusterSize;
-      const last = Math.floor((old.host + old.length - 1) / this.clusterSize) * this.clusterSize;
-      for (let c = first; c <= last; c += this.clusterSize) this.frees.push({ host: c, epoch });
-    }
+  /** Starts the background loop unless it runs: sync, settle, again while anything waits. */
+  private writeBack(): void {
+    if (this.writingBack || this.closing) return;
+    this.writingBack = (async () => {
+      try {
+        while (this.waiting() && !this.closing) {
+          await this.order.wait();
+          await this.meta.run(() => this.settle());
+        }
+      } catch {
+        // A failed sync or write: the next FLUSH or allocation reports it.
+      } finally {
+        this.writingBack = null;
+      }
+    })();
   }
 
+  /** The host clusters an entry holds a reference to. */
+  private hostClusters(e: L2Entry): number[] {
+    if (e.kind === 'data' || (e.kind === 'zero' && e.host)) return [e.host];
+    if (e.kind !== 'compressed') return [];
+    // A compressed cluster's bytes may span two host clusters, each counted.
+    const out: number[] = [];
+    const first = Math.floor(e.host / this.clusterSize) * this.clusterSize;
+    const last = Math.floor((e.host + e.length - 1) / this.clusterSize) * this.clusterSize;
+    for (let c = first; c <= last; c += this.clusterSize) out.push(c);
+    return out;
+  }
+
+  /**
+   * A sync, then the entries it covered, then (if any were written, or the
+   * ordering syncs are left out) a second sync: every write acknowledged
+   * before the call is durable after it.
+   */
   async flush(): Promise<void> {
-    await this.durable.wait();
-    if (this.frees.length > 0) await this.meta.run(() => this.settle());
+    await this.order.wait();
+    const wrote = this.refcounts ? await this.meta.run(() => this.settle()) : false;
+    if (wrote || this.order !== this.durable) await this.durable.wait();
   }
 
   // --- zeroes and trim --------------------------------------------------
@@ -470,13 +514,13 @@ export class Qcow2Image implements BlockDevice {
       if (part) await this.write({ ...req, op: 'write', offset: part.offset, length: part.length, data: Buffer.alloc(part.length), fua: false });
     }
     for (let gc = whole.first; gc < whole.end; gc++) await this.zeroCluster(gc, req.noHole, false);
-    if (req.fua) await this.durable.wait();
+    if (req.fua) await this.flush();
   }
 
   async trim(req: Request): Promise<void> {
     const { whole } = this.split(req.offset, req.length);
     for (let gc = whole.first; gc < whole.end; gc++) await this.zeroCluster(gc, false, true);
-    if (req.fua) await this.durable.wait();
+    if (req.fua) await this.flush();
   }
 
   /**
@@ -485,29 +529,18 @@ export class Qcow2Image implements BlockDevice {
    * backing file shows through deallocates it.
    */
   private async zeroCluster(gc: number, keep: boolean, trim: boolean): Promise<void> {
-    for (;;) {
-      while (this.allocating.has(gc)) await this.allocating.get(gc);
-      const tableNew = await this.meta.run(async () => {
-        await this.settle();
-        const old = await this.lookup(gc);
-        const showsThrough = this.backing !== null && gc * this.clusterSize < this.backing.size;
-        if (old.kind === 'unallocated' && !showsThrough) return false;
-        if (old.kind === 'zero' && !(trim && !showsThrough)) return false;
-        const l2 = await this.ownL2Table(gc);
-        // A table whose L1 entry is not written yet waits for a sync first.
-        if (this.l1Pending.has(Math.floor(gc / this.l2Entries))) return true;
-        if (keep && old.kind === 'data' && old.copied) {
-          await this.setL2(l2, gc, old.host, true, true);
-          return false;
-        }
-        if (trim && !showsThrough) await this.setL2(l2, gc, 0, false, false);
-        else await this.setL2(l2, gc, 0, false, true);
-        this.dropped(old);
-        return false;
-      });
-      if (!tableNew) return;
-      await this.order.wait();
-    }
+    while (this.allocating.has(gc)) await this.allocating.get(gc);
+    await this.meta.run(async () => {
+      await this.settle();
+      const old = await this.lookup(gc);
+      const showsThrough = this.backing !== null && gc * this.clusterSize < this.backing.size;
+      if (old.kind === 'unallocated' && !showsThrough) return;
+      if (old.kind === 'zero' && !(trim && !showsThrough)) return;
+      const l2 = await this.ownL2Table(gc);
+      if (keep && old.kind === 'data' && old.copied) return this.setL2(l2, gc, old.host, true, true, null);
+      if (trim && !showsThrough) await this.setL2(l2, gc, 0, false, false, old);
+      else await this.setL2(l2, gc, 0, false, true, old);
+    });
   }
 
   /** Splits a range into partial clusters at its ends and whole clusters between. */
@@ -575,13 +608,18 @@ export class Qcow2Image implements BlockDevice {
     return out;
   }
 
-  /** Gives back what still waits for a sync (else it would be leaked), then closes. */
+  /** Writes and gives back what still waits for a sync (else it would be leaked), then closes. */
   async close(): Promise<void> {
     try {
-      if (this.frees.length > 0 || this.l1Pending.size > 0) {
-        await this.order.wait();
-        await this.meta.run(() => this.settle());
-        await this.durable.wait();
+      if (this.refcounts) {
+        this.closing = true;
+        await this.writingBack;
+        let wrote = false;
+        while (this.waiting()) {
+          await this.order.wait();
+          if (await this.meta.run(() => this.settle())) wrote = true;
+        }
+        if (wrote) await this.durable.wait();
       }
     } finally {
       await this.backing?.close();

@@ -59,6 +59,12 @@ const L2_CACHE_TABLES = 512;
 const MAX_EXTENTS = 1024;
 /** At most this much memory kept in reusable copy-on-write buffers. */
 const COPY_BUFFER_BYTES = 8 << 20;
+/**
+ * How long the write-back loop lets waiting entries gather before it
+ * syncs: under steady writes one sync then covers many allocations, and
+ * the data writes do not queue behind a sync after every few of them.
+ */
+const WRITE_BACK_DELAY_MS = 20;
 
 export interface Qcow2Options {
   readOnly: boolean;
@@ -110,6 +116,12 @@ export class Qcow2Image implements BlockDevice {
   private readonly frees: { host: number; epoch: number }[] = [];
   /** The background loop that syncs and settles while anything waits. */
   private writingBack: Promise<void> | null = null;
+  /** The syncs completed when settle() last ran to the end: until another completes it has nothing to do. */
+  private settledAt = -1;
+  /** The epoch of settle()'s last write: FLUSH needs a sync after it unless one has covered it. */
+  private writtenAt = -1;
+  /** Ends the write-back loop's wait early (when closing). */
+  private wake: (() => void) | null = null;
   private closing = false;
 
   private constructor(
@@ -430,9 +442,11 @@ export class Qcow2Image implements BlockDevice {
    * Writes what waited for a sync that has now completed: the L1 entries
    * of new tables and the L2 entries set since, tagging the clusters they
    * dropped; gives back clusters whose dropping a sync has covered.
-   * Returns whether it wrote anything. Under the mutex.
+   * Under the mutex.
    */
-  private async settle(): Promise<boolean> {
+  private async settle(): Promise<void> {
+    const done = this.order.done;
+    if (done === this.settledAt) return;
     let wrote = false;
     for (const [i, epoch] of this.l1Pending) {
       if (!this.order.covers(epoch)) continue;
@@ -456,7 +470,8 @@ export class Qcow2Image implements BlockDevice {
       this.frees.shift();
       wrote = true;
     }
-    return wrote;
+    this.settledAt = done;
+    if (wrote) this.writtenAt = this.order.epoch;
   }
 
   private waiting(): boolean {
@@ -469,6 +484,15 @@ export class Qcow2Image implements BlockDevice {
     this.writingBack = (async () => {
       try {
         while (this.waiting() && !this.closing) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, WRITE_BACK_DELAY_MS);
+            this.wake = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
+          this.wake = null;
+          if (this.closing) break;
           await this.order.wait();
           await this.meta.run(() => this.settle());
         }
@@ -493,14 +517,14 @@ export class Qcow2Image implements BlockDevice {
   }
 
   /**
-   * A sync, then the entries it covered, then (if any were written, or the
-   * ordering syncs are left out) a second sync: every write acknowledged
-   * before the call is durable after it.
+   * A sync, then the entries it covered, then a second sync if entries
+   * were written since a sync began (or the ordering syncs are left out):
+   * every write acknowledged before the call is durable after it.
    */
   async flush(): Promise<void> {
     await this.order.wait();
-    const wrote = this.refcounts ? await this.meta.run(() => this.settle()) : false;
-    if (wrote || this.order !== this.durable) await this.durable.wait();
+    if (this.refcounts) await this.meta.run(() => this.settle());
+    if (!this.durable.covers(this.writtenAt) || this.order !== this.durable) await this.durable.wait();
   }
 
   // --- zeroes and trim --------------------------------------------------
@@ -613,13 +637,13 @@ export class Qcow2Image implements BlockDevice {
     try {
       if (this.refcounts) {
         this.closing = true;
+        this.wake?.();
         await this.writingBack;
-        let wrote = false;
         while (this.waiting()) {
           await this.order.wait();
-          if (await this.meta.run(() => this.settle())) wrote = true;
+          await this.meta.run(() => this.settle());
         }
-        if (wrote) await this.durable.wait();
+        if (!this.durable.covers(this.writtenAt)) await this.durable.wait();
       }
     } finally {
       await this.backing?.close();

@@ -31,6 +31,11 @@ export class SyncBarrier {
     return this.started;
   }
 
+  /** How many syncs have completed (in order). */
+  get done(): number {
+    return this.completed;
+  }
+
   /** Whether writes tagged `epoch` have been through a completed sync. */
   covers(epoch: number): boolean {
     return this.completed > epoch;

@@ -2,19 +2,31 @@
 // failing write-back. They need root (CI runs as root); each is undone
 // when the test ends.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
 }
 
-/** Mounts a tmpfs of `size` (like '1M') on a new directory under `parent`. */
-export function mountTmpfs(t: Teardown, parent: string, size: string): string {
-  const dir = fs.mkdtempSync(path.join(parent, 'tmpfs-'));
-  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
-  t.teardown(() => execFileSync('umount', ['-l', dir]));
+/**
+ * Mounts a tmpfs of `size` (like '1M') on a mount point of its own (not
+ * inside a tempDir(), whose removal would fail on a mount point);
+ * unmounted and removed when the test ends.
+ */
+export function mountTmpfs(t: Teardown, size: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vblk-tmpfs-'));
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { encoding: 'utf8' });
+  if (mounted.status !== 0) {
+    fs.rmdirSync(dir);
+    throw new Error(`mounting a tmpfs needs root: ${mounted.stderr || mounted.error?.message}`);
+  }
+  t.teardown(() => {
+    if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
+    fs.rmdirSync(dir);
+  });
   return dir;
 }
 
@@ -23,4 +35,16 @@ export function loopDevice(t: Teardown, file: string): string {
   const dev = execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
   t.teardown(() => execFileSync('losetup', ['-d', dev]));
   return dev;
+}
+
+/**
+ * A loop device of 64 MiB over a sparse file in a 1 MiB tmpfs: writes
+ * land in its page cache, and the write-back of anything past the first
+ * megabyte fails (ENOSPC in the backing file, EIO or ENOSPC to fsync).
+ */
+export function loopWithFailingWriteback(t: Teardown): string {
+  const backing = path.join(mountTmpfs(t, '1M'), 'backing.img');
+  fs.writeFileSync(backing, '');
+  fs.truncateSync(backing, 64 << 20);
+  return loopDevice(t, backing);
 }

@@ -10,15 +10,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { pino } from 'pino';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { DeviceError } from '../../src/device/errors.js';
 import type { BlockDevice, Capabilities } from '../../src/device/types.js';
 import { BusyPoll } from '../../src/server/busy-poll.js';
 import { ExportRegistry } from '../../src/server/exports.js';
 import { nbdFrontEnd } from '../../src/server/nbd/connection.js';
 import { Server } from '../../src/server/server.js';
+import { loopWithFailingWriteback } from '../helpers/mounts.js';
 import { serve, tempDir } from '../helpers/server.js';
-import { cannotMount, sys } from '../helpers/system.js';
+import { cannotMount } from '../helpers/system.js';
 import { nbdsh } from '../helpers/tools.js';
 
 /** Records flush and close; `fails` names the call that throws. Nothing else is ever called. */
@@ -112,36 +113,11 @@ t.test('in process: a failing flush or close does not stop the other exports', a
   t.notOk(fs.existsSync(socket), 'the socket file is removed all the same');
 });
 
-/** Runs a system tool that must succeed. */
-function must(cmd: string, args: string[]): string {
-  const r = sys(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.out}`);
-  return r.out;
-}
-
-/**
- * A loop device of 8 MiB over a sparse file in a 1 MiB tmpfs. Teardowns
- * run last first: the server stops, then the loop device goes, then the
- * mount, then the directory.
- */
-function loopOverSmallTmpfs(t: Test): string {
-  const mnt = path.join(tempDir(t), 'mnt');
-  fs.mkdirSync(mnt);
-  must('mount', ['-t', 'tmpfs', '-o', 'size=1M', 'tmpfs', mnt]);
-  t.teardown(() => must('umount', [mnt]));
-  const backing = path.join(mnt, 'backing.img');
-  fs.writeFileSync(backing, '');
-  fs.truncateSync(backing, 8 << 20);
-  const loop = must('losetup', ['--find', '--show', backing]).trim();
-  t.teardown(() => must('losetup', ['--detach', loop]));
-  return loop;
-}
-
 const noLoop = cannotMount();
 if (noLoop) console.log(`# skipping the loop device test: ${noLoop}`);
 
 t.test('vblk serve: an export whose final flush fails is logged, the others closed, exit 1', { skip: noLoop ?? false }, async (t) => {
-  const loop = loopOverSmallTmpfs(t);
+  const loop = loopWithFailingWriteback(t);
   const good = path.join(tempDir(t), 'good.img');
   fs.writeFileSync(good, '');
   fs.truncateSync(good, 8 << 20);

@@ -8,10 +8,8 @@
 // fail too, and the server must say so in its log.
 
 import t from 'tap';
-import fs from 'node:fs';
-import path from 'node:path';
-import { loopDevice, mountTmpfs } from '../helpers/mounts.js';
-import { serve, tempDir } from '../helpers/server.js';
+import { loopWithFailingWriteback } from '../helpers/mounts.js';
+import { serve } from '../helpers/server.js';
 import { run } from '../helpers/tools.js';
 
 const SCRIPT = `
@@ -36,11 +34,7 @@ print(json.dumps(out))
 `;
 
 t.test('after a failed write-back, every connection gets EIO for FLUSH and FUA', async (t) => {
-  const fsDir = mountTmpfs(t, tempDir(t), '1M');
-  const backing = path.join(fsDir, 'disk');
-  fs.writeFileSync(backing, '');
-  fs.truncateSync(backing, 64 << 20);
-  const dev = loopDevice(t, backing);
+  const dev = loopWithFailingWriteback(t);
   const served = await serve(t, [dev]);
   const r = await run('/usr/bin/python3', ['-c', SCRIPT, served.uri()]);
   t.equal(r.code, 0, r.stderr);

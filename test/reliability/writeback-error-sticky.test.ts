@@ -44,7 +44,8 @@ for (const format of ['raw', 'qcow2'] as const) {
     const engine = failingOnce();
     const reports: string[] = [];
     const img = await openImage(file, { readOnly: false, engine, onWritebackError: (f, err) => reports.push(`${f}: ${err.message}`) });
-    t.teardown(() => img.close());
+    // qcow2's close writes back pending metadata, which fails here too (its descriptors are closed all the same).
+    t.teardown(() => img.close().catch(() => undefined));
     const data = Buffer.alloc(65536, 0xab);
     await img.write(request('write', 0, data.length, { data }));
     await img.flush();

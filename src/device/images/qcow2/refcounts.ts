@@ -1,18 +1,23 @@
 // qcow2 reference counts: the refcount table (kept in memory) points to
 // refcount blocks (cached, written through). Every change is written to
 // the file before the caller goes on, and callers order their writes so
-// that a crash can only leak clusters: a cluster's refcount goes up
-// before anything points at it, and comes down only after nothing does.
-// Callers serialize all calls (the image's metadata mutex).
+// that a crash can only leak clusters: a cluster's refcount goes up, and
+// a sync passes, before anything points at it; it comes down only after
+// nothing does and a sync has made that durable. Callers serialize all
+// calls (the image's metadata mutex). A write that fails leaves the
+// cached block as the file has it.
 //
 // Growth: a missing refcount block is placed in the first free cluster it
-// covers, counting itself. When the table itself is full, a new area at
-// the end of the file takes new refcount blocks that cover the area and a
-// larger copy of the table; the header switches to it in one write, then
-// the old table's clusters are freed.
+// covers, counting itself, and synced before the table entry points at it.
+// When the table itself is full, a new area at the end of the file takes
+// new refcount blocks that cover the area and a larger copy of the table;
+// after a sync the header switches to it in one write, and after another
+// the old table's clusters are freed. Both are rare (a block covers
+// thousands of clusters), so these syncs are taken in line.
 
 import { encodeEntry, entryOffset, readRefcount, writeRefcount } from './format.js';
 import type { ImageFile } from '../image-file.js';
+import type { SyncBarrier } from './sync-barrier.js';
 
 export class Refcounts {
   private readonly clusterSize: number;
@@ -24,6 +29,8 @@ export class Refcounts {
 
   private constructor(
     private readonly file: ImageFile,
+    /** The syncs that order metadata writes. */
+    private readonly barrier: SyncBarrier,
     clusterBits: number,
     private readonly order: number,
     private tableOffset: number,
@@ -37,12 +44,13 @@ export class Refcounts {
 
   static async load(
     file: ImageFile,
+    barrier: SyncBarrier,
     h: { clusterBits: number; refcountOrder: number; refcountTableOffset: number; refcountTableClusters: number },
     fileSize: number,
   ): Promise<Refcounts> {
     const table = await file.read(h.refcountTableOffset, h.refcountTableClusters * 2 ** h.clusterBits);
     const end = Math.ceil(fileSize / 2 ** h.clusterBits);
-    return new Refcounts(file, h.clusterBits, h.refcountOrder, h.refcountTableOffset, Buffer.from(table), end);
+    return new Refcounts(file, barrier, h.clusterBits, h.refcountOrder, h.refcountTableOffset, Buffer.from(table), end);
   }
 
   private get tableEntries(): number {
@@ -79,7 +87,7 @@ export class Refcounts {
     const i = cluster % this.perBlock;
     const value = readRefcount(block, i, this.order) + delta;
     if (value < 0) throw new Error(`qcow2: refcount of cluster at ${host} would drop below zero`);
-    await this.writeBlockRange(offset, block, writeRefcount(block, i, this.order, value));
+    await this.set(offset, block, i, value);
     if (value === 0 && cluster < this.freeHint) this.freeHint = cluster;
   }
 
@@ -101,7 +109,7 @@ export class Refcounts {
       const block = await this.block(offset);
       for (let i = c % this.perBlock; i < this.perBlock; i++, c++) {
         if (readRefcount(block, i, this.order) !== 0) continue;
-        await this.writeBlockRange(offset, block, writeRefcount(block, i, this.order, 1));
+        await this.set(offset, block, i, 1);
         this.freeHint = c + 1;
         this.end = Math.max(this.end, c + 1);
         return c * this.clusterSize;
@@ -127,6 +135,17 @@ export class Refcounts {
     }
   }
 
+  /** Sets refcount `i` of the block at `offset` and writes it; the cached block is put back if the write fails. */
+  private async set(offset: number, block: Buffer, i: number, value: number): Promise<void> {
+    const before = readRefcount(block, i, this.order);
+    try {
+      await this.writeBlockRange(offset, block, writeRefcount(block, i, this.order, value));
+    } catch (err) {
+      writeRefcount(block, i, this.order, before);
+      throw err;
+    }
+  }
+
   private async writeBlockRange(offset: number, block: Buffer, range: { start: number; end: number }): Promise<void> {
     await this.file.writeMeta(Buffer.from(block.subarray(range.start, range.end)), offset + range.start);
   }
@@ -137,6 +156,7 @@ export class Refcounts {
     writeRefcount(block, at - index * this.perBlock, this.order, 1);
     const offset = at * this.clusterSize;
     await this.file.writeMeta(block, offset);
+    await this.barrier.wait();
     this.blocks.set(offset, block);
     this.end = Math.max(this.end, at + 1);
     const entry = Buffer.alloc(8);
@@ -190,11 +210,13 @@ export class Refcounts {
     }
     const tableOffset = (start + blocks) * cs;
     await this.file.writeMeta(table, tableOffset);
+    await this.barrier.wait();
     // The switch: offset and cluster count are adjacent header fields, one write.
     const fields = Buffer.alloc(12);
     fields.writeBigUInt64BE(BigInt(tableOffset), 0);
     fields.writeUInt32BE(tableClusters, 8);
     await this.file.writeMeta(fields, 48);
+    await this.barrier.wait();
     const old = { offset: this.tableOffset, clusters: this.table.length / cs };
     this.table = table;
     this.tableOffset = tableOffset;

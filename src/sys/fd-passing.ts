@@ -95,6 +95,19 @@ function checkFds(fds: readonly number[], call: string): void {
   }
 }
 
+/** A msghdr over one buffer and an optional control area. */
+function message(buffer: Buffer, control: Buffer | null): Msghdr {
+  return {
+    msg_name: null,
+    msg_namelen: 0,
+    msg_iov: [{ iov_base: buffer, iov_len: buffer.length }],
+    msg_iovlen: 1,
+    msg_control: control,
+    msg_controllen: control?.length ?? 0,
+    msg_flags: 0,
+  };
+}
+
 export interface Received {
   /** Bytes read into the buffer; 0 means the peer closed the connection. */
   bytes: number;
@@ -117,15 +130,7 @@ export function recvWithFds(fd: number, buffer: Buffer, maxFds: number): Receive
   }
   const { word } = bindings;
   const control = maxFds > 0 ? Buffer.alloc(controlSpace(maxFds, word)) : null;
-  const msg: Msghdr = {
-    msg_name: null,
-    msg_namelen: 0,
-    msg_iov: [{ iov_base: buffer, iov_len: buffer.length }],
-    msg_iovlen: 1,
-    msg_control: control,
-    msg_controllen: control?.length ?? 0,
-    msg_flags: 0,
-  };
+  const msg = message(buffer, control);
   let bytes: number;
   for (;;) {
     bytes = Number(bindings.recvmsg(fd, msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
@@ -191,15 +196,7 @@ export function sendWithFds(fd: number, buffer: Buffer, fds: readonly number[] =
     control.writeInt32LE(SCM_RIGHTS, word + 4);
     fds.forEach((f, i) => control!.writeInt32LE(f, cmsgHeader(word) + 4 * i));
   }
-  const msg: Msghdr = {
-    msg_name: null,
-    msg_namelen: 0,
-    msg_iov: [{ iov_base: buffer, iov_len: buffer.length }],
-    msg_iovlen: 1,
-    msg_control: control,
-    msg_controllen: control?.length ?? 0,
-    msg_flags: 0,
-  };
+  const msg = message(buffer, control);
   for (;;) {
     const sent = Number(bindings.sendmsg(fd, msg, MSG_DONTWAIT | MSG_NOSIGNAL));
     if (sent >= 0) return sent;

@@ -2,10 +2,10 @@
 // failing write-back. They need root (CI runs as root); each is undone
 // when the test ends.
 
-import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { sys } from './system.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -18,13 +18,13 @@ interface Teardown {
  */
 export function mountTmpfs(t: Teardown, size: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vblk-tmpfs-'));
-  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { encoding: 'utf8' });
-  if (mounted.status !== 0) {
+  const mounted = sys('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
+  if (mounted.code !== 0) {
     fs.rmdirSync(dir);
-    throw new Error(`mounting a tmpfs needs root: ${mounted.stderr || mounted.error?.message}`);
+    throw new Error(`mounting a tmpfs needs root: ${mounted.out}`);
   }
   t.teardown(() => {
-    if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
+    if (sys('umount', [dir]).code !== 0) sys('umount', ['-l', dir]);
     fs.rmdirSync(dir);
   });
   return dir;
@@ -32,8 +32,10 @@ export function mountTmpfs(t: Teardown, size: string): string {
 
 /** Attaches `file` to a free loop device and returns its path (/dev/loopN). */
 export function loopDevice(t: Teardown, file: string): string {
-  const dev = execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
-  t.teardown(() => execFileSync('losetup', ['-d', dev]));
+  const found = sys('losetup', ['--find', '--show', file]);
+  if (found.code !== 0) throw new Error(`losetup ${file}: ${found.out}`);
+  const dev = found.out.trim();
+  t.teardown(() => sys('losetup', ['-d', dev]));
   return dev;
 }
 

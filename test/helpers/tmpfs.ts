@@ -5,16 +5,14 @@
 // test that silently ran on another file system would prove nothing.
 // test/engine-matrix.mjs uses makeTmpfsDir for its TMPDIR pass.
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { sys } from './system.js';
 
 const TMPFS_MAGIC = 0x01021994;
 const SHM = '/dev/shm';
 /** Free space /dev/shm must have to be used: the interop suite's images run to a few hundred MiB. */
 const MIN_FREE = 1 << 30;
-/** mount and umount live in sbin, which a non-root PATH may lack. */
-const SYSTEM_PATH = `/usr/sbin:/sbin:/usr/bin:/bin:${process.env.PATH ?? ''}`;
 
 export function isTmpfs(dir: string): boolean {
   return fs.statfsSync(dir).type === TMPFS_MAGIC;
@@ -23,11 +21,6 @@ export function isTmpfs(dir: string): boolean {
 function freeBytes(dir: string): number {
   const s = fs.statfsSync(dir);
   return s.bavail * s.bsize;
-}
-
-function system(cmd: string, args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, PATH: SYSTEM_PATH } });
-  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error?.message ?? ''}`.trim() };
 }
 
 export interface TmpfsDir {
@@ -49,16 +42,16 @@ export function makeTmpfsDir(prefix = 'vblk-tmpfs-'): TmpfsDir {
   }
   if (process.getuid?.() !== 0) throw new Error(`no tmpfs to test on: ${SHM} ${shm}, and mounting one needs root`);
   const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), prefix));
-  const mount = system('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'vblk-test', dir]);
-  if (!mount.ok) {
+  const mount = sys('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'vblk-test', dir]);
+  if (mount.code !== 0) {
     fs.rmdirSync(dir);
     throw new Error(`no tmpfs to test on: ${SHM} ${shm}, and mount -t tmpfs failed: ${mount.out}`);
   }
   return {
     dir,
     remove: () => {
-      const umount = system('umount', [dir]);
-      if (!umount.ok) throw new Error(`umount ${dir} failed: ${umount.out}`);
+      const umount = sys('umount', [dir]);
+      if (umount.code !== 0) throw new Error(`umount ${dir} failed: ${umount.out}`);
       fs.rmdirSync(dir);
     },
   };

@@ -83,9 +83,11 @@ export class ImageFile {
 
   /** Reads into `buffers`, laid one after another from `offset`: straight in, except for a read-only direct tail. */
   async readInto(buffers: Buffer[], offset: number): Promise<void> {
-    const ops = consecutive(buffers, offset, (buffer, position) => ({ kind: 'read', fd: this.fd, buffer, position }) as const);
-    if (offset + totalLength(buffers) <= this.alignedEnd) return this.engine.submit(ops);
-    scatterSegments(offset, buffers, [{ offset, length: totalLength(buffers), data: await this.read(offset, totalLength(buffers)) }]);
+    const length = totalLength(buffers);
+    if (offset + length <= this.alignedEnd) {
+      return this.engine.submit(consecutive(buffers, offset, (buffer, position) => ({ kind: 'read', fd: this.fd, buffer, position }) as const));
+    }
+    scatterSegments(offset, buffers, [{ offset, length, data: await this.read(offset, length) }]);
   }
 
   async read(offset: number, length: number): Promise<Buffer> {

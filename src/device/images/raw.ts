@@ -146,12 +146,10 @@ export class RawImage implements BlockDevice {
   }
 
   write(req: Request): Promise<void> {
-    const { engine } = this.file;
-    if (!req.fua) return engine.submit([{ kind: 'write', fd: this.fd, buffer: req.data!, position: req.offset, buffered: !this.direct }]);
-    return this.file.durableWrite(() => engine.submit([{ kind: 'write', fd: this.dsyncFd, buffer: req.data!, position: req.offset }]));
+    return this.writeFrom(req, [req.data!]);
   }
 
-  /** A write from several buffers (guest memory): one engine operation each, in one batch. */
+  /** A write from one or more buffers (guest memory): one engine operation each, in one batch. */
   writeFrom(req: Request, from: Buffer[]): Promise<void> {
     const { engine } = this.file;
     const fd = req.fua ? this.dsyncFd : this.fd;

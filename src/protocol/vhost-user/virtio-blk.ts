@@ -51,8 +51,6 @@ import {
 } from './virtio-constants.js';
 import type { Chain, MalformedChain } from './virtqueue.js';
 
-/** A device Request whose data lives in guest memory: a read's destination, a write's source. */
-
 export type BlkAction =
   /** Run the requests, then write the status byte (OK, or virtioStatus of the error) and push. */
   | { kind: 'submit'; head: number; requests: Request[]; status: Buffer; usedLength: number }

@@ -14,6 +14,7 @@
 
 import type { Gateway } from '../../device/gateway.js';
 import { toDeviceError } from '../../device/errors.js';
+import type { Request } from '../../device/types.js';
 import { requireNative, type FdWatch } from '../../io/native.js';
 import { blkAction } from '../../protocol/vhost-user/virtio-blk.js';
 import type { BlkSettings } from '../../protocol/vhost-user/blk-config.js';
@@ -135,7 +136,7 @@ export class QueueRunner {
       if (action.kind === 'complete') {
         // Answered by the model itself: GET_ID, or a request refused as malformed or unsupported.
         if (action.status === VIRTIO_BLK_S.OK) this.count('getId', false);
-        else this.count('refused', true);
+        else this.stats.errors++;
         if (action.reason) this.events.failed('request', action.reason);
         this.complete(action.head, action.usedLength);
         continue;
@@ -145,7 +146,7 @@ export class QueueRunner {
     }
   }
 
-  private async run(head: number, requests: Parameters<Gateway['execute']>[0][], status: Buffer, usedLength: number): Promise<void> {
+  private async run(head: number, requests: Request[], status: Buffer, usedLength: number): Promise<void> {
     let code: number = VIRTIO_BLK_S.OK;
     for (const req of requests) {
       this.count(req.op, false);

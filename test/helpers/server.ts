@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 /** The compiled CLI: this file is dist/test/helpers/server.js. */
 export const VBLK = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
-interface Teardown {
+export interface Teardown {
   teardown(fn: () => unknown): void;
 }
 

@@ -31,10 +31,10 @@ export function requireTool(name: string): void {
   if (!found) throw new Error(`required tool '${name}' is missing; install ${PACKAGES[name] ?? name}`);
 }
 
-export function run(cmd: string, args: string[], options: { input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+export function run(cmd: string, args: string[], options: { input?: string; timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
   requireTool(cmd);
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: TOOL_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { env: TOOL_ENV, cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));

@@ -49,7 +49,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
   private readonly runners = new Map<number, QueueRunner>();
   private readonly queueFds: QueueFds[];
   private readonly inflightFds: number[] = [];
-  private readonly stats: QueueStats = { requests: {}, errors: 0 };
+  private readonly stats: QueueStats = { requests: {}, perQueue: {}, errors: 0 };
   private readonly opened = Date.now();
   /** Messages read but not yet handled, in order. */
   private readonly incoming: { header: MessageHeader; payload: Buffer; fds: number[] }[] = [];
@@ -108,6 +108,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
           features: `0x${this.backend.ackedFeatures.toString(16)}`,
           protocolFeatures: `0x${this.backend.ackedProtocolFeatures.toString(16)}`,
           requests: this.stats.requests,
+          perQueue: this.stats.perQueue,
           errors: this.stats.errors,
         },
         'vhost-user connection closed',

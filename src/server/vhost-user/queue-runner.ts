@@ -24,7 +24,10 @@ import type { SplitVirtqueue } from '../../protocol/vhost-user/virtqueue.js';
 import { eventfdRead, eventfdWrite } from '../../sys/eventfd.js';
 
 export interface QueueStats {
+  /** Requests answered, by type. */
   requests: Record<string, number>;
+  /** Chains answered, by queue index. */
+  perQueue: Record<number, number>;
   errors: number;
 }
 
@@ -167,6 +170,7 @@ export class QueueRunner {
 
   private complete(head: number, usedLength: number): void {
     this.vq.push(head, usedLength);
+    this.stats.perQueue[this.index] = (this.stats.perQueue[this.index] ?? 0) + 1;
     if (this.notifyQueued) return;
     this.notifyQueued = true;
     queueMicrotask(() => this.notify());

@@ -23,6 +23,7 @@ const ONCE = new Set([
   'qcow2-refusals.test.js', // images refused before any I/O
   'snapshots.test.js', // offline chain operations
   'vhost-user-libblkio.test.js', // vhost-user back ends, run once
+  'vhost-user-guest.test.js', // QEMU guests, run once
 ]);
 const files = [
   ...fs

@@ -6,6 +6,7 @@
 // turns that into a reply, an ack or a hang-up, and closes the fds the
 // handler did not take.
 
+import { inflightQueueRegionSize } from './inflight.js';
 import { MAX_CONFIG_SIZE, PROTOCOL_F, REQ } from './constants.js';
 import type { Ring, VhostUserBackend } from './backend.js';
 import {
@@ -83,9 +84,9 @@ function checkQueueSize(be: VhostUserBackend, size: number): string | null {
   return null;
 }
 
-/** Bytes the inflight area needs: per queue a 16-byte header and 16 bytes per descriptor, 64-byte aligned. */
+/** Bytes the inflight area needs: one region per queue (inflight.ts). */
 export function inflightSize(numQueues: number, queueSize: number): number {
-  return numQueues * Math.ceil((16 + 16 * queueSize) / 64) * 64;
+  return numQueues * inflightQueueRegionSize(queueSize);
 }
 
 function checkInflight(be: VhostUserBackend, i: Inflight): string | null {

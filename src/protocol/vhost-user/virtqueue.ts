@@ -48,6 +48,7 @@
 // host is refused.
 
 import type { GuestMemory } from './guest-memory.js';
+import type { InflightLog } from './inflight.js';
 import {
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_DESC_F_INDIRECT,
@@ -74,6 +75,12 @@ export interface VirtqueueOptions {
   eventIdx: boolean;
   /** The index of the next avail entry to read (SET_VRING_BASE); 0 when absent. */
   lastAvailIdx?: number;
+  /**
+   * This queue's inflight region (INFLIGHT_SHMFD). Pops and pushes are
+   * recorded in it; heads an earlier back end left in flight are popped
+   * again first, and the avail idx resumes after them (inflight.ts).
+   */
+  inflight?: InflightLog;
 }
 
 /** One descriptor's buffer, mapped. */
@@ -160,6 +167,9 @@ export class SplitVirtqueue {
   private signalledUsed: number;
   private signalledValid = false;
   private broken: BrokenQueue | null = null;
+  private readonly inflight: InflightLog | null;
+  /** Heads to pop again before the avail ring: in flight when an earlier back end stopped. */
+  private readonly redo: number[] = [];
 
   constructor(options: VirtqueueOptions) {
     if (!LITTLE_ENDIAN_HOST) throw new Error('split virtqueues need a little-endian host');
@@ -179,6 +189,19 @@ export class SplitVirtqueue {
     this.nextAvail = last;
     this.nextUsed = Atomics.load(this.used16, 1);
     this.signalledUsed = this.nextUsed;
+    this.inflight = options.inflight ?? null;
+    if (this.inflight) {
+      const resumed = this.inflight.resume(this.nextUsed);
+      if (resumed.used) {
+        this.redo.push(...resumed.heads);
+        this.nextAvail = (this.nextUsed + resumed.heads.length) & 0xffff;
+      }
+    }
+  }
+
+  /** Heads from an earlier back end still to be popped again. */
+  get redoing(): number {
+    return this.redo.length;
   }
 
   /** The index of the next avail entry to read: what GET_VRING_BASE reports. */
@@ -203,6 +226,8 @@ export class SplitVirtqueue {
    */
   pop(): Popped | null {
     if (this.broken) return this.broken;
+    const again = this.redo.shift();
+    if (again !== undefined) return this.walk(again);
     const last = this.nextAvail;
     if (this.eventIdx && this.availEventWritten !== last) {
       Atomics.store(this.used16, 2 + 4 * this.size, last);
@@ -217,6 +242,7 @@ export class SplitVirtqueue {
     const head = this.avail16[2 + (last & (this.size - 1))];
     if (head >= this.size) return this.fail(`avail ring entry ${last} names descriptor ${head}, past the table of ${this.size}`);
     this.nextAvail = (last + 1) & 0xffff;
+    this.inflight?.popped(head);
     return this.walk(head);
   }
 
@@ -226,11 +252,13 @@ export class SplitVirtqueue {
     if (!Number.isInteger(writtenLength) || writtenLength < 0 || writtenLength > 0xffffffff) {
       throw new RangeError(`written length ${writtenLength} is not a u32`);
     }
+    this.inflight?.pushing(head);
     const at = 4 + VIRTQ_USED_ELEM_SIZE * (this.nextUsed & (this.size - 1));
     this.used.writeUInt32LE(head, at);
     this.used.writeUInt32LE(writtenLength, at + 4);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
     Atomics.store(this.used16, 1, this.nextUsed);
+    this.inflight?.pushed(head, this.nextUsed);
   }
 
   /**

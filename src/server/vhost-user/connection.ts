@@ -14,11 +14,12 @@
 import fs from 'node:fs';
 import type net from 'node:net';
 import type { Logger } from 'pino';
-import { requireNative, type FdWatch } from '../../io/native.js';
+import { requireNative, type FdWatch, type SharedMapping } from '../../io/native.js';
 import { VhostUserBackend, type InflightArea, type RingStart, type Step, type VhostUserHost } from '../../protocol/vhost-user/backend.js';
 import { blkConfig, blkFeatures, type BlkSettings } from '../../protocol/vhost-user/blk-config.js';
 import { requestName } from '../../protocol/vhost-user/constants.js';
 import type { GuestRegion } from '../../protocol/vhost-user/memory-table.js';
+import { InflightLog, inflightQueueRegionSize } from '../../protocol/vhost-user/inflight.js';
 import { decodeHeader, isMalformed, type MessageHeader } from '../../protocol/vhost-user/messages.js';
 import { VIRTIO_F } from '../../protocol/vhost-user/virtio-constants.js';
 import { ringSizes, SplitVirtqueue } from '../../protocol/vhost-user/virtqueue.js';
@@ -49,6 +50,8 @@ export class VhostUserConnection implements Connection, VhostUserHost {
   private readonly runners = new Map<number, QueueRunner>();
   private readonly queueFds: QueueFds[];
   private readonly inflightFds: number[] = [];
+  /** The inflight area (INFLIGHT_SHMFD) the front end keeps across back ends, mapped. */
+  private inflight: { area: InflightArea; buffer: Buffer; mapping: SharedMapping } | null = null;
   private readonly stats: QueueStats = { requests: {}, perQueue: {}, errors: 0 };
   private readonly opened = Date.now();
   /** Messages read but not yet handled, in order. */
@@ -249,14 +252,18 @@ export class VhostUserConnection implements Connection, VhostUserHost {
       memory: this.memory,
       eventIdx: (ring.features & (1n << BigInt(VIRTIO_F.RING_EVENT_IDX))) !== 0n,
       lastAvailIdx: ring.nextAvail,
+      inflight: this.inflightLog(queue, ring.size),
     });
+    // Counted before the runner starts popping them.
+    const redo = vq.redoing;
     const fds = this.queueFds[queue]!;
     const events = {
       broken: (reason: string) => this.log.error({ queue, reason }, 'vhost-user queue stopped: the device needs reset'),
       failed: (op: string, reason: string) => this.log.debug({ queue, op, reason }, 'vhost-user request failed'),
     };
     this.runners.set(queue, new QueueRunner(queue, vq, this.served.gateway, this.settings, fds.kick, fds.call, fds.err, this.stats, events));
-    this.log.info({ queue, size: ring.size, eventIdx: vq.eventIdx, nextAvail: ring.nextAvail }, 'vhost-user queue started');
+    this.log.info({ queue, size: ring.size, eventIdx: vq.eventIdx, nextAvail: vq.lastAvailIdx, redo }, 'vhost-user queue started');
+    if (redo > 0) this.log.warn({ queue, requests: redo }, 'vhost-user queue redoes the requests an earlier back end left in flight');
   }
 
   async stopQueue(queue: number): Promise<number> {
@@ -270,13 +277,40 @@ export class VhostUserConnection implements Connection, VhostUserHost {
 
   createInflight(area: InflightArea): number {
     const fd = memfdCreate('vblk-inflight');
-    fs.ftruncateSync(fd, area.mmapSize);
     this.inflightFds.push(fd);
+    fs.ftruncateSync(fd, area.mmapSize);
+    this.mapInflight(area, fd);
     return fd;
   }
 
-  setInflight(_area: InflightArea, fd: number): void {
+  setInflight(area: InflightArea, fd: number): void {
     this.inflightFds.push(fd);
+    this.mapInflight(area, fd);
+  }
+
+  private mapInflight(area: InflightArea, fd: number): void {
+    const mapping = requireNative('the vhost-user inflight area').mapShared(fd, area.mmapOffset, area.mmapSize, true);
+    this.releaseInflight();
+    this.inflight = { area, buffer: Buffer.from(mapping.windows[0]!), mapping };
+  }
+
+  /** Unmapped once the requests that may still record in it are done. */
+  private releaseInflight(): void {
+    const old = this.inflight;
+    this.inflight = null;
+    if (old) void this.drained().then(() => old.mapping.unmap());
+  }
+
+  /** This queue's region of the inflight area, if there is one that fits the ring. */
+  private inflightLog(queue: number, size: number): InflightLog | undefined {
+    if (!this.inflight) return undefined;
+    const { area, buffer } = this.inflight;
+    if (queue >= area.numQueues || size > area.queueSize) {
+      this.log.warn({ queue, size, area: { queues: area.numQueues, queueSize: area.queueSize } }, 'vhost-user inflight area does not cover this ring: not tracked');
+      return undefined;
+    }
+    const bytes = inflightQueueRegionSize(area.queueSize);
+    return new InflightLog(buffer.subarray(queue * bytes, (queue + 1) * bytes), size);
   }
 
   reset(): void {
@@ -287,6 +321,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
     this.queueFds.forEach((_, queue) => {
       for (const kind of ['kick', 'call', 'err'] as const) this.replaceFd(queue, kind, null);
     });
+    this.releaseInflight();
     for (const fd of this.inflightFds.splice(0)) fs.closeSync(fd);
   }
 

@@ -24,6 +24,7 @@ const ONCE = new Set([
   'snapshots.test.js', // offline chain operations
   'vhost-user-libblkio.test.js', // vhost-user back ends, run once
   'vhost-user-guest.test.js', // QEMU guests, run once
+  'vhost-user-reconnect.test.js', // a QEMU guest, run once
 ]);
 const files = [
   ...fs

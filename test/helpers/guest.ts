@@ -210,6 +210,8 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Let QEMU (re)connect to the socket by itself (chardev reconnect=1). */
   reconnect?: boolean;
+  /** Called for each `result KEY VALUE` line as it arrives (the test may act while the guest runs). */
+  onResult?: (key: string, value: string) => void;
   log?: Log;
 }
 
@@ -323,6 +325,10 @@ export async function bootGuest(t: Teardown, options: BootOptions): Promise<Boot
       if (line.startsWith(`${MARK}-init`)) log(`guest: /init started after ${seconds()}`);
       else if (line.startsWith(`${MARK}-exit`)) log(`guest: script finished after ${seconds()}: ${line.trim()}`);
       else if (line.startsWith(`${MARK}-error`)) log(`guest: ${line.trim()}`);
+      else if (options.onResult && line.startsWith(`${MARK}-result`)) {
+        const results = parseConsole(line).results;
+        for (const [key, value] of Object.entries(results)) options.onResult(key, value);
+      }
     }
   });
   proc.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));

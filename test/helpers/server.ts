@@ -64,21 +64,24 @@ function engineArgs(): string[] {
 /**
  * `vblk serve ARGS --socket DIR/vblk.sock`, waiting until it is ready.
  * Pass `socket: false` to leave --socket out (the args then carry it or --listen),
- * `openFileLimit` to run it under `ulimit -n` (soft and hard: Node raises the soft limit to the hard one).
+ * `openFileLimit` to run it under `ulimit -n` (soft and hard: Node raises the soft limit to the hard one),
+ * `prefix` to run it under another program (e.g. strace; `proc` is then that program).
  */
 export async function serve(
   t: Teardown,
   args: string[],
-  options: { socket?: boolean; readyTimeoutMs?: number; openFileLimit?: number } = {},
+  options: { socket?: boolean; readyTimeoutMs?: number; openFileLimit?: number; prefix?: string[] } = {},
 ): Promise<Served> {
   const dir = tempDir(t, 'vblk-srv-');
   const socket = path.join(dir, 'vblk.sock');
   const full = [...(options.socket === false ? args : [...args, '--socket', socket]), ...engineArgs()];
   const command = [VBLK, 'serve', ...full];
-  const proc =
-    options.openFileLimit === undefined
-      ? spawn(process.execPath, command, { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn('sh', ['-c', `ulimit -n ${options.openFileLimit} && exec "$0" "$@"`, process.execPath, ...command], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [program, ...argv] = options.prefix
+    ? [...options.prefix, process.execPath, ...command]
+    : options.openFileLimit === undefined
+      ? [process.execPath, ...command]
+      : ['sh', '-c', `ulimit -n ${options.openFileLimit} && exec "$0" "$@"`, process.execPath, ...command];
+  const proc = spawn(program!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stdout!.resume();
   proc.stderr!.on('data', (d) => (stderr += d));

@@ -9,7 +9,9 @@
 //
 // vblk over a raw image and over a qcow2 overlay with a raw backing file,
 // 1 and 4 queues; qemu-storage-daemon, the reference, passes the same
-// checks; and a back end that corrupts reads must fail them.
+// checks; and a back end that corrupts reads must fail them. Last, one
+// image served over NBD and to two guests in turn, the second through a
+// read-only export: each sees what the others wrote (one device).
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -23,7 +25,7 @@ import { ExportRegistry } from '../../src/server/exports.js';
 import { Server } from '../../src/server/server.js';
 import { vhostUserFrontEnd } from '../../src/server/vhost-user/front-end.js';
 import { bootGuest, type BootResult } from '../helpers/guest.js';
-import { tempDir } from '../helpers/server.js';
+import { serve, tempDir } from '../helpers/server.js';
 import { run } from '../helpers/tools.js';
 import { qemuStorageDaemon, vblkBackend, type VhostUserBackend } from '../helpers/vhost-user-backends.js';
 
@@ -235,4 +237,54 @@ t.test('negative control: the same checks fail against a back end that corrupts 
     problems.some((p) => p.startsWith('base:')),
     'and so does the host pattern it read',
   );
+});
+
+t.test('vblk: one image over NBD and to two guests, the second through a read-only export', async (t) => {
+  const dir = tempDir(t);
+  const image = path.join(dir, 'disk.raw');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, SIZE);
+  const rw = path.join(dir, 'rw.sock');
+  const ro = path.join(dir, 'ro.sock');
+  const served = await serve(t, [image, '--socket', path.join(dir, 'nbd.sock'), '--export', `ro=${image}:ro`, '--vhost-user-blk', rw, '--vhost-user-blk', `ro=${ro}`, '--num-queues', '1'], {
+    socket: false,
+  });
+  const uri = served.uris.find((u) => u.startsWith('nbd+unix:'))!;
+  const fromHost = crypto.randomBytes(MiB);
+  const fromGuest = crypto.randomBytes(MiB);
+  const input = path.join(dir, 'host.bin');
+  fs.writeFileSync(input, fromHost);
+  const copy = await run('nbdcopy', [input, uri]);
+  t.equal(copy.code, 0, `the host writes over NBD: ${copy.stderr}`);
+
+  const writer = await bootGuest(t, {
+    socket: rw,
+    script: [
+      `result host $(dd if=/dev/vda bs=65536 count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)`,
+      `dd if=data of=/dev/vda bs=65536 seek=16 oflag=direct conv=notrunc,fsync 2>/dev/null; result write $?`,
+    ].join('\n'),
+    files: { data: fromGuest },
+  });
+  t.equal(writer.results.host, md5(fromHost), 'the guest reads what the host wrote over NBD');
+  t.equal(writer.results.write, '0', 'and writes');
+
+  const reader = await bootGuest(t, {
+    socket: ro,
+    script: [
+      'result ro $(cat /sys/block/vda/ro)',
+      `result guest $(dd if=/dev/vda bs=65536 skip=16 count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)`,
+      `dd if=/work/script.sh of=/dev/vda bs=512 count=1 oflag=direct conv=notrunc 2>/dev/null; result write $?`,
+    ].join('\n'),
+  });
+  t.equal(reader.results.ro, '1', 'the read-only export is a read-only disk (VIRTIO_BLK_F_RO)');
+  t.equal(reader.results.guest, md5(fromGuest), 'it sees what the first guest wrote');
+  t.not(reader.results.write, '0', 'a write to it fails');
+
+  const back = path.join(dir, 'back.bin');
+  const read = await run('nbdcopy', [uri, back]);
+  t.equal(read.code, 0, `nbdcopy from the image while it is served: ${read.stderr}`);
+  const content = fs.readFileSync(back);
+  t.equal(md5(content.subarray(MiB, 2 * MiB)), md5(fromGuest), "the host reads the guest's data over NBD while vblk still serves it");
+  t.equal(md5(content.subarray(0, MiB)), md5(fromHost), 'and its own');
+  t.equal((await served.stop()).code, 0, 'vblk stopped cleanly');
 });

@@ -73,6 +73,13 @@ void CompletionSink::Flush() {
   // MakeCallback runs the microtask queue afterwards, so promises resolved
   // by the callback settle before the loop goes back to polling.
   callback_.MakeCallback(env_.Global(), {Napi::Number::New(env_, static_cast<double>(n))}, *context_);
+  // No JavaScript frame is below a libuv callback to catch what the
+  // callback threw: hand it to the process as an uncaught exception
+  // instead of leaving it pending (and lost) in the environment.
+  if (env_.IsExceptionPending()) {
+    Napi::Error error = env_.GetAndClearPendingException();
+    napi_fatal_exception(env_, error.Value());
+  }
 }
 
 void CompletionSink::Deliver() {

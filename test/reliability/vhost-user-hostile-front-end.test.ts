@@ -2,6 +2,9 @@
 // a bad header, a payload size past the limit, an unknown request and a
 // ring started in memory nobody shared each end only their own
 // connection, with a log line; a message cut short holds only its own;
+// one that never reads its replies is hung up on once its socket is full,
+// one that floods the server with requests does not starve the others,
+// and one that hangs up before its replies are sent ends only itself;
 // and the next front end (libblkio's blkio-info) is served as before.
 
 import fs from 'node:fs';
@@ -66,9 +69,66 @@ t.test('hostile front ends end only their own connection', async (t) => {
   const answered = await exchange(socket, header(GET_FEATURES, 0x1, 0));
   t.equal(answered.reply.length, 20, 'a well-formed GET_FEATURES is still answered (12-byte header, u64)');
 
+  // A front end that asks and never reads: once its socket buffer is full it is hung up on, at once.
+  const flood = await new Promise<{ closed: boolean; pending: number }>((resolve) => {
+    const c = net.connect(socket);
+    const asks = Buffer.concat(Array.from({ length: 4096 }, () => header(GET_FEATURES, 0x1, 0)));
+    const timer = setTimeout(() => {
+      c.destroy();
+      resolve({ closed: false, pending: 0 });
+    }, 10_000);
+    c.on('error', () => undefined);
+    c.on('close', () => {
+      clearTimeout(timer);
+      resolve({ closed: true, pending: c.readableLength });
+    });
+    const send = (): void => {
+      while (c.write(asks));
+      c.once('drain', send);
+    };
+    c.on('connect', () => {
+      c.pause();
+      send();
+    });
+  });
+  t.ok(flood.closed, 'a front end that never reads its replies is hung up on');
+  const hungUp = (): boolean => served.logs().some((l) => l.msg === 'vhost-user connection closed' && l.reason === 'the front end does not read its replies');
+  for (let i = 0; i < 100 && !hungUp(); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(hungUp(), 'and why is logged');
+
+  // A front end that writes requests as fast as it can (SET_OWNER: no reply) does not starve the others.
+  let flooding = true;
+  const flooder = net.connect(socket);
+  flooder.on('error', () => undefined);
+  const owners = Buffer.concat(Array.from({ length: 4096 }, () => header(SET_OWNER, 0x1, 0)));
+  const pump = (): void => {
+    while (flooding && flooder.write(owners));
+    if (flooding) flooder.once('drain', pump);
+  };
+  flooder.on('connect', pump);
+  const stopFlood = setTimeout(() => (flooding = false), 30_000);
+  const during = await run(libblkioTools()['blkio-info'], ['virtio-blk-vhost-user', `path=${socket}`, 'capacity']);
+  const stillFlooding = flooding && !flooder.destroyed;
+  flooding = false;
+  clearTimeout(stopFlood);
+  flooder.destroy();
+  t.equal(during.stdout.trim(), String(64 << 20), 'blkio-info is answered while another front end floods the server');
+  t.ok(stillFlooding, 'before the flood ended (the flooder was not cut)');
+
+  // One that asks a thousand questions and hangs up without the answers: replies to a closed socket (EPIPE).
+  await new Promise<void>((resolve) => {
+    const c = net.connect(socket, () => c.write(Buffer.concat(Array.from({ length: 1000 }, () => header(GET_FEATURES, 0x1, 0))), () => c.destroy()));
+    c.on('error', () => undefined);
+    c.on('close', () => resolve());
+  });
+  const epipe = (): boolean => served.logs().some((l) => /^send failed/.test(String(l.reason)));
+  for (let i = 0; i < 100 && !epipe() && served.proc.exitCode === null; i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(epipe(), 'replies to a front end that hung up end its connection, logged');
+
   const info = await run(libblkioTools()['blkio-info'], ['virtio-blk-vhost-user', `path=${socket}`, 'capacity']);
   t.equal(info.stdout.trim(), String(64 << 20), 'and the next front end is served');
   t.ok(served.logs().some((l) => /protocol violation|closing vhost-user connection/.test(String(l.msg))), 'violations are logged');
   t.equal(served.proc.exitCode, null, 'the server is still running');
+  if (served.proc.exitCode !== null) t.comment(JSON.stringify(served.logs().slice(-5)));
   t.equal((await stalled).closed, false, 'the connection with half a message was left waiting, not cut');
 });

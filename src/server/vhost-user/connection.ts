@@ -33,6 +33,10 @@ import { MemoryTable } from './memory-table.js';
 import { QueueRunner, type QueueStats } from './queue-runner.js';
 
 const HEADER_SIZE = 12;
+/** Messages read per readable event: the loop then serves other connections and handles these. */
+const READ_BATCH = 64;
+/** Messages read and not yet handled before the socket is left unread (a handler may wait for I/O). */
+const MAX_QUEUED = 256;
 /** SET_MEM_TABLE brings up to 8 region fds, the most any message has. */
 const MAX_FDS = 8;
 
@@ -44,7 +48,8 @@ interface QueueFds {
 
 export class VhostUserConnection implements Connection, VhostUserHost {
   private readonly fd: number;
-  private readonly watch: FdWatch;
+  /** Watches the socket for input; null while the connection has MAX_QUEUED messages waiting. */
+  private watch: FdWatch | null;
   private readonly backend: VhostUserBackend;
   private readonly memory = new MemoryTable();
   private readonly runners = new Map<number, QueueRunner>();
@@ -79,7 +84,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
       queues: settings.numQueues,
       config: () => blkConfig(settings),
     });
-    this.watch = requireNative('vhost-user').watchFd(this.fd, () => this.readable());
+    this.watch = this.watchSocket();
   }
 
   get busy(): boolean {
@@ -99,7 +104,8 @@ export class VhostUserConnection implements Connection, VhostUserHost {
     if (this.closed) return;
     this.closed = true;
     this.closeReason = reason;
-    this.watch.stop();
+    this.watch?.stop();
+    this.watch = null;
     void this.backend.shutdown().finally(() => {
       for (const fd of this.partial.fds) fs.closeSync(fd);
       fs.closeSync(this.fd);
@@ -122,13 +128,21 @@ export class VhostUserConnection implements Connection, VhostUserHost {
 
   // --- reading messages ----------------------------------------------------
 
+  private watchSocket(): FdWatch {
+    return requireNative('vhost-user').watchFd(this.fd, () => this.readable());
+  }
+
   /**
-   * Reads what the socket has: a header with its own recvmsg (so the fds
-   * that came with it are its), then its payload; a message that arrives
-   * in pieces is finished on the next readable event.
+   * Reads what the socket has, READ_BATCH messages at most (a front end
+   * that writes as fast as we read must not hold the event loop), a header
+   * with its own recvmsg (so the fds that came with it are its), then its
+   * payload; a message that arrives in pieces is finished on the next
+   * readable event. With MAX_QUEUED messages waiting to be handled the
+   * socket is left unwatched until they are.
    */
   private readable(): void {
-    for (;;) {
+    let read = 0;
+    while (read < READ_BATCH) {
       const partial = this.partial;
       const target = partial.payload ?? partial.header;
       let got;
@@ -152,6 +166,11 @@ export class VhostUserConnection implements Connection, VhostUserHost {
       }
       this.incoming.push({ header: partial.decoded!, payload: partial.payload, fds: partial.fds });
       this.partial = emptyPartial();
+      read++;
+    }
+    if (this.incoming.length >= MAX_QUEUED && this.watch) {
+      this.watch.stop();
+      this.watch = null;
     }
     void this.handleAll();
   }
@@ -172,8 +191,16 @@ export class VhostUserConnection implements Connection, VhostUserHost {
         const step = await this.backend.receive(next.header, next.payload, next.fds);
         this.carryOut(next.header, step);
       }
+    } catch (err) {
+      // A bug of ours, not the front end's: this connection ends, the server goes on.
+      this.log.error({ err }, 'vhost-user connection failed');
+      this.destroy(`internal error: ${(err as Error).message}`);
     } finally {
       this.handling = false;
+    }
+    if (!this.closed) {
+      if (!this.watch) this.watch = this.watchSocket();
+      return;
     }
     for (const { fds } of this.incoming.splice(0)) for (const fd of fds) fs.closeSync(fd);
   }
@@ -190,13 +217,24 @@ export class VhostUserConnection implements Connection, VhostUserHost {
     }
   }
 
-  /** Replies are small: the socket takes them whole; a front end that does not read is hung up on. */
+  /**
+   * Replies are small and one at a time: the socket buffer takes them
+   * whole unless the front end has left a socket buffer's worth unread,
+   * and such a front end is hung up on rather than waited for.
+   */
   private send(message: Buffer, fds: number[]): void {
     let sent = 0;
-    for (let spins = 0; sent < message.length && spins < 10_000; spins++) {
-      sent += sendWithFds(this.fd, message.subarray(sent), sent === 0 ? fds : []);
+    while (sent < message.length) {
+      let n;
+      try {
+        n = sendWithFds(this.fd, message.subarray(sent), sent === 0 ? fds : []);
+      } catch (err) {
+        // EPIPE, ECONNRESET: the front end went away with requests still queued.
+        return this.destroy(`send failed: ${(err as Error).message}`);
+      }
+      if (n === 0) return this.destroy('the front end does not read its replies');
+      sent += n;
     }
-    if (sent < message.length) this.destroy('the front end does not read its replies');
   }
 
   // --- the host of the state table ------------------------------------------

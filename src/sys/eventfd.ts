@@ -26,15 +26,18 @@ const scratch = Buffer.alloc(8);
  * the value, or 0 when it was already 0. The descriptor must be
  * non-blocking (eventfd() makes it so, and so does watchFd), or a read
  * of a zero counter would block the event loop. A value above 2^53 is
- * rounded.
+ * rounded. Throws when the descriptor gives anything but 8 bytes.
  */
 export function eventfdRead(fd: number): number {
+  let n;
   try {
-    fs.readSync(fd, scratch, 0, 8, null);
+    n = fs.readSync(fd, scratch, 0, 8, null);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return 0;
     throw err;
   }
+  // Anything else a front end passed off as an eventfd: a pipe at its end, a socket.
+  if (n !== 8) throw new Error(`read ${n} bytes from descriptor ${fd}, not an eventfd's 8`);
   return Number(scratch.readBigUInt64LE(0));
 }
 

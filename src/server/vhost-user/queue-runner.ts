@@ -106,8 +106,13 @@ export class QueueRunner {
       return;
     }
     const fd = this.kickFd;
-    this.kickWatch = requireNative('vhost-user kick fds').watchFd(fd, () => {
-      eventfdRead(fd);
+    this.kickWatch = requireNative('vhost-user kick fds').watchFd(fd, (error) => {
+      try {
+        if (error) throw error;
+        eventfdRead(fd);
+      } catch (err) {
+        return this.fail(`kick descriptor: ${(err as Error).message}`);
+      }
       this.drain();
     });
     // Chains made available before the watch began.
@@ -179,7 +184,17 @@ export class QueueRunner {
   /** One call for every completion since the last, if the driver wants it. */
   private notify(): void {
     this.notifyQueued = false;
-    if (this.vq.needsNotify() && this.callFd !== null) eventfdWrite(this.callFd);
+    if (this.vq.needsNotify() && this.callFd !== null && !this.signal(this.callFd)) this.fail('the call descriptor cannot be written');
+  }
+
+  /** Writes an eventfd the front end gave; false when that fails (not an eventfd, full, closed). */
+  private signal(fd: number): boolean {
+    try {
+      eventfdWrite(fd);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private count(op: string, failed: boolean): void {
@@ -188,9 +203,10 @@ export class QueueRunner {
   }
 
   private fail(reason: string): void {
+    if (this.broken) return;
     this.broken = true;
     this.unwatchKick();
     this.events.broken(reason);
-    if (this.errFd !== null) eventfdWrite(this.errFd);
+    if (this.errFd !== null) this.signal(this.errFd);
   }
 }

@@ -3,62 +3,23 @@
 // queue count, blkio-copy copies a 256 MiB file in and out, byte for byte.
 // qemu-storage-daemon is the reference back end; vblk must do the same.
 
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { libblkioTools } from '../helpers/libblkio.js';
-import { serve, tempDir } from '../helpers/server.js';
-import { requireTool, run } from '../helpers/tools.js';
+import { tempDir } from '../helpers/server.js';
+import { run } from '../helpers/tools.js';
+import { qemuStorageDaemon, vblkVhostUser, type VhostUserBackend } from '../helpers/vhost-user-backends.js';
 
 const SIZE = 256 << 20;
 const QUEUES = 2;
-
-interface Backend {
-  name: string;
-  /** Serves IMAGE (raw) over vhost-user-blk on SOCKET with `queues` queues; resolves once it listens. */
-  start(t: Test, image: string, socket: string, queues: number): Promise<void>;
-}
-
-async function waitForSocket(socket: string, alive: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !fs.existsSync(socket); i++) {
-    if (!alive()) throw new Error(`the back end exited before listening on ${socket}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!fs.existsSync(socket)) throw new Error(`no socket at ${socket}`);
-}
-
-const qemuStorageDaemon: Backend = {
-  name: 'qemu-storage-daemon',
-  async start(t, image, socket, queues) {
-    requireTool('qemu-storage-daemon');
-    const proc = spawn('qemu-storage-daemon', [
-      '--blockdev', `driver=file,node-name=f,filename=${image}`,
-      '--blockdev', 'driver=raw,node-name=r,file=f',
-      '--export', `type=vhost-user-blk,id=e,node-name=r,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues}`,
-    ], { stdio: 'inherit' });
-    let alive = true;
-    proc.on('exit', () => (alive = false));
-    t.teardown(() => {
-      if (alive) proc.kill('SIGKILL');
-    });
-    await waitForSocket(socket, () => alive);
-  },
-};
-
-const vblk: Backend = {
-  name: 'vblk',
-  async start(t, image, socket, queues) {
-    await serve(t, [image, '--vhost-user-blk', socket, '--num-queues', String(queues)], { socket: false });
-  },
-};
 
 function sha256(file: string, length = SIZE): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file).subarray(0, length)).digest('hex');
 }
 
-function libblkioSuite(backend: Backend): void {
+function libblkioSuite(backend: VhostUserBackend): void {
   t.test(`${backend.name}: blkio-info and blkio-copy through libblkio's virtio-blk-vhost-user driver`, async (t) => {
     const tools = libblkioTools();
     const dir = tempDir(t);
@@ -92,4 +53,4 @@ function libblkioSuite(backend: Backend): void {
 }
 
 libblkioSuite(qemuStorageDaemon);
-libblkioSuite(vblk);
+libblkioSuite(vblkVhostUser);

@@ -3,9 +3,13 @@
 // back end (vblk serve --vhost-user-blk, qemu-storage-daemon).
 //
 // Guest memory is one memfd mapped here (the native addon's mapShared)
-// and shared as one or more regions, each a slice of the file, with
-// made-up user addresses well apart from the guest-physical ones, so a
-// back end that mixes the two up is caught. Negotiation follows QEMU's
+// and shared as one or more regions, each a slice of the file, with a
+// hole between regions in guest-physical space (as below 4 GiB on a PC)
+// and made-up user addresses well apart from the guest-physical ones, so
+// a back end that mixes the two up is caught. A request's buffers never
+// cross a region (libvhost-user counts a buffer split across regions as
+// two descriptors, and calls an indirect table "looped" when the count
+// passes its length). Negotiation follows QEMU's
 // order (SET_OWNER, features, protocol features with REPLY_ACK, MQ,
 // CONFIG and CONFIGURE_MEM_SLOTS, queue count, config space, memory by
 // SET_MEM_TABLE or ADD_MEM_REG, then per ring NUM, BASE, ADDR, CALL,
@@ -154,6 +158,8 @@ const MiB = 1 << 20;
 /** Front-end "virtual" addresses: far from the guest-physical ones, with a gap between regions. */
 const USER_BASE = 0x7f00_0000_0000;
 const USER_GAP = 0x1000_0000;
+/** The hole between regions in guest-physical space. */
+const GUEST_GAP = 0x100_0000;
 /** The classic struct virtio_blk_config up to write_zeroes_may_unmap and its padding. */
 const CONFIG_READ = 60;
 /** Header, out data, in data, status: the most buffers a request has. */
@@ -231,10 +237,14 @@ export class VhostUserDriver {
     this.memfd = memfdCreate('vblk-test-guest');
     fs.ftruncateSync(this.memfd, size);
     this.mapping = requireNative('the vhost-user test driver').mapShared(this.memfd, 0, size, true);
-    this.memory = new BufferGuestMemory([{ gpa: 0, buffer: Buffer.from(this.mapping.windows[0]!) }]);
+    const whole = Buffer.from(this.mapping.windows[0]!);
     const regionSize = size / regions;
+    const gpa = (i: number) => i * (regionSize + GUEST_GAP);
+    this.memory = new BufferGuestMemory(
+      Array.from({ length: regions }, (_, i) => ({ gpa: gpa(i), buffer: whole.subarray(i * regionSize, (i + 1) * regionSize) })),
+    );
     this.regions = Array.from({ length: regions }, (_, i) => ({
-      guestAddress: BigInt(i * regionSize),
+      guestAddress: BigInt(gpa(i)),
       size: BigInt(regionSize),
       userAddress: BigInt(USER_BASE + i * (regionSize + USER_GAP)),
       mmapOffset: BigInt(i * regionSize),
@@ -245,7 +255,9 @@ export class VhostUserDriver {
     const layouts = Array.from({ length: numQueues }, () =>
       VirtioGuestQueue.layout(this.memory, rings, queueSize, { indirectEntries: this.options.indirect ? MAX_BUFFERS : 0 }),
     );
-    this.heap = new GuestHeap(Math.ceil(rings.top / 4096) * 4096, size);
+    this.heap = new GuestHeap(
+      Array.from({ length: regions }, (_, i): [number, number] => [i === 0 ? Math.ceil(rings.top / 4096) * 4096 : gpa(i), gpa(i) + regionSize]),
+    );
     for (const [index, ring] of layouts.entries()) {
       this.queues.push({
         index,

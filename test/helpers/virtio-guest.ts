@@ -102,14 +102,20 @@ export class GuestAllocator {
   }
 }
 
-/** Guest-physical ranges from [start, end) that are handed out and given back (first fit, merged on release). */
+/**
+ * Guest-physical ranges handed out and given back (first fit, merged on
+ * release) from the [start, end) areas given; a range never crosses from
+ * one area into the next.
+ */
 export class GuestHeap {
-  /** Free ranges [start, end), sorted and never touching. */
+  /** Free ranges [start, end), sorted; touching ones only across an area boundary. */
   private free: [number, number][];
   private readonly taken = new Map<number, number>();
+  private readonly boundaries: Set<number>;
 
-  constructor(start: number, end: number) {
-    this.free = end > start ? [[start, end]] : [];
+  constructor(areas: [number, number][]) {
+    this.free = areas.filter(([start, end]) => end > start).sort((a, b) => a[0] - b[0]);
+    this.boundaries = new Set(this.free.map(([, end]) => end));
   }
 
   /** A range of `length` bytes aligned to `align`, or null when no free range holds it. */
@@ -136,9 +142,10 @@ export class GuestHeap {
     let i = this.free.findIndex(([start]) => start > gpa);
     if (i < 0) i = this.free.length;
     this.free.splice(i, 0, [gpa, stop]);
-    // Merge with the neighbours it touches.
-    if (i + 1 < this.free.length && this.free[i + 1][0] === stop) this.free.splice(i, 2, [gpa, this.free[i + 1][1]]);
-    if (i > 0 && this.free[i - 1][1] === gpa) this.free.splice(i - 1, 2, [this.free[i - 1][0], this.free[i][1]]);
+    // Merge with the neighbours it touches inside its area.
+    const touches = (end: number, start: number) => end === start && !this.boundaries.has(end);
+    if (i + 1 < this.free.length && touches(stop, this.free[i + 1][0])) this.free.splice(i, 2, [gpa, this.free[i + 1][1]]);
+    if (i > 0 && touches(this.free[i - 1][1], gpa)) this.free.splice(i - 1, 2, [this.free[i - 1][0], this.free[i][1]]);
   }
 }
 

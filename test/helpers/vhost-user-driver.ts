@@ -207,7 +207,8 @@ export class VhostUserDriver {
   /** Queues the back end has (GET_QUEUE_NUM, 1 without MQ). */
   backendQueues = 1;
   readonly regions: MemoryRegion[];
-  private readonly memfd: number;
+  /** The memfd behind guest memory (hostile tests share it in messages of their own). */
+  readonly memfd: number;
   private readonly mapping: SharedMapping;
   private readonly queues: DriverQueue[] = [];
   private readonly options: Required<Omit<DriverOptions, 'features'>> & { features?: bigint };

@@ -7,11 +7,16 @@
 // closes, the image file must hold exactly what the model says. Run in
 // three shapes: one queue; four queues with indirect descriptors, event
 // indexes and memory added region by region; two polled queues.
+// Back ends that answer wrongly, not at all, or hang up make connect()
+// fail with an Error that says so, never hang.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
+import { FLAG_REPLY, REQ, VERSION } from '../src/protocol/vhost-user/constants.js';
+import { encodeMessage, encodeU64 } from '../src/protocol/vhost-user/messages.js';
 import { VIRTIO_BLK_S, VIRTIO_F } from '../src/protocol/vhost-user/virtio-constants.js';
 import { tempDir } from './helpers/server.js';
 import { qemuStorageDaemon, vblkVhostUser, type VhostUserBackend } from './helpers/vhost-user-backends.js';
@@ -105,3 +110,36 @@ for (const shape of SHAPES) {
   suite(qemuStorageDaemon, shape);
   suite(vblkVhostUser, shape);
 }
+
+/** A back end on `socket` that answers every GET_FEATURES with `answer` (null: no answer; 'hang up': closes). */
+async function fakeBackEnd(t: Test, socket: string, answer: Buffer | null | 'hang up'): Promise<void> {
+  const server = net.createServer((c) => {
+    c.on('error', () => undefined);
+    c.on('data', (d) => {
+      // SET_OWNER has no reply; answer the message after it (GET_FEATURES).
+      if (d.length >= 24 || d.readUInt32LE(0) === REQ.GET_FEATURES) {
+        if (answer === 'hang up') c.destroy();
+        else if (answer) c.write(answer);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+}
+
+t.test('a back end that answers wrongly, not at all, or hangs up: connect fails with a clear error', async (t) => {
+  const dir = tempDir(t);
+  const cases: [string, Buffer | null | 'hang up', RegExp][] = [
+    ['no reply', null, /no reply to VHOST_USER_GET_FEATURES within 300 ms/],
+    ['a reply to another request', encodeMessage(REQ.GET_QUEUE_NUM, VERSION | FLAG_REPLY, encodeU64(1n)), /the reply to VHOST_USER_GET_FEATURES is VHOST_USER_GET_QUEUE_NUM/],
+    ['a reply of 3 bytes', encodeMessage(REQ.GET_FEATURES, VERSION | FLAG_REPLY, Buffer.alloc(3)), /the reply to GET_FEATURES is malformed/],
+    ['a header of version 2', encodeMessage(REQ.GET_FEATURES, 2 | FLAG_REPLY, encodeU64(0n)), /malformed message from the back end/],
+    ['features without VERSION_1', encodeMessage(REQ.GET_FEATURES, VERSION | FLAG_REPLY, encodeU64(0n)), /does not offer VERSION_1/],
+    ['a hang-up', 'hang up', /the back end closed the connection/],
+  ];
+  for (const [what, answer, error] of cases) {
+    const socket = path.join(dir, `${cases.findIndex((c) => c[0] === what)}.sock`);
+    await fakeBackEnd(t, socket, answer);
+    await t.rejects(VhostUserDriver.connect(socket, { timeoutMs: 300 }), error, what);
+  }
+});

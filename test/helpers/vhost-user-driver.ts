@@ -533,11 +533,6 @@ export class VhostUserDriver {
     });
   }
 
-  /** Writes the kick eventfd of `queue`. */
-  kick(queue: number): void {
-    eventfdWrite(this.queue(queue).kick);
-  }
-
   // --- rings at work -----------------------------------------------------------
 
   private queue(index: number): DriverQueue {

@@ -1,7 +1,8 @@
 // bench/vhost-user: vblk's vhost-user-blk back end against
 // qemu-storage-daemon's, on the same raw image in the page cache, driven
 // by libblkio's blkio-bench (a client neither of us wrote; built by
-// test/helpers/libblkio.ts). Rows: 4 KiB random reads and writes at depth
+// test/helpers/libblkio.ts), or with --driver ts by vblk's own TypeScript
+// front end (bench/vhost-user-driver-load.ts, its own process). Rows: 4 KiB random reads and writes at depth
 // 1 and 32, 1 MiB sequential reads and writes at depth 8, each with one
 // and two queues (blkio-bench threads, one queue each). Each server is
 // measured in turn per row, rounds alternate the order, and the table has
@@ -27,6 +28,8 @@ read/write at QD8, with 1 and 2 queues. Prints medians, the ratio
 vblk/qemu-storage-daemon and server CPU per request. Progress on stderr.
 
 Options:
+  --driver D    the client: blkio (libblkio's blkio-bench, default) or ts
+                (test/helpers/vhost-user-driver.ts in its own process)
   --seconds N   runtime per measurement (default 5)
   --rounds N    rounds (default 3)
   --quick       one round of 2 s
@@ -39,6 +42,7 @@ Examples:
   npm run bench:vhost-user
   npm run bench:vhost-user -- --quick
   node dist/bench/vhost-user.js --rows r4k32q1,r4k32q2 --seconds 10
+  node dist/bench/vhost-user.js --driver ts --rows r4k32q1 --quick
 `;
 
 interface Row {
@@ -103,7 +107,16 @@ function cpuUs(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * TICK_US;
 }
 
-async function measure(server: Server, row: Row, image: string, dir: string, seconds: number): Promise<Measured> {
+const DRIVER_LOAD = fileURLToPath(new URL('./vhost-user-driver-load.js', import.meta.url));
+
+/** The client's command line for a row: blkio-bench's or the TypeScript driver's (same options, same JSON). */
+function client(driver: string, row: Row, socket: string, seconds: number): [string, string[]] {
+  const common = [`--runtime=${seconds}`, `--iodepth=${row.depth}`, `--readwrite=${row.rw}`, `--blocksize=${row.bs}`];
+  if (driver === 'ts') return [process.execPath, [DRIVER_LOAD, ...common, `--queues=${row.queues}`, `--socket=${socket}`]];
+  return [libblkioTools()['blkio-bench'], [...common, `--num-threads=${row.queues}`, 'virtio-blk-vhost-user', `path=${socket}`]];
+}
+
+async function measure(server: Server, row: Row, image: string, dir: string, seconds: number, driver: string): Promise<Measured> {
   const socket = path.join(dir, `${server.name}.sock`);
   fs.rmSync(socket, { force: true });
   writeBack(image);
@@ -111,10 +124,7 @@ async function measure(server: Server, row: Row, image: string, dir: string, sec
   try {
     await waitForSocket(socket, proc);
     const before = cpuUs(proc.pid!);
-    const out = must(libblkioTools()['blkio-bench'], [
-      `--runtime=${seconds}`, `--iodepth=${row.depth}`, `--readwrite=${row.rw}`, `--blocksize=${row.bs}`, `--num-threads=${row.queues}`,
-      'virtio-blk-vhost-user', `path=${socket}`,
-    ]);
+    const out = must(...client(driver, row, socket, seconds));
     const used = cpuUs(proc.pid!) - before;
     const agg = (JSON.parse(out) as { aggregate: { kiops: number; gips: number; mean_lat_us: number } }).aggregate;
     return { kiops: agg.kiops, gibps: agg.gips, meanUs: agg.mean_lat_us, cpuUs: used / (agg.kiops * 1000 * seconds) };
@@ -126,6 +136,7 @@ async function measure(server: Server, row: Row, image: string, dir: string, sec
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
+      driver: { type: 'string' },
       seconds: { type: 'string' },
       rounds: { type: 'string' },
       quick: { type: 'boolean' },
@@ -136,6 +147,8 @@ async function main(): Promise<void> {
     },
   });
   if (values.help) return void process.stdout.write(HELP);
+  const driver = values.driver ?? 'blkio';
+  if (driver !== 'blkio' && driver !== 'ts') throw new Error(`--driver ${driver}: blkio or ts`);
   const seconds = values.quick ? 2 : Number(values.seconds ?? 5);
   const rounds = values.quick ? 1 : Number(values.rounds ?? 3);
   const rows = values.rows ? ROWS.filter((r) => values.rows!.split(',').includes(r.id)) : ROWS;
@@ -144,13 +157,13 @@ async function main(): Promise<void> {
   const image = path.join(dir, 'vblk-bench-vhost-user.raw');
   randomFile(image, Number(values.size ?? 1024) << 20);
   warm(image);
-  progress(`blkio-bench: ${libblkioTools()['blkio-bench']}`);
+  progress(driver === 'ts' ? `client: ${DRIVER_LOAD}` : `blkio-bench: ${libblkioTools()['blkio-bench']}`);
   const results = new Map<string, Measured[]>();
   for (let round = 1; round <= rounds; round++) {
     for (const row of rows) {
       const order = round % 2 ? SERVERS : [...SERVERS].reverse();
       for (const server of order) {
-        const m = await measure(server, row, image, dir, seconds);
+        const m = await measure(server, row, image, dir, seconds, driver);
         const key = `${row.id}/${server.name}`;
         results.set(key, [...(results.get(key) ?? []), m]);
         progress(`  round ${round}: ${server.name.padEnd(5)} ${row.title.padEnd(22)} ${m.kiops.toFixed(1)}k IOPS ${m.gibps.toFixed(2)} GiB/s ${m.meanUs.toFixed(0)} µs, CPU ${m.cpuUs.toFixed(1)} µs/req`);

@@ -244,6 +244,28 @@ t.test('a malformed chain fails with IOERR when its last writable byte maps; wit
   t.match(unmapped, { kind: 'reset', head: 3, reason: /no status byte maps/ });
 });
 
+t.test('a malformed chain of more than 2^32 - 1 writable bytes reports a used length that fits the used element', async (t) => {
+  // Two writable descriptors of 2^31 bytes: the chain is past the spec's 2^32 bytes (this once crashed vblk serve).
+  const memory = new BufferGuestMemory([{ gpa: BASE, buffer: Buffer.alloc(MIB) }]);
+  const guest = VirtioGuestQueue.layout(memory, new GuestAllocator(BASE, BASE + MIB), 16);
+  const status = BASE + MIB - 1;
+  memory.write(BASE + MIB - 32, header(VIRTIO_BLK_T.IN));
+  guest.addChain([
+    { gpa: BASE + MIB - 32, length: 16, writable: false },
+    { gpa: BASE, length: 2 ** 31, writable: true },
+    { gpa: BASE, length: 2 ** 31, writable: true },
+    { gpa: status, length: 1, writable: true },
+  ]);
+  guest.publish();
+  const queue = new SplitVirtqueue({ size: 16, ...guest.deviceRings(), memory, eventIdx: false });
+  const popped = queue.pop();
+  if (!popped || popped.kind !== 'malformed') throw new Error(`pop gave ${popped?.kind ?? 'null'}`);
+  const action = blkAction(popped, SETTINGS);
+  t.match(action, { kind: 'complete', status: VIRTIO_BLK_S.IOERR, usedLength: 0xffffffff });
+  t.equal(memory.read(status, 1)[0], VIRTIO_BLK_S.IOERR, 'IOERR in the status byte');
+  if (action.kind === 'complete') t.doesNotThrow(() => queue.push(action.head, action.usedLength), 'and the used element takes it');
+});
+
 t.test('property: any header and layout is answered without throwing, and what is submitted is in range', async () => {
   const part = fc.oneof(
     fc.record({ bytes: fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a)) }),

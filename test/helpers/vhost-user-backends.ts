@@ -23,6 +23,8 @@ export interface RunningBackend {
 
 export interface VhostUserBackend {
   name: string;
+  /** What GET_ID answers for an image served as start() serves it (NUL-padded to 20 bytes). */
+  id: string;
   /** Serves `image` on `socket`; resolves once it listens. Stopped when the test ends at the latest. */
   start(t: Teardown, image: string, socket: string, options: BackendOptions): Promise<RunningBackend>;
 }
@@ -38,6 +40,8 @@ export async function waitForSocket(socket: string, alive: () => boolean): Promi
 
 export const qemuStorageDaemon: VhostUserBackend = {
   name: 'qemu-storage-daemon',
+  // QEMU 7.2's vhost-user-blk export answers GET_ID with a fixed serial.
+  id: 'vhost_user_blk',
   async start(t, image, socket, { queues, format = 'raw' }) {
     requireTool('qemu-storage-daemon');
     const proc = spawn('qemu-storage-daemon', [
@@ -65,6 +69,8 @@ export const qemuStorageDaemon: VhostUserBackend = {
 
 export const vblkBackend: VhostUserBackend = {
   name: 'vblk',
+  // The default export's gateway id.
+  id: 'vblk',
   async start(t, image, socket, { queues }) {
     const served = await serve(t, [image, '--vhost-user-blk', socket, '--num-queues', String(queues)], { socket: false });
     return { stop: async () => (await served.stop()).code, logs: () => served.logs() };

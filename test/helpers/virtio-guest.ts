@@ -6,6 +6,10 @@
 // no notifications; whoever drives the device decides when to pop.
 // Rings are plain little-endian bytes here: the guest is another "CPU"
 // that the device must not trust, so nothing is shared with its code.
+// The same queue drives a real back end in another process when its
+// memory is a shared mapping (vhost-user-driver.ts): the idx fields are
+// then read and written with Atomics (acquire/release, as virtqueue.ts
+// explains), which costs the Buffer-backed tests nothing.
 
 import type { GuestMemory } from '../../src/protocol/vhost-user/guest-memory.js';
 import {
@@ -91,10 +95,63 @@ export class GuestAllocator {
     this.next = gpa + length;
     return gpa;
   }
+
+  /** The first guest-physical address not handed out yet. */
+  get top(): number {
+    return this.next;
+  }
+}
+
+/**
+ * Guest-physical ranges handed out and given back (first fit, merged on
+ * release) from the [start, end) areas given; a range never crosses from
+ * one area into the next.
+ */
+export class GuestHeap {
+  /** Free ranges [start, end), sorted; touching ones only across an area boundary. */
+  private free: [number, number][];
+  private readonly taken = new Map<number, number>();
+  private readonly boundaries: Set<number>;
+
+  constructor(areas: [number, number][]) {
+    this.free = areas.filter(([start, end]) => end > start).sort((a, b) => a[0] - b[0]);
+    this.boundaries = new Set(this.free.map(([, end]) => end));
+  }
+
+  /** A range of `length` bytes aligned to `align`, or null when no free range holds it. */
+  alloc(length: number, align = 16): number | null {
+    for (let i = 0; i < this.free.length; i++) {
+      const [start, end] = this.free[i];
+      const gpa = Math.ceil(start / align) * align;
+      const stop = gpa + Math.max(length, 1);
+      if (stop > end) continue;
+      const rest: [number, number][] = [];
+      if (gpa > start) rest.push([start, gpa]);
+      if (stop < end) rest.push([stop, end]);
+      this.free.splice(i, 1, ...rest);
+      this.taken.set(gpa, stop);
+      return gpa;
+    }
+    return null;
+  }
+
+  release(gpa: number): void {
+    const stop = this.taken.get(gpa);
+    if (stop === undefined) throw new RangeError(`guest range at ${gpa} was not handed out`);
+    this.taken.delete(gpa);
+    let i = this.free.findIndex(([start]) => start > gpa);
+    if (i < 0) i = this.free.length;
+    this.free.splice(i, 0, [gpa, stop]);
+    // Merge with the neighbours it touches inside its area.
+    const touches = (end: number, start: number) => end === start && !this.boundaries.has(end);
+    if (i + 1 < this.free.length && touches(stop, this.free[i + 1][0])) this.free.splice(i, 2, [gpa, this.free[i + 1][1]]);
+    if (i > 0 && touches(this.free[i - 1][1], gpa)) this.free.splice(i - 1, 2, [this.free[i - 1][0], this.free[i][1]]);
+  }
 }
 
 export interface Descriptor {
-  addr: number;
+  /** A bigint for addresses past 2^53 (hostile tests). */
+  addr: number | bigint;
   len: number;
   flags: number;
   next: number;
@@ -119,7 +176,7 @@ export interface RingAddresses {
 
 export function encodeDescriptor(d: Descriptor): Buffer {
   const b = Buffer.alloc(VIRTQ_DESC_SIZE);
-  b.writeBigUInt64LE(BigInt(d.addr), 0);
+  b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(d.addr)), 0);
   b.writeUInt32LE(d.len, 8);
   b.writeUInt16LE(d.flags, 12);
   b.writeUInt16LE(d.next, 14);
@@ -238,11 +295,28 @@ export class VirtioGuestQueue {
     this.pending++;
   }
 
-  /** Raises avail idx over the offered entries. */
+  /** Raises avail idx over the offered entries (a release store: the entries and descriptors are visible first). */
   publish(): void {
     this.availIdx = (this.availIdx + this.pending) & 0xffff;
     this.pending = 0;
-    this.memory.view(this.rings.avail + 2, 2).writeUInt16LE(this.availIdx);
+    Atomics.store(this.u16(this.rings.avail + 2), 0, this.availIdx);
+  }
+
+  /** Sets avail idx to anything (hostile tests); later publishes count from it. */
+  publishIdx(idx: number): void {
+    this.availIdx = idx & 0xffff;
+    this.pending = 0;
+    Atomics.store(this.u16(this.rings.avail + 2), 0, this.availIdx);
+  }
+
+  /** The avail idx as last published. */
+  get publishedIdx(): number {
+    return this.availIdx;
+  }
+
+  /** The used idx up to which takeUsed has read. */
+  get lastUsedIdx(): number {
+    return this.lastUsed;
   }
 
   /** Used entries since the last call; their descriptors go back to the free list. */
@@ -264,8 +338,9 @@ export class VirtioGuestQueue {
     return out;
   }
 
+  /** An acquire load: the used elements below it are visible once it is read. */
   get usedIdx(): number {
-    return this.memory.view(this.rings.used + 2, 2).readUInt16LE();
+    return Atomics.load(this.u16(this.rings.used + 2), 0);
   }
 
   get usedFlags(): number {
@@ -274,7 +349,7 @@ export class VirtioGuestQueue {
 
   /** The device's avail_event (after the used ring's entries). */
   get availEvent(): number {
-    return this.memory.view(this.rings.used + 4 + VIRTQ_USED_ELEM_SIZE * this.size, 2).readUInt16LE();
+    return Atomics.load(this.u16(this.rings.used + 4 + VIRTQ_USED_ELEM_SIZE * this.size), 0);
   }
 
   set availFlags(flags: number) {
@@ -283,7 +358,12 @@ export class VirtioGuestQueue {
 
   /** The driver's used_event (after the avail ring's entries). */
   set usedEvent(idx: number) {
-    this.memory.view(this.rings.avail + 4 + 2 * this.size, 2).writeUInt16LE(idx & 0xffff);
+    Atomics.store(this.u16(this.rings.avail + 4 + 2 * this.size), 0, idx & 0xffff);
+  }
+
+  private u16(gpa: number): Uint16Array {
+    const view = this.memory.view(gpa, 2);
+    return new Uint16Array(view.buffer, view.byteOffset, 1);
   }
 
   private take(n: number): number[] {

@@ -206,6 +206,7 @@ class CorruptingDevice implements BlockDevice {
 /** vblk's server and vhost-user front end in this process, over a device that corrupts reads. */
 const corrupting: VhostUserBackend = {
   name: 'a back end that corrupts reads',
+  id: 'vblk',
   async start(t, image, socket, { queues }) {
     const { engine } = chooseEngine('sync');
     const registry = new ExportRegistry();

@@ -35,7 +35,10 @@
 // status byte is the last of them, and a driver may only trust bytes
 // within the used length. An underestimate would hide the status; an
 // overestimate only covers the guest's own buffer, which a failed read
-// leaves as it was.
+// leaves as it was. The used element's length is a u32, so a chain with
+// more device-writable bytes than that (only a malformed one, or one of
+// exactly 2^32 bytes) reports 2^32 - 1: its status lies past what any
+// length could report anyway.
 
 import { request, type Request } from '../../device/types.js';
 import type { BlkSettings } from './blk-config.js';
@@ -85,12 +88,16 @@ function rangeOffset(lo: number, hi: number, length: number, capacity: number): 
   return sector * SECTOR;
 }
 
+/** The largest length a used element holds. */
+const MAX_USED_LENGTH = 0xffffffff;
+
 export function blkAction(chain: Chain | MalformedChain, s: BlkSettings): BlkAction {
   const { head, writableLength } = chain;
+  const usedLength = Math.min(writableLength, MAX_USED_LENGTH);
   if (chain.kind === 'malformed') {
     const status = chain.lastWritableByte;
     if (!status) return { kind: 'reset', head, reason: `${chain.reason}, and no status byte maps` };
-    return complete(head, status, ioerr(chain.reason), writableLength);
+    return complete(head, status, ioerr(chain.reason), usedLength);
   }
   const readable: Buffer[] = [];
   const writable: Buffer[] = [];
@@ -98,8 +105,8 @@ export function blkAction(chain: Chain | MalformedChain, s: BlkSettings): BlkAct
   const status = writableLength > 0 ? sliceViews(writable, writableLength - 1, 1)[0] : undefined;
   if (!status) return { kind: 'reset', head, reason: `request at head ${head} has no device-writable status byte` };
   const answer = answerRequest(chain, readable, writable, s);
-  if (Array.isArray(answer)) return { kind: 'submit', head, requests: answer, status, usedLength: writableLength };
-  return complete(head, status, answer, writableLength);
+  if (Array.isArray(answer)) return { kind: 'submit', head, requests: answer, status, usedLength };
+  return complete(head, status, answer, usedLength);
 }
 
 function complete(head: number, status: Buffer, answer: Verdict, usedLength: number): BlkAction {

@@ -24,7 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cpioArchive, type CpioEntry } from './cpio.js';
 import { loadOrder, moduleTree } from './kernel-modules.js';
-import { tempDir, type Teardown } from './server.js';
+import { killAtEnd, tempDir, type Teardown } from './server.js';
 import { requireTool, run } from './tools.js';
 
 /** Bump when what goes into the cache changes, so old caches are rebuilt. */
@@ -303,14 +303,7 @@ export async function bootGuest(t: Teardown, options: BootOptions): Promise<Boot
   const proc: ChildProcess = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   // 'close', not 'exit': the console's last lines may still be in the pipe at exit.
   const exited = new Promise<number | null>((resolve) => proc.on('close', (code) => resolve(code)));
-  let alive = true;
-  void exited.then(() => (alive = false));
-  t.teardown(async () => {
-    if (alive) {
-      proc.kill('SIGKILL');
-      await exited;
-    }
-  });
+  killAtEnd(t, proc, exited);
 
   let consoleText = '';
   let stderr = '';

@@ -34,6 +34,22 @@ export interface Served {
   stop(signal?: NodeJS.Signals): Promise<Exit>;
 }
 
+/**
+ * Kills `proc` (SIGKILL) when the test ends if it still runs, and waits
+ * for `exited`. Returns whether it still runs.
+ */
+export function killAtEnd(t: Teardown, proc: ChildProcess, exited: Promise<unknown>): () => boolean {
+  let alive = true;
+  void exited.then(() => (alive = false));
+  t.teardown(async () => {
+    if (alive) {
+      proc.kill('SIGKILL');
+      await exited;
+    }
+  });
+  return () => alive;
+}
+
 /** A short temporary directory (UNIX socket paths must stay under 108 bytes). */
 export function tempDir(t: Teardown, prefix = 'vblk-'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -86,14 +102,7 @@ export async function serve(
   proc.stdout!.resume();
   proc.stderr!.on('data', (d) => (stderr += d));
   const exited = new Promise<Exit>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-  let alive = true;
-  void exited.then(() => (alive = false));
-  t.teardown(async () => {
-    if (alive) {
-      proc.kill('SIGKILL');
-      await exited;
-    }
-  });
+  const alive = killAtEnd(t, proc, exited);
   const logs = (): Record<string, unknown>[] =>
     stderr
       .split('\n')
@@ -104,7 +113,7 @@ export async function serve(
   const deadline = Date.now() + (options.readyTimeoutMs ?? 15_000);
   let ready: Record<string, unknown> | undefined;
   while (!(ready = logs().find((l) => l.msg === 'ready'))) {
-    if (!alive || Date.now() > deadline) {
+    if (!alive() || Date.now() > deadline) {
       proc.kill('SIGKILL');
       throw new Error(`vblk serve ${full.join(' ')} did not become ready:\n${stderr}`);
     }
@@ -120,7 +129,7 @@ export async function serve(
     exited,
     logs,
     stop: async (signal = 'SIGTERM') => {
-      if (alive) proc.kill(signal);
+      if (alive()) proc.kill(signal);
       return exited;
     },
   };

@@ -5,7 +5,7 @@
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { serve, type Teardown } from './server.js';
+import { killAtEnd, serve, type Teardown } from './server.js';
 import { requireTool } from './tools.js';
 
 export interface BackendOptions {
@@ -49,17 +49,12 @@ export const qemuStorageDaemon: VhostUserBackend = {
       '--blockdev', `driver=${format},node-name=img,file=f`,
       '--export', `type=vhost-user-blk,id=e,node-name=img,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues}`,
     ], { stdio: 'inherit' }); // prettier-ignore
-    let alive = true;
     const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-    proc.on('exit', () => (alive = false));
-    t.teardown(async () => {
-      if (alive) proc.kill('SIGKILL');
-      await exited;
-    });
-    await waitForSocket(socket, () => alive);
+    const alive = killAtEnd(t, proc, exited);
+    await waitForSocket(socket, alive);
     return {
       stop: () => {
-        if (alive) proc.kill('SIGTERM');
+        if (alive()) proc.kill('SIGTERM');
         return exited;
       },
       logs: () => [],

@@ -83,10 +83,11 @@ Options:
                            stops reading from it (default 64)
   --poll-us N              with no request in flight, keep the event loop
                            polling for N microseconds after socket activity
-                           before it sleeps: a client's next request is then
-                           picked up without waking a halted CPU (default
-                           50; 0 turns it off, for hosts where an idle core
-                           must stay idle)
+                           or a vhost-user completion before it sleeps: a
+                           client's next request (or a guest's next kick)
+                           is then picked up without waking a halted CPU
+                           (default 50; 0 turns it off, for hosts where an
+                           idle core must stay idle)
   --engine NAME            how to do the I/O: auto (default), sync, threads,
                            uring or posix-aio; 'vblk info --engines' lists
                            what this host has
@@ -238,7 +239,7 @@ export const serve: Command<ServeValues> = {
     const nbd = nbdFrontEnd(registry, options);
     try {
       for (const e of endpoints) await server.listen(e, nbd);
-      for (const { name, endpoint } of vhostUser) await server.listen(endpoint, vhostUserFrontEnd(registry.find(name)!, numQueues));
+      for (const { name, endpoint } of vhostUser) await server.listen(endpoint, vhostUserFrontEnd(registry.find(name)!, numQueues, options.busyPoll));
     } catch (err) {
       // Export failures are logged by the shutdown; the listen error is the one to report.
       await server.shutdown().catch(() => undefined);

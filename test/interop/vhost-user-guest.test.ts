@@ -21,6 +21,7 @@ import t, { type Test } from 'tap';
 import { BlockDevice, joinSegments, type ReadSegment, type Request } from '../../src/device/types.js';
 import { openImage } from '../../src/device/images/open.js';
 import { chooseEngine } from '../../src/io/probe.js';
+import { BusyPoll } from '../../src/server/busy-poll.js';
 import { ExportRegistry } from '../../src/server/exports.js';
 import { Server } from '../../src/server/server.js';
 import { vhostUserFrontEnd } from '../../src/server/vhost-user/front-end.js';
@@ -212,7 +213,7 @@ const corrupting: VhostUserBackend = {
     const registry = new ExportRegistry();
     const served = registry.add('', new CorruptingDevice(await openImage(image, { readOnly: false, engine })));
     const server = new Server(registry, { shutdownTimeoutMs: 10_000 }, pino({ level: 'silent' }));
-    await server.listen({ kind: 'unix', path: socket, mode: 0o600 }, vhostUserFrontEnd(served, queues));
+    await server.listen({ kind: 'unix', path: socket, mode: 0o600 }, vhostUserFrontEnd(served, queues, new BusyPoll(0)));
     let stopped: Promise<number> | null = null;
     const stop = (): Promise<number> => (stopped ??= server.shutdown().then(() => (engine.close(), 0)));
     t.teardown(stop);

@@ -26,6 +26,7 @@ import { ringSizes, SplitVirtqueue } from '../../protocol/vhost-user/virtqueue.j
 import { recvWithFds, sendWithFds } from '../../sys/fd-passing.js';
 import { memfdCreate } from '../../sys/memfd.js';
 import { duplicateFd } from '../../sys/syscalls.js';
+import type { BusyPoll } from '../busy-poll.js';
 import type { Connection } from '../connection.js';
 import type { ServedExport } from '../exports.js';
 import { socketFd } from '../socket-fd.js';
@@ -71,6 +72,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
     socket: net.Socket,
     private readonly served: ServedExport,
     private readonly settings: BlkSettings,
+    private readonly busyPoll: BusyPoll,
     private readonly log: Logger,
     private readonly onClosed: (conn: VhostUserConnection) => void,
   ) {
@@ -299,7 +301,7 @@ export class VhostUserConnection implements Connection, VhostUserHost {
       broken: (reason: string) => this.log.error({ queue, reason }, 'vhost-user queue stopped: the device needs reset'),
       failed: (op: string, reason: string) => this.log.debug({ queue, op, reason }, 'vhost-user request failed'),
     };
-    this.runners.set(queue, new QueueRunner(queue, vq, this.served.gateway, this.settings, fds.kick, fds.call, fds.err, this.stats, events));
+    this.runners.set(queue, new QueueRunner(queue, vq, this.served.gateway, this.settings, fds.kick, fds.call, fds.err, this.stats, events, this.busyPoll));
     this.log.info({ queue, size: ring.size, eventIdx: vq.eventIdx, nextAvail: vq.lastAvailIdx, redo }, 'vhost-user queue started');
     if (redo > 0) this.log.warn({ queue, requests: redo }, 'vhost-user queue redoes the requests an earlier back end left in flight');
   }

@@ -5,6 +5,7 @@
 
 import type { Logger } from 'pino';
 import { blkIdBytes, type BlkSettings } from '../../protocol/vhost-user/blk-config.js';
+import type { BusyPoll } from '../busy-poll.js';
 import type { FrontEnd } from '../connection.js';
 import type { ServedExport } from '../exports.js';
 import { VhostUserConnection } from './connection.js';
@@ -31,11 +32,12 @@ export function blkSettings(served: ServedExport, numQueues: number): BlkSetting
   };
 }
 
-export function vhostUserFrontEnd(served: ServedExport, numQueues: number): FrontEnd {
+/** `busyPoll`: the server's polling window (busy-poll.ts), opened after completions as for NBD replies. */
+export function vhostUserFrontEnd(served: ServedExport, numQueues: number, busyPoll: BusyPoll): FrontEnd {
   const settings = blkSettings(served, numQueues);
   return {
     protocol: 'vhost-user-blk',
-    connect: (socket, _endpoint, log: Logger, closed) => new VhostUserConnection(socket, served, settings, log, closed),
+    connect: (socket, _endpoint, log: Logger, closed) => new VhostUserConnection(socket, served, settings, busyPoll, log, closed),
     addresses: (endpoint) => (endpoint.kind === 'unix' ? [`vhost-user-blk:${endpoint.path}`] : []),
   };
 }

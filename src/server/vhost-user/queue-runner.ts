@@ -22,6 +22,7 @@ import { virtioStatus } from '../../protocol/vhost-user/status.js';
 import { VIRTIO_BLK_S } from '../../protocol/vhost-user/virtio-constants.js';
 import type { SplitVirtqueue } from '../../protocol/vhost-user/virtqueue.js';
 import { eventfdRead, eventfdWrite } from '../../sys/eventfd.js';
+import type { BusyPoll } from '../busy-poll.js';
 
 export interface QueueStats {
   /** Requests answered, by type. */
@@ -57,6 +58,7 @@ export class QueueRunner {
     private errFd: number | null,
     private readonly stats: QueueStats,
     private readonly events: QueueEvents,
+    private readonly busyPoll: BusyPoll | null = null,
   ) {
     this.watchKick();
   }
@@ -150,6 +152,7 @@ export class QueueRunner {
         continue;
       }
       this.inflight++;
+      this.busyPoll?.begin();
       void this.run(action.head, action.requests, action.status, action.usedLength);
     }
   }
@@ -170,6 +173,7 @@ export class QueueRunner {
     }
     status[0] = code;
     this.complete(head, usedLength);
+    this.busyPoll?.end();
     if (--this.inflight === 0) this.idleWaiters.splice(0).forEach((wake) => wake());
   }
 
@@ -185,6 +189,8 @@ export class QueueRunner {
   private notify(): void {
     this.notifyQueued = false;
     if (this.vq.needsNotify() && this.callFd !== null && !this.signal(this.callFd)) this.fail('the call descriptor cannot be written');
+    // The driver's next request likely follows its completion: keep the loop awake for its kick.
+    this.busyPoll?.touch();
   }
 
   /** Writes an eventfd the front end gave; false when that fails (not an eventfd, full, closed). */

@@ -4,14 +4,18 @@
 // read-write and a read-only export of the same image work together, as
 // with nbd-server and qemu-nbd, instead of the second open colliding with
 // the first one's lock. The image is opened writable when any export of
-// it is; read-only exports see it through a read-only view.
+// it is; read-only exports see it through a read-only view. `memory:SIZE`
+// is a disk in memory instead of a file, its own for each export that
+// names one.
 
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { readOnlyView } from '../device/filters/read-only.js';
+import { MemoryImage } from '../device/images/memory.js';
 import { openImage, type OpenOptions } from '../device/images/open.js';
 import type { BlockDevice } from '../device/types.js';
 import type { ExportRegistry } from '../server/exports.js';
+import { parseSize } from './size.js';
 
 export interface ExportSpec {
   name: string;
@@ -23,24 +27,33 @@ export interface ExportSpec {
 
 type ImageOptions = Omit<OpenOptions, 'readOnly' | 'onWritebackError'>;
 
-function identity(file: string): string {
-  const st = fs.statSync(file);
+const MEMORY = 'memory:';
+
+/** The size a `memory:SIZE` spec asks for, or null when `file` names a file. */
+export function memorySize(file: string): number | null {
+  return file.startsWith(MEMORY) ? parseSize(file.slice(MEMORY.length)) : null;
+}
+
+function identity(spec: ExportSpec, index: number): string {
+  if (memorySize(spec.file) !== null) return `memory #${index}`;
+  const st = fs.statSync(spec.file);
   return `${st.dev}:${st.ino}`;
 }
 
 /** Opens every spec's image (each once) and adds the exports to the registry. */
 export async function openExports(specs: ExportSpec[], options: ImageOptions, registry: ExportRegistry, log: Logger): Promise<void> {
   const groups = new Map<string, ExportSpec[]>();
-  for (const s of specs) {
-    const key = identity(s.file);
+  specs.forEach((s, i) => {
+    const key = identity(s, i);
     groups.set(key, [...(groups.get(key) ?? []), s]);
-  }
+  });
   for (const group of groups.values()) {
     const readOnly = group.every((s) => s.readOnly);
     const names = group.map((s) => s.name);
     const onWritebackError = (file: string, err: Error): void =>
       log.error({ exports: names, file, err: err.message }, 'write-back failed: FLUSH and FUA writes fail from now on, until the image is served again');
-    const device: BlockDevice = await openImage(group[0].file, { ...options, readOnly, onWritebackError });
+    const memory = memorySize(group[0].file);
+    const device: BlockDevice = memory !== null ? new MemoryImage(memory) : await openImage(group[0].file, { ...options, readOnly, onWritebackError });
     for (const s of group) {
       registry.add(s.name, s.readOnly && !readOnly ? readOnlyView(device) : device, s.description ?? '');
       log.info({ export: s.name, file: s.file, readOnly: s.readOnly, shared: group.length > 1 }, 'export ready');

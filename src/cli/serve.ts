@@ -16,7 +16,7 @@ import { nbdFrontEnd } from '../server/nbd/connection.js';
 import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
-import { openExports, type ExportSpec } from './open-exports.js';
+import { memorySize, openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
 import { parseSize } from './size.js';
 
@@ -44,7 +44,9 @@ const HELP = `Usage: vblk serve [FILE] [options]
 
 Serve FILE over NBD (and vhost-user-blk) as the default export (the empty name), together with
 any named exports. Images may be raw or qcow2; a qcow2 image's backing
-chain is opened read-only below it. Prints one NBD URI per export and listener on stdout
+chain is opened read-only below it. FILE may also be memory:SIZE, a disk
+in memory (sparse, gone when vblk exits; each export that names one gets
+its own). Prints one NBD URI per export and listener on stdout
 once it is accepting connections; logs go to stderr as JSON lines.
 SIGINT or SIGTERM finishes the requests in flight, flushes, removes the
 socket and exits 0. If an export's final flush or close fails, that is
@@ -111,6 +113,8 @@ Examples:
   vblk serve top.qcow2 --socket /tmp/vblk.sock
       nbdinfo --map=qemu:allocation-depth nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve var/default.img --create 1G --socket var/vblk.sock
+  vblk serve memory:1G --socket /tmp/vblk.sock
+      qemu-io -f raw -c 'write -P 1 0 1M' nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve disk.qcow2 --vhost-user-blk /tmp/vhost.sock --num-queues 2
       qemu-system-x86_64 -m 1G \\
         -object memory-backend-memfd,id=mem,size=1G,share=on \\
@@ -190,9 +194,10 @@ export const serve: Command<ServeValues> = {
     if (positionals[0]) specs.unshift({ name: '', file: positionals[0], readOnly: false });
     if (specs.length === 0) throw new UsageError('nothing to serve: give FILE or --export NAME=FILE');
     for (const s of specs) s.readOnly ||= v['read-only'] === true;
+    for (const s of specs) usage(() => memorySize(s.file));
     for (const d of v.description ?? []) describe(specs, d);
     if (v.create !== undefined) {
-      if (!positionals[0]) throw new UsageError('--create needs FILE');
+      if (!positionals[0] || memorySize(positionals[0]) !== null) throw new UsageError('--create needs FILE');
       const size = usage(() => parseSize(v.create!));
       if (!fs.existsSync(positionals[0])) RawImage.create(positionals[0], size);
     }

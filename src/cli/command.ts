@@ -15,7 +15,8 @@ export interface Command<V> {
   /** Full help text, examples included. */
   help: string;
   options: Record<string, OptionSpec>;
-  run(values: V, positionals: string[]): Promise<number>;
+  /** `order`: the options as given, name and value, for options whose meaning depends on their place. */
+  run(values: V, positionals: string[], order: { name: string; value: string | undefined }[]): Promise<number>;
 }
 
 export async function runCommand<V>(cmd: Command<V>, argv: string[]): Promise<number> {
@@ -26,6 +27,7 @@ export async function runCommand<V>(cmd: Command<V>, argv: string[]): Promise<nu
       options: { ...cmd.options, help: { type: 'boolean', short: 'h' } },
       allowPositionals: true,
       strict: true,
+      tokens: true,
     });
   } catch (err) {
     throw new UsageError((err as Error).message);
@@ -34,7 +36,8 @@ export async function runCommand<V>(cmd: Command<V>, argv: string[]): Promise<nu
     process.stdout.write(cmd.help);
     return 0;
   }
-  return cmd.run(parsed.values as V, parsed.positionals);
+  const order = parsed.tokens.flatMap((tok) => (tok.kind === 'option' ? [{ name: tok.name, value: tok.value }] : []));
+  return cmd.run(parsed.values as V, parsed.positionals, order);
 }
 
 /** A whole number option within bounds. */

@@ -15,6 +15,7 @@ import { MemoryImage } from '../device/images/memory.js';
 import { openImage, type OpenOptions } from '../device/images/open.js';
 import type { BlockDevice } from '../device/types.js';
 import type { ExportRegistry } from '../server/exports.js';
+import { applyFilters, type FilterSpec } from './filters.js';
 import { parseSize } from './size.js';
 
 export interface ExportSpec {
@@ -23,6 +24,8 @@ export interface ExportSpec {
   readOnly: boolean;
   /** Sent to clients that ask (NBD_INFO_DESCRIPTION, NBD_OPT_LIST); none by default. */
   description?: string;
+  /** Lab filters between this export's clients and the image, the first nearest the clients. */
+  filters?: FilterSpec[];
 }
 
 type ImageOptions = Omit<OpenOptions, 'readOnly' | 'onWritebackError'>;
@@ -55,8 +58,9 @@ export async function openExports(specs: ExportSpec[], options: ImageOptions, re
     const memory = memorySize(group[0].file);
     const device: BlockDevice = memory !== null ? new MemoryImage(memory) : await openImage(group[0].file, { ...options, readOnly, onWritebackError });
     for (const s of group) {
-      registry.add(s.name, s.readOnly && !readOnly ? readOnlyView(device) : device, s.description ?? '');
-      log.info({ export: s.name, file: s.file, readOnly: s.readOnly, shared: group.length > 1 }, 'export ready');
+      const view = s.readOnly && !readOnly ? readOnlyView(device) : device;
+      registry.add(s.name, applyFilters(view, s.filters ?? []), s.description ?? '');
+      log.info({ export: s.name, file: s.file, readOnly: s.readOnly, shared: group.length > 1, filters: (s.filters ?? []).map((f) => f.name) }, 'export ready');
     }
   }
 }

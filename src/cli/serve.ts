@@ -16,6 +16,7 @@ import { nbdFrontEnd } from '../server/nbd/connection.js';
 import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
+import { FILTER_HELP, parseFilter } from './filters.js';
 import { memorySize, openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
 import { parseSize } from './size.js';
@@ -71,6 +72,9 @@ Options:
                            the description clients see for export NAME (or
                            the default export) in NBD_OPT_LIST and INFO;
                            none by default (repeatable)
+  --filter NAME[:key=value,...]
+                           put a lab filter between the clients and the
+                           image (see Filters below)
   --read-only              serve every export read-only
   -U, --force-share        do not lock read-only images, so they can be
                            served while QEMU writes them (like qemu-nbd -U);
@@ -99,6 +103,7 @@ Options:
                            (default info)
   -h, --help               show this help
 
+${FILTER_HELP}
 Examples:
   vblk serve disk.img --socket /tmp/vblk.sock
       qemu-io -f raw nbd+unix:///?socket=/tmp/vblk.sock
@@ -115,6 +120,9 @@ Examples:
   vblk serve var/default.img --create 1G --socket var/vblk.sock
   vblk serve memory:1G --socket /tmp/vblk.sock
       qemu-io -f raw -c 'write -P 1 0 1M' nbd+unix:///?socket=/tmp/vblk.sock
+  vblk serve disk.img --socket /tmp/vblk.sock \\
+      --filter error:op=read,offset=1M,length=1M,error=EIO
+      (reads that touch [1 MiB, 2 MiB) fail with EIO, all else works)
   vblk serve disk.qcow2 --vhost-user-blk /tmp/vhost.sock --num-queues 2
       qemu-system-x86_64 -m 1G \\
         -object memory-backend-memfd,id=mem,size=1G,share=on \\
@@ -124,6 +132,17 @@ Examples:
   vblk serve disk.img --socket /tmp/vblk.sock --vhost-user-blk /tmp/vhost.sock
       (the same image over NBD and to a VM at once: one device, one lock)
 `;
+
+/** A --filter before any --export applies to every export, one after --export NAME=FILE to NAME only. */
+function assignFilters(specs: ExportSpec[], order: { name: string; value: string | undefined }[]): void {
+  let target: string | null = null;
+  for (const { name, value } of order) {
+    if (name === 'export') target = parseExport(value!).name;
+    if (name !== 'filter') continue;
+    const filter = parseFilter(value!);
+    for (const s of specs) if (target === null || s.name === target) (s.filters ??= []).push(filter);
+  }
+}
 
 function parseExport(spec: string): ExportSpec {
   const eq = spec.indexOf('=');
@@ -171,6 +190,7 @@ export const serve: Command<ServeValues> = {
   options: {
     socket: { type: 'string' },
     'vhost-user-blk': { type: 'string', multiple: true },
+    filter: { type: 'string', multiple: true },
     'num-queues': { type: 'string' },
     'socket-mode': { type: 'string' },
     listen: { type: 'string', multiple: true },
@@ -188,10 +208,11 @@ export const serve: Command<ServeValues> = {
     'log-level': { type: 'string' },
   },
 
-  async run(v, positionals) {
+  async run(v, positionals, order) {
     if (positionals.length > 1) throw new UsageError(`expected one FILE, got ${positionals.length}`);
     const specs = (v.export ?? []).map(parseExport);
     if (positionals[0]) specs.unshift({ name: '', file: positionals[0], readOnly: false });
+    assignFilters(specs, order);
     if (specs.length === 0) throw new UsageError('nothing to serve: give FILE or --export NAME=FILE');
     for (const s of specs) s.readOnly ||= v['read-only'] === true;
     for (const s of specs) usage(() => memorySize(s.file));

@@ -84,6 +84,8 @@ export type Result =
 
 export interface BlockDevice {
   readonly size: number;
+  /** A filter's device below it (images have none): exports of one image are closed once, through one chain. */
+  readonly next?: BlockDevice;
   readonly capabilities: Capabilities;
   /** Human-readable one-liner: format and where the data lives. */
   readonly description: string;

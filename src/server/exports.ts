@@ -49,9 +49,13 @@ export class ExportRegistry {
     const all = [...this.exports.values()];
     // A read-only view must not read from a device already closed under it.
     await Promise.all(all.map((e) => e.gateway.drain()));
-    // Exports of one image share its device (cli/open-exports.ts): it is closed once.
+    // Exports of one image share its device (cli/open-exports.ts), each perhaps through its own
+    // filters and read-only view: it is closed once, through one export's chain.
     const byDevice = new Map<BlockDevice, ServedExport[]>();
-    for (const e of all) byDevice.set(e.gateway.device, [...(byDevice.get(e.gateway.device) ?? []), e]);
+    for (const e of all) {
+      const image = bottom(e.gateway.device);
+      byDevice.set(image, [...(byDevice.get(image) ?? []), e]);
+    }
     const closing = [...byDevice.values()].map((group) => closeExport(group));
     this.exports.clear();
     return Promise.all(closing);
@@ -64,8 +68,15 @@ export interface ExportClosed {
   failures: { step: 'flush' | 'close'; error: unknown }[];
 }
 
+function bottom(device: BlockDevice): BlockDevice {
+  let d = device;
+  while (d.next) d = d.next;
+  return d;
+}
+
 async function closeExport(group: ServedExport[]): Promise<ExportClosed> {
-  const e = group[0];
+  // A writable export's chain: a read-only view neither flushes nor closes what it shows.
+  const e = group.find((g) => !g.capabilities.readOnly) ?? group[0]!;
   const closed: ExportClosed = { name: group.map((g) => g.name).join(', '), failures: [] };
   try {
     if (!e.capabilities.readOnly) await e.gateway.device.flush();

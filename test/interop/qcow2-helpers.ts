@@ -3,6 +3,7 @@
 // nbdsh replays (and that the tests replay on a raw reference copy), and
 // qemu-nbd as the reference peer for what a server should report.
 
+import { prng } from '../../src/device/seeded-random.js';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -79,17 +80,7 @@ export async function qemuRaw(t: Test, file: string, format: string, dest: strin
 
 // --- a seeded workload ------------------------------------------------------
 
-/** mulberry32: a small deterministic generator, so a seed replays exactly. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng };
 
 export type OpKind = 'write' | 'zero' | 'trim' | 'flush';
 export interface Op {

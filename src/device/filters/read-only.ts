@@ -14,6 +14,7 @@ function refuse(): Promise<never> {
 export function readOnlyView(next: BlockDevice): BlockDevice {
   const capabilities: Capabilities = { ...next.capabilities, readOnly: true, flush: false, trim: false, zero: false, fastZero: false };
   return {
+    next,
     size: next.size,
     capabilities,
     description: `${next.description} (read-only view)`,

@@ -1,0 +1,112 @@
+// The error filter: requests that match a rule fail with the rule's error
+// and never reach the device; everything else passes through unchanged
+// (nbdkit's error filter, plus a byte range, a count and a delay in
+// requests). A rule matches by operation and by overlap with its range;
+// among the matching requests it skips the first `after`, then fails each
+// with probability `rate` (a seeded generator: the same seed fails the
+// same requests of the same sequence), at most `count` times.
+
+import { DeviceError, type ErrorCode } from '../errors.js';
+import { prng } from '../seeded-random.js';
+import { request, type BlockDevice, type ReadSegment, type Request } from '../types.js';
+import { Passthrough } from './passthrough.js';
+
+export type FilteredOp = 'read' | 'write' | 'flush' | 'trim' | 'zero';
+
+export interface ErrorRule {
+  /** Operations the rule covers. */
+  ops: ReadonlySet<FilteredOp>;
+  /** Byte range [offset, offset + length); a flush has no range and matches any. */
+  offset: number;
+  length: number;
+  error: ErrorCode;
+  /** Probability that a matching request fails, 0 to 1. */
+  rate: number;
+  seed: number;
+  /** Fail at most this many requests (Infinity: no limit). */
+  count: number;
+  /** Let this many matching requests through first. */
+  after: number;
+}
+
+const OP_OF: Partial<Record<Request['op'], FilteredOp>> = { read: 'read', write: 'write', flush: 'flush', trim: 'trim', writeZeroes: 'zero' };
+
+class RuleState {
+  private readonly random: () => number;
+  private seen = 0;
+  private failed = 0;
+
+  constructor(readonly rule: ErrorRule) {
+    this.random = prng(rule.seed);
+  }
+
+  /** The error for this request, or null to let it through. */
+  check(req: Request): DeviceError | null {
+    const op = OP_OF[req.op];
+    const r = this.rule;
+    if (!op || !r.ops.has(op)) return null;
+    if (op !== 'flush' && (req.offset >= r.offset + r.length || req.offset + req.length <= r.offset)) return null;
+    if (this.seen++ < r.after || this.failed >= r.count) return null;
+    if (r.rate < 1 && this.random() >= r.rate) return null;
+    this.failed++;
+    return new DeviceError(r.error, `error filter: ${req.op} at ${req.offset}+${req.length} fails with ${r.error}`);
+  }
+}
+
+export class ErrorFilter extends Passthrough {
+  private readonly rules: RuleState[];
+
+  constructor(next: BlockDevice, rules: ErrorRule[]) {
+    super(next);
+    this.rules = rules.map((r) => new RuleState(r));
+  }
+
+  override get description(): string {
+    return `${this.next.description}, error filter`;
+  }
+
+  /** Every rule sees every request (their counts move), the first that fails it wins. */
+  private check(req: Request): void {
+    let error: DeviceError | null = null;
+    for (const rule of this.rules) {
+      const e = rule.check(req);
+      error ??= e;
+    }
+    if (error) throw error;
+  }
+
+  override async read(req: Request): Promise<ReadSegment[]> {
+    this.check(req);
+    return this.next.read(req);
+  }
+
+  protected override async readIntoNext(req: Request, into: Buffer[]): Promise<void> {
+    this.check(req);
+    return this.next.readInto!(req, into);
+  }
+
+  override async write(req: Request): Promise<void> {
+    this.check(req);
+    return this.next.write(req);
+  }
+
+  protected override async writeFromNext(req: Request, from: Buffer[]): Promise<void> {
+    this.check(req);
+    return this.next.writeFrom!(req, from);
+  }
+
+  override async flush(): Promise<void> {
+    this.check(request('flush', 0, 0));
+    return this.next.flush();
+  }
+
+  override async trim(req: Request): Promise<void> {
+    this.check(req);
+    return this.next.trim(req);
+  }
+
+  override async writeZeroes(req: Request): Promise<void> {
+    this.check(req);
+    return this.next.writeZeroes(req);
+  }
+}

@@ -114,6 +114,6 @@ export function parseFilter(text: string): FilterSpec {
 /** The image under its filters, the first of `filters` nearest the client. */
 export function applyFilters(device: BlockDevice, filters: readonly FilterSpec[]): BlockDevice {
   let top = device;
-  for (const f of [...filters].reverse()) top = new ErrorFilter(top, [f.rule]);
+  for (const f of [...filters].reverse()) top = new ErrorFilter(top, f.rule);
   return top;
 }

@@ -1,4 +1,4 @@
-// The error filter: requests that match a rule fail with the rule's error
+// The error filter: requests that match its rule fail with the rule's error
 // and never reach the device; everything else passes through unchanged
 // (nbdkit's error filter, plus a byte range, a count and a delay in
 // requests). A rule matches by operation and by overlap with its range;
@@ -31,48 +31,33 @@ export interface ErrorRule {
 
 const OP_OF: Partial<Record<Request['op'], FilteredOp>> = { read: 'read', write: 'write', flush: 'flush', trim: 'trim', writeZeroes: 'zero' };
 
-class RuleState {
+export class ErrorFilter extends Passthrough {
   private readonly random: () => number;
   private seen = 0;
   private failed = 0;
 
-  constructor(readonly rule: ErrorRule) {
-    this.random = prng(rule.seed);
-  }
-
-  /** The error for this request, or null to let it through. */
-  check(req: Request): DeviceError | null {
-    const op = OP_OF[req.op];
-    const r = this.rule;
-    if (!op || !r.ops.has(op)) return null;
-    if (op !== 'flush' && (req.offset >= r.offset + r.length || req.offset + req.length <= r.offset)) return null;
-    if (this.seen++ < r.after || this.failed >= r.count) return null;
-    if (r.rate < 1 && this.random() >= r.rate) return null;
-    this.failed++;
-    return new DeviceError(r.error, `error filter: ${req.op} at ${req.offset}+${req.length} fails with ${r.error}`);
-  }
-}
-
-export class ErrorFilter extends Passthrough {
-  private readonly rules: RuleState[];
-
-  constructor(next: BlockDevice, rules: ErrorRule[]) {
+  constructor(
+    next: BlockDevice,
+    private readonly rule: ErrorRule,
+  ) {
     super(next);
-    this.rules = rules.map((r) => new RuleState(r));
+    this.random = prng(rule.seed);
   }
 
   override get description(): string {
     return `${this.next.description}, error filter`;
   }
 
-  /** Every rule sees every request (their counts move), the first that fails it wins. */
+  /** Throws the rule's error for a request it fails; lets the others through. */
   private check(req: Request): void {
-    let error: DeviceError | null = null;
-    for (const rule of this.rules) {
-      const e = rule.check(req);
-      error ??= e;
-    }
-    if (error) throw error;
+    const op = OP_OF[req.op];
+    const r = this.rule;
+    if (!op || !r.ops.has(op)) return;
+    if (op !== 'flush' && (req.offset >= r.offset + r.length || req.offset + req.length <= r.offset)) return;
+    if (this.seen++ < r.after || this.failed >= r.count) return;
+    if (r.rate < 1 && this.random() >= r.rate) return;
+    this.failed++;
+    throw new DeviceError(r.error, `error filter: ${req.op} at ${req.offset}+${req.length} fails with ${r.error}`);
   }
 
   override async read(req: Request): Promise<ReadSegment[]> {

@@ -26,14 +26,14 @@
 // The vring's `next` field for packed-ring batches is not used: split
 // rings push one head at a time here.
 
+const HEADER = 16;
+const ENTRY = 16;
+const VERSION = 1;
+
 /** Bytes of one queue's region in an area for queues of `queueSize`. */
 export function inflightQueueRegionSize(queueSize: number): number {
   return Math.ceil((HEADER + ENTRY * queueSize) / 64) * 64;
 }
-
-const HEADER = 16;
-const ENTRY = 16;
-const VERSION = 1;
 
 /** What a back end finds in a region when its queue starts. */
 export interface InflightResume {

@@ -45,6 +45,7 @@ t.test('command-line mistakes exit 2 with a pointer to --help', async (t) => {
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:op=read,op=write'], /op is given twice/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:op=rename'], /op must be read, write, flush, trim, zero or any/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:error=EAGAIN'], /error must be one of EIO/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:error=EIO,errno=EIO'], /error and errno name the same thing/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:error-rate=150%'], /error-rate must be 0 to 1/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:count=-1'], /count must be a whole number/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:offset=lots'], /offset: 'lots' is not a size/],

@@ -23,8 +23,8 @@ async function qemuIo(uri: string, commands: string[], readOnly = false): Promis
   return events;
 }
 
-t.test('error:op=read,offset=1M,length=1M fails reads in [1M, 2M) with EIO and nothing else', async (t) => {
-  const served = await serve(t, ['memory:4M', '--filter', 'error:op=read,offset=1M,length=1M,error=EIO']);
+t.test('error:op=read,offset=1M,length=1M,errno=EIO (errno: another name for error=) fails reads in [1M, 2M) with EIO and nothing else', async (t) => {
+  const served = await serve(t, ['memory:4M', '--filter', 'error:op=read,offset=1M,length=1M,errno=EIO']);
   const uri = served.uri();
   t.same(await qemuIo(uri, ['write -P 7 0 4M']), ['ok'], 'writes pass (the rule is for reads)');
   const blocks = Array.from({ length: (4 * MiB) / K64 }, (_, i) => i * K64);

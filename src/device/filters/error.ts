@@ -4,7 +4,9 @@
 // requests). A rule matches by operation and by overlap with its range;
 // among the matching requests it skips the first `after`, then fails each
 // with probability `rate` (a seeded generator: the same seed fails the
-// same requests of the same sequence), at most `count` times.
+// same requests of the same sequence), at most `count` times. The rule
+// can be replaced or cleared while the filter serves (the control socket):
+// its counts start again.
 
 import { DeviceError, type ErrorCode } from '../errors.js';
 import { prng } from '../seeded-random.js';
@@ -32,16 +34,23 @@ export interface ErrorRule {
 const OP_OF: Partial<Record<Request['op'], FilteredOp>> = { read: 'read', write: 'write', flush: 'flush', trim: 'trim', writeZeroes: 'zero' };
 
 export class ErrorFilter extends Passthrough {
-  private readonly random: () => number;
+  readonly filterName = 'error';
+  private rule: ErrorRule | null = null;
+  private random = prng(0);
   private seen = 0;
   private failed = 0;
 
-  constructor(
-    next: BlockDevice,
-    private readonly rule: ErrorRule,
-  ) {
+  constructor(next: BlockDevice, rule: ErrorRule) {
     super(next);
-    this.random = prng(rule.seed);
+    this.configure(rule);
+  }
+
+  /** Replaces the rule (null: fail nothing) and starts its counts and random sequence again. */
+  configure(rule: ErrorRule | null): void {
+    this.rule = rule;
+    this.random = prng(rule?.seed ?? 0);
+    this.seen = 0;
+    this.failed = 0;
   }
 
   override get description(): string {
@@ -52,7 +61,7 @@ export class ErrorFilter extends Passthrough {
   private check(req: Request): void {
     const op = OP_OF[req.op];
     const r = this.rule;
-    if (!op || !r.ops.has(op)) return;
+    if (!r || !op || !r.ops.has(op)) return;
     if (op !== 'flush' && (req.offset >= r.offset + r.length || req.offset + req.length <= r.offset)) return;
     if (this.seen++ < r.after || this.failed >= r.count) return;
     if (r.rate < 1 && this.random() >= r.rate) return;

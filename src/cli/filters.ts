@@ -47,9 +47,19 @@ export function parseFilter(text: string): FilterSpec {
   return { name, text, config, create: (next) => kind.create(next, config) };
 }
 
+/** The --filter text each filter was made from (for the control socket's listings). */
+const texts = new WeakMap<BlockDevice, string>();
+
+export function filterText(filter: BlockDevice): string | undefined {
+  return texts.get(filter);
+}
+
 /** The image under its filters, the first of `filters` nearest the client. */
 export function applyFilters(device: BlockDevice, filters: readonly FilterSpec[]): BlockDevice {
   let top = device;
-  for (const f of [...filters].reverse()) top = f.create(top);
+  for (const f of [...filters].reverse()) {
+    top = f.create(top);
+    texts.set(top, f.text);
+  }
   return top;
 }

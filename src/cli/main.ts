@@ -11,10 +11,11 @@ import { fuzz } from './fuzz.js';
 import { map } from './map.js';
 import { resize } from './resize.js';
 import { snapshot } from './snapshot.js';
+import { ctl } from './ctl.js';
 import { serve } from './serve.js';
 
 // Each subcommand has its own option types; here they are all alike.
-const COMMANDS = [serve, create, info, map, snapshot, commit, clone, resize, fuzz] as unknown as Command<unknown>[];
+const COMMANDS = [serve, ctl, create, info, map, snapshot, commit, clone, resize, fuzz] as unknown as Command<unknown>[];
 
 const HELP = `Usage: vblk COMMAND [options]
 

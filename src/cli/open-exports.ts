@@ -6,11 +6,13 @@
 // the first one's lock. The image is opened writable when any export of
 // it is; read-only exports see it through a read-only view. `memory:SIZE`
 // is a disk in memory instead of a file, its own for each export that
-// names one.
+// names one. With `live` (a server with a control socket) each image file
+// sits in a LiveImage, so a snapshot can switch it under its exports.
 
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { readOnlyView } from '../device/filters/read-only.js';
+import { LiveImage } from '../device/images/live.js';
 import { MemoryImage } from '../device/images/memory.js';
 import { openImage, type OpenOptions } from '../device/images/open.js';
 import type { BlockDevice } from '../device/types.js';
@@ -28,7 +30,7 @@ export interface ExportSpec {
   filters?: FilterSpec[];
 }
 
-type ImageOptions = Omit<OpenOptions, 'readOnly' | 'onWritebackError'>;
+type ImageOptions = Omit<OpenOptions, 'readOnly' | 'onWritebackError'> & { live?: boolean };
 
 const MEMORY = 'memory:';
 
@@ -56,7 +58,9 @@ export async function openExports(specs: ExportSpec[], options: ImageOptions, re
     const onWritebackError = (file: string, err: Error): void =>
       log.error({ exports: names, file, err: err.message }, 'write-back failed: FLUSH and FUA writes fail from now on, until the image is served again');
     const memory = memorySize(group[0].file);
-    const device: BlockDevice = memory !== null ? new MemoryImage(memory) : await openImage(group[0].file, { ...options, readOnly, onWritebackError });
+    const open = (file: string): Promise<BlockDevice> => openImage(file, { ...options, readOnly, onWritebackError });
+    const file = group[0].file;
+    const device: BlockDevice = memory !== null ? new MemoryImage(memory) : options.live ? new LiveImage(file, await open(file), open) : await open(file);
     for (const s of group) {
       const view = s.readOnly && !readOnly ? readOnlyView(device) : device;
       registry.add(s.name, applyFilters(view, s.filters ?? []), s.description ?? '');

@@ -15,8 +15,9 @@ import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { nbdFrontEnd } from '../server/nbd/connection.js';
 import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
+import { ControlSocket } from '../server/control/control-socket.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
-import { FILTER_HELP, parseFilter } from './filters.js';
+import { FILTER_HELP, filterText, parseFilter } from './filters.js';
 import { memorySize, openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
 import { parseSize } from './size.js';
@@ -39,6 +40,7 @@ interface ServeValues {
   engine?: string;
   direct?: boolean;
   'log-level'?: string;
+  control?: string;
 }
 
 const HELP = `Usage: vblk serve [FILE] [options]
@@ -75,6 +77,10 @@ Options:
   --filter NAME[:key=value,...]
                            put a lab filter between the clients and the
                            image (see Filters below)
+  --control PATH           also listen for lab commands (vblk ctl) on a UNIX
+                           socket at PATH, mode 0600: exports, stats, filter
+                           settings, power cuts, journal marks, dirty
+                           bitmaps, live snapshots, shutdown
   --read-only              serve every export read-only
   -U, --force-share        do not lock read-only images, so they can be
                            served while QEMU writes them (like qemu-nbd -U);
@@ -115,6 +121,8 @@ Examples:
   vblk serve disk.img --listen 10809 --read-only
       nbdinfo nbd://127.0.0.1:10809
   vblk serve disk.img --socket /tmp/vblk.sock --engine uring --direct
+  vblk serve disk.qcow2 --socket /tmp/vblk.sock --control /tmp/vblk.ctl
+      vblk ctl /tmp/vblk.ctl snapshot create before-upgrade
   vblk serve top.qcow2 --socket /tmp/vblk.sock
       nbdinfo --map=qemu:allocation-depth nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve var/default.img --create 1G --socket var/vblk.sock
@@ -206,6 +214,7 @@ export const serve: Command<ServeValues> = {
     engine: { type: 'string' },
     direct: { type: 'boolean' },
     'log-level': { type: 'string' },
+    control: { type: 'string' },
   },
 
   async run(v, positionals, order) {
@@ -251,11 +260,13 @@ export const serve: Command<ServeValues> = {
     keepLargeAllocationsInHeap();
     const direct = v.direct === true;
     const registry = new ExportRegistry();
+    const forceShare = v['force-share'] === true;
+    const imageOptions = { engine, direct, forceShare, live: v.control !== undefined };
+    const imageLog = log.child({ engine: engine.name, direct, reason });
     try {
-      const forceShare = v['force-share'] === true;
       const writable = specs.find((s) => !s.readOnly);
       if (forceShare && writable) throw new UsageError(`--force-share needs read-only exports; '${writable.file}' is writable`);
-      await openExports(specs, { engine, direct, forceShare }, registry, log.child({ engine: engine.name, direct, reason }));
+      await openExports(specs, imageOptions, registry, imageLog);
     } catch (err) {
       await registry.closeAll();
       engine.close();
@@ -263,11 +274,32 @@ export const serve: Command<ServeValues> = {
     }
     const server = new Server(registry, options, log);
     const nbd = nbdFrontEnd(registry, options);
+    let stop = (): void => undefined;
+    const control =
+      v.control === undefined
+        ? null
+        : new ControlSocket(
+            {
+              registry,
+              engine,
+              addExport: async ({ name, file, readOnly, filters }) => {
+                const spec: ExportSpec = { name, file, readOnly, filters: filters.map(parseFilter) };
+                if (forceShare && !readOnly) throw new Error(`the server runs with --force-share: '${name}' must be read-only`);
+                await openExports([spec], imageOptions, registry, imageLog);
+              },
+              parseFilter,
+              filterText,
+              shutdown: () => stop(),
+            },
+            log.child({ control: v.control }),
+          );
     try {
       for (const e of endpoints) await server.listen(e, nbd);
       for (const { name, endpoint } of vhostUser) await server.listen(endpoint, vhostUserFrontEnd(registry.find(name)!, numQueues, options.busyPoll));
+      await control?.listen(v.control!, 0o600);
     } catch (err) {
       // Export failures are logged by the shutdown; the listen error is the one to report.
+      await control?.close();
       await server.shutdown().catch(() => undefined);
       engine.close();
       throw err;
@@ -278,15 +310,16 @@ export const serve: Command<ServeValues> = {
 
     return new Promise<number>((resolve) => {
       let signalled = false;
-      const onSignal = (signal: NodeJS.Signals): void => {
+      const onSignal = (signal: NodeJS.Signals | 'control'): void => {
         if (signalled) {
+          if (signal === 'control') return;
           log.warn({ signal }, 'second signal: exiting without finishing');
           process.exit(1);
         }
         signalled = true;
-        log.info({ signal }, 'signal received');
-        server
-          .shutdown()
+        log.info({ signal }, signal === 'control' ? 'shutdown asked for on the control socket' : 'signal received');
+        (control?.close() ?? Promise.resolve())
+          .then(() => server.shutdown())
           .then(
             () => 0,
             (err: unknown) => {
@@ -299,6 +332,7 @@ export const serve: Command<ServeValues> = {
             resolve(code);
           });
       };
+      stop = () => onSignal('control');
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
     });

@@ -4,6 +4,10 @@
 // flush on a read-only export, a contiguous read where the device
 // returned holes) and turns every failure into a DeviceError. Devices
 // behind it may assume a request is valid.
+// The control socket can pause a gateway (new requests wait, running ones
+// finish) to switch the image under a live export, and retire one (every
+// request fails with ESHUTDOWN) when its export is removed. It keeps
+// counts of what it served for `vblk ctl stats`.
 
 import { DeviceError, toDeviceError } from './errors.js';
 import { OverlapQueue, type Ticket } from '../io/overlap-queue.js';
@@ -15,10 +19,29 @@ function isMutating(op: Request['op']): boolean {
   return op === 'write' || op === 'trim' || op === 'writeZeroes';
 }
 
+/** What a gateway has served, for the control socket's stats. */
+export interface GatewayStats {
+  requests: Record<Request['op'], number>;
+  errors: number;
+  bytesRead: number;
+  bytesWritten: number;
+  inFlight: number;
+}
+
 export class Gateway {
   private readonly order = new OverlapQueue();
   private running = 0;
   private idleWaiters: (() => void)[] = [];
+  /** Set while paused: new requests wait for it. */
+  private gate: Promise<void> | null = null;
+  private openGate: (() => void) | null = null;
+  private retired = false;
+  private readonly counts: Omit<GatewayStats, 'inFlight'> = {
+    requests: { read: 0, write: 0, flush: 0, trim: 0, writeZeroes: 0, cache: 0, blockStatus: 0, getId: 0 },
+    errors: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+  };
 
   constructor(
     readonly device: BlockDevice,
@@ -40,11 +63,42 @@ export class Gateway {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  /** New requests wait until resume(); resolves once the running ones have finished. */
+  pause(): Promise<void> {
+    this.gate ??= new Promise((resolve) => (this.openGate = resolve));
+    return this.drain();
+  }
+
+  resume(): void {
+    this.openGate?.();
+    this.gate = this.openGate = null;
+  }
+
+  /** Every request from now on fails with ESHUTDOWN (its export is gone); resolves once the running ones have finished. */
+  retire(): Promise<void> {
+    this.retired = true;
+    this.resume();
+    return this.drain();
+  }
+
+  stats(): GatewayStats {
+    return { ...this.counts, requests: { ...this.counts.requests }, inFlight: this.running };
+  }
+
   async execute(req: Request): Promise<Result> {
+    if (this.gate) await this.gate;
+    if (this.retired) throw new DeviceError('ESHUTDOWN', 'the export has been removed');
     this.check(req);
+    this.counts.requests[req.op]++;
     this.running++;
     try {
-      return await this.admit(req);
+      const result = await this.admit(req);
+      if (req.op === 'read') this.counts.bytesRead += req.length;
+      else if (req.op === 'write') this.counts.bytesWritten += req.length;
+      return result;
+    } catch (err) {
+      this.counts.errors++;
+      throw err;
     } finally {
       if (--this.running === 0) this.idleWaiters.splice(0).forEach((wake) => wake());
     }

@@ -41,6 +41,22 @@ export class ExportRegistry {
   }
 
   /**
+   * Takes an export away (the control socket): new connections cannot
+   * choose it, requests on connections that did fail with ESHUTDOWN once
+   * the running ones have finished; then its chain is flushed and closed,
+   * unless another export still serves the same image.
+   */
+  async remove(name: string): Promise<ExportClosed> {
+    const e = this.exports.get(name);
+    if (!e) throw new Error(`no export '${name}'`);
+    this.exports.delete(name);
+    await e.gateway.retire();
+    const image = bottom(e.gateway.device);
+    if ([...this.exports.values()].some((other) => bottom(other.gateway.device) === image)) return { name, failures: [] };
+    return closeExport([e]);
+  }
+
+  /**
    * Waits for running requests, then flushes and closes every device, all
    * of them even when some fail (a device whose flush failed is still
    * closed). Says how each one went.

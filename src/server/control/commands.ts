@@ -43,9 +43,12 @@ interface Filter extends BlockDevice {
   list?(): unknown;
 }
 
+/** Runs `fn` once the response has been written (or the client has gone). */
+export type AfterResponse = (fn: () => void) => void;
+
 interface Command {
   summary: string;
-  run(args: Arguments, ctx: ControlContext): Promise<unknown>;
+  run(args: Arguments, ctx: ControlContext, after: AfterResponse): Promise<unknown>;
 }
 
 function chain(e: ServedExport): BlockDevice[] {
@@ -113,20 +116,19 @@ function describeExport(e: ServedExport, ctx: ControlContext): Record<string, un
  * Runs `change` on the file under a live export with every export of that
  * image paused and flushed through its filters, so the file as it is
  * changed holds every write acknowledged so far and none that is not.
+ * The exports resume only once the response is out, so no request held
+ * meanwhile (which goes to the changed image) is acknowledged before it.
  */
-async function switchImage<T>(ctx: ControlContext, e: ServedExport, what: string, change: (file: string) => Promise<T>): Promise<T> {
+async function switchImage<T>(ctx: ControlContext, e: ServedExport, what: string, after: AfterResponse, change: (file: string) => Promise<T>): Promise<T> {
   const live = chain(e).find((d): d is LiveImage => d instanceof LiveImage);
   if (!live) throw new ControlError('bad-argument', `export '${e.name}' has no image file to ${what} (a memory image?)`);
   const sharing = ctx.registry.list().filter((x) => chain(x).includes(live));
+  after(() => sharing.forEach((x) => x.gateway.resume()));
   await Promise.all(sharing.map((x) => x.gateway.pause()));
-  try {
-    return await attempt(what, async () => {
-      for (const x of sharing) if (!x.capabilities.readOnly) await x.gateway.device.flush();
-      return live.change(change);
-    });
-  } finally {
-    for (const x of sharing) x.gateway.resume();
-  }
+  return attempt(what, async () => {
+    for (const x of sharing) if (!x.capabilities.readOnly) await x.gateway.device.flush();
+    return live.change(change);
+  });
 }
 
 export const COMMANDS: Record<string, Command> = {
@@ -269,10 +271,10 @@ export const COMMANDS: Record<string, Command> = {
   },
   'snapshot-create': {
     summary: 'freeze the export\'s image as IMAGE@NAME and go on in a fresh overlay (name)',
-    run: async (args, ctx) => {
+    run: async (args, ctx, after) => {
       args.only('export', 'name');
       const name = args.string('name');
-      const s = await switchImage(ctx, target(ctx, args), 'snapshot', (file) => createSnapshot(file, name, ctx.engine));
+      const s = await switchImage(ctx, target(ctx, args), 'snapshot', after, (file) => createSnapshot(file, name, ctx.engine));
       return { name: s.name, file: s.file };
     },
   },
@@ -287,20 +289,20 @@ export const COMMANDS: Record<string, Command> = {
   },
   'snapshot-revert': {
     summary: 'throw away everything written since snapshot NAME; clients read NAME\'s data from then on (name)',
-    run: async (args, ctx) => {
+    run: async (args, ctx, after) => {
       args.only('export', 'name');
       const name = args.string('name');
-      const removed = await switchImage(ctx, target(ctx, args), 'revert', (file) => revertSnapshot(file, name, ctx.engine));
+      const removed = await switchImage(ctx, target(ctx, args), 'revert', after, (file) => revertSnapshot(file, name, ctx.engine));
       return { reverted: name, removed };
     },
   },
   'snapshot-fork': {
     summary: 'a second overlay NEWTOP on snapshot NAME, beside the export\'s image (name, newTop)',
-    run: async (args, ctx) => {
+    run: async (args, ctx, after) => {
       args.only('export', 'name', 'newTop');
       const name = args.string('name');
       const newTop = args.string('newTop');
-      await switchImage(ctx, target(ctx, args), 'fork', (file) => forkSnapshot(file, name, newTop, ctx.engine));
+      await switchImage(ctx, target(ctx, args), 'fork', after, (file) => forkSnapshot(file, name, newTop, ctx.engine));
       return { forked: name, file: newTop };
     },
   },
@@ -315,8 +317,8 @@ export const COMMANDS: Record<string, Command> = {
 };
 
 /** Runs one request's command; every failure is a ControlError. */
-export async function runCommand(command: string, args: Record<string, unknown>, ctx: ControlContext): Promise<unknown> {
+export async function runCommand(command: string, args: Record<string, unknown>, ctx: ControlContext, after: AfterResponse): Promise<unknown> {
   const c = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
   if (!c) throw new ControlError('unknown-command', `unknown command '${command}' (commands: ${Object.keys(COMMANDS).join(', ')})`);
-  return c.run(new Arguments(args), ctx);
+  return c.run(new Arguments(args), ctx, after);
 }

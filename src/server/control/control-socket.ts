@@ -41,17 +41,31 @@ export class ControlSocket {
     const reader = new FrameReader();
     const queue: Buffer[] = [];
     let running = false;
-    const send = (response: ControlResponse): void => {
-      if (!socket.destroyed) socket.write(encodeFrame(response));
-    };
     const fail = (id: ControlResponse['id'], err: unknown): ControlResponse => {
       const e = err instanceof ControlError ? err : new ControlError('failed', (err as Error).message);
       return { id, ok: false, error: { code: e.code, message: e.message } };
     };
+    const send = (response: ControlResponse): void => {
+      if (socket.destroyed) return;
+      let frame: Buffer;
+      try {
+        frame = encodeFrame(response);
+      } catch (err) {
+        frame = encodeFrame(fail(response.id, err));
+      }
+      socket.write(frame);
+    };
     const next = async (): Promise<void> => {
       if (running) return;
       running = true;
-      while (queue.length > 0 && !socket.destroyed) send(await this.handle(queue.shift()!, fail));
+      while (queue.length > 0 && !socket.destroyed) {
+        const afterResponse: (() => void)[] = [];
+        try {
+          send(await this.handle(queue.shift()!, fail, afterResponse));
+        } finally {
+          for (const fn of afterResponse) fn();
+        }
+      }
       running = false;
     };
     socket.on('data', (chunk: Buffer) => {
@@ -80,12 +94,12 @@ export class ControlSocket {
     });
   }
 
-  private async handle(body: Buffer, fail: (id: ControlResponse['id'], err: unknown) => ControlResponse): Promise<ControlResponse> {
+  private async handle(body: Buffer, fail: (id: ControlResponse['id'], err: unknown) => ControlResponse, afterResponse: (() => void)[]): Promise<ControlResponse> {
     let value: unknown;
     try {
       value = decodeValue(body);
       const request = parseRequest(value);
-      const result = await runCommand(request.command, request.args, this.context);
+      const result = await runCommand(request.command, request.args, this.context, (fn) => afterResponse.push(fn));
       this.log.info({ command: request.command, args: request.args }, 'control command done');
       return { id: request.id, ok: true, result: result ?? null };
     } catch (err) {

@@ -239,3 +239,39 @@ t.test('fast-check: random requests and random frames, each answered with its id
   t.match(await qemuIo(s.uri(), 'write -P 2 0 64k', 'read -P 2 0 64k'), /read 65536\/65536/, 'the export serves after the run');
   t.match(await ok(ctl, 'exports'), [{ name: '' }]);
 });
+
+t.test('vblk ctl words for each command: snapshots, exports, filters, stats, call', async (t) => {
+  const dir = tempDir(t);
+  const img = path.join(dir, 'disk.qcow2');
+  await run('qemu-img', ['create', '-f', 'qcow2', img, '8M']);
+  const { s, ctl } = await served(t, [img, '--filter', 'error:error-rate=0']);
+  const v = async (...words: string[]): Promise<unknown> => {
+    const r = await vblk(['ctl', ctl, ...words]);
+    if (r.code !== 0) throw new Error(`vblk ctl ${words.join(' ')}: ${r.code} ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  };
+  t.match(await qemuIo(s.uri(), 'write -P 4 0 1M'), /wrote/);
+  t.match(await v('snapshot', 'create', 'a'), { name: 'a', file: path.join(dir, 'disk@a.qcow2') });
+  t.match(await qemuIo(s.uri(), 'write -P 5 0 64k'), /wrote/);
+  t.match(await v('snapshot', 'list'), [{ name: 'a', file: path.join(dir, 'disk@a.qcow2') }]);
+  const fork = path.join(dir, 'fork.qcow2');
+  t.same(await v('snapshot', 'fork', 'a', fork), { forked: 'a', file: fork });
+  t.match((await run('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 4 0 1M', fork])).stdout, /read 1048576\/1048576/, 'the fork reads the snapshot');
+  t.equal((await run('qemu-img', ['check', fork])).code, 0);
+  t.match(await qemuIo(s.uri(), 'read -P 5 0 64k', 'read -P 4 64k 64k'), /read 65536\/65536[\s\S]*read 65536\/65536/, 'the export is unchanged by the fork');
+  t.match(await v('snapshot', 'revert', 'a'), { reverted: 'a' });
+  t.match(await qemuIo(s.uri(), 'read -P 4 0 64k'), /read 65536\/65536/, 'reverted live');
+  t.match(await v('filter', 'set', 'error:op=write,errno=EPERM'), { filter: 'error' });
+  t.match(await v('filter', 'list'), [{ export: '', filters: [{ settings: 'error:op=write,errno=EPERM' }] }]);
+  t.match(await qemuIo(s.uri(), 'write 0 4k'), /write failed: Operation not permitted/);
+  t.match(await v('filter', 'clear', 'error'), { cleared: true });
+  t.match(await v('filter', 'list'), [{ export: '', filters: [{ settings: 'error (cleared)' }] }]);
+  t.match(await v('export', 'add', `m=memory:1M`, '--filter', 'error:op=read'), { name: 'm', size: MiB, filters: [{ name: 'error' }] });
+  t.match(await v('stats', '--export', 'm'), [{ name: 'm' }]);
+  t.match(await v('call', 'exports'), [{ name: '' }, { name: 'm' }]);
+  t.same(await v('export', 'remove', 'm'), { removed: 'm' });
+  t.match(await v('help'), { 'snapshot-fork': /overlay/ });
+  t.match(await v('shutdown'), { shuttingDown: true });
+  t.same(await s.exited, { code: 0, signal: null });
+  t.equal((await run('qemu-img', ['check', img])).code, 0, 'the image checks after all that');
+});

@@ -51,6 +51,9 @@ interface Command {
   run(args: Arguments, ctx: ControlContext, after: AfterResponse): Promise<unknown>;
 }
 
+/** Settings given live (filter-set, filter-clear), which replace the --filter text a filter was made with. */
+const liveSettings = new WeakMap<BlockDevice, string>();
+
 function chain(e: ServedExport): BlockDevice[] {
   const devices: BlockDevice[] = [];
   for (let d: BlockDevice | undefined = e.gateway.device; d; d = d.next) devices.push(d);
@@ -108,7 +111,7 @@ function describeExport(e: ServedExport, ctx: ControlContext): Record<string, un
     readOnly: e.capabilities.readOnly,
     file: live?.file ?? null,
     image: chain(e).at(-1)!.description,
-    filters: filters(e).map((f, index) => ({ index, name: f.filterName, settings: ctx.filterText(f) ?? f.filterName })),
+    filters: filters(e).map((f, index) => ({ index, name: f.filterName, settings: liveSettings.get(f) ?? ctx.filterText(f) ?? f.filterName })),
   };
 }
 
@@ -202,6 +205,7 @@ export const COMMANDS: Record<string, Command> = {
       }
       const filter = filterOf(target(ctx, args), spec.name, args, 'configure');
       filter.configure!(spec.config);
+      liveSettings.set(filter, text);
       return { filter: spec.name, settings: text };
     },
   },
@@ -211,6 +215,7 @@ export const COMMANDS: Record<string, Command> = {
       args.only('export', 'name', 'index');
       const filter = filterOf(target(ctx, args), args.string('name'), args, 'configure');
       filter.configure!(null);
+      liveSettings.set(filter, `${filter.filterName} (cleared)`);
       return { filter: filter.filterName, cleared: true };
     },
   },

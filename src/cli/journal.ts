@@ -126,8 +126,7 @@ async function apply(path: string, entries: readonly DataEntry[], label?: string
   }
 }
 
-async function checkBase(base: string | undefined, j: DecodedJournal): Promise<string> {
-  if (!base) throw new UsageError('--base IMG is required');
+async function checkBase(base: string, j: DecodedJournal): Promise<string> {
   const size = (await stat(base)).size;
   if (size !== j.header.size) throw new Error(`${base} is ${size} bytes; the journal began on a ${j.header.size}-byte disk`);
   return base;
@@ -136,32 +135,28 @@ async function checkBase(base: string | undefined, j: DecodedJournal): Promise<s
 const isData = (e: JournalEntry): e is DataEntry => e.type === 'write' || e.type === 'trim' || e.type === 'zero';
 
 async function replay(j: DecodedJournal, v: Values): Promise<void> {
-  const base = await checkBase(v.base, j);
-  if (!v.to) throw new UsageError('--to MARK|SEQ is required');
-  if (!v.out) throw new UsageError('--out OUT is required');
+  const base = await checkBase(v.base!, j);
   const mark = j.entries.find((e) => e.type === 'mark' && e.name === v.to);
   let last: number;
   if (mark) last = mark.seq - 1;
-  else if (/^\d+$/.test(v.to)) last = Number(v.to);
+  else if (/^\d+$/.test(v.to!)) last = Number(v.to);
   else throw new Error(`no mark '${v.to}' in the journal (marks: ${j.entries.flatMap((e) => (e.type === 'mark' ? [e.name] : [])).join(', ') || 'none'})`);
-  await copyFile(base, v.out);
+  await copyFile(base, v.out!);
   const entries = j.entries.filter((e): e is DataEntry => isData(e) && e.seq <= last);
-  await apply(v.out, entries, 'replay');
+  await apply(v.out!, entries, 'replay');
   process.stdout.write(`${v.out}: ${entries.length} entries applied, up to seq ${Math.min(last, j.entries.at(-1)?.seq ?? 0)}\n`);
 }
 
-async function writeCrashStates(j: DecodedJournal, v: Values): Promise<void> {
-  const base = await checkBase(v.base, j);
-  if (!v.out) throw new UsageError('--out DIR is required');
-  const max = numberOption('max', v.max, 64, 1, 100000);
-  const seed = numberOption('seed', v.seed, 0, 0, 2 ** 32 - 1);
+async function writeCrashStates(j: DecodedJournal, v: Values, max: number, seed: number): Promise<void> {
+  const base = await checkBase(v.base!, j);
   const states = crashStates(cutsOf(j.entries), max, seed);
-  await mkdir(v.out, { recursive: true });
+  const out = v.out!;
+  await mkdir(out, { recursive: true });
   const manifest = [];
   for (const [i, s] of states.entries()) {
     const file = `state-${String(i).padStart(4, '0')}.img`;
-    await copyFile(base, join(v.out, file));
-    await apply(join(v.out, file), s.entries);
+    await copyFile(base, join(out, file));
+    await apply(join(out, file), s.entries);
     manifest.push({
       file,
       cut: s.cut.label,
@@ -171,8 +166,8 @@ async function writeCrashStates(j: DecodedJournal, v: Values): Promise<void> {
       entries: s.entries.map((e) => e.seq),
     });
   }
-  await writeFile(join(v.out, 'manifest.json'), `${JSON.stringify({ journal: j.header, seed, states: manifest }, null, 2)}\n`);
-  process.stdout.write(`${states.length} crash states in ${v.out}\n`);
+  await writeFile(join(out, 'manifest.json'), `${JSON.stringify({ journal: j.header, seed, states: manifest }, null, 2)}\n`);
+  process.stdout.write(`${states.length} crash states in ${out}\n`);
 }
 
 export const journal: Command<Values> = {
@@ -186,10 +181,14 @@ export const journal: Command<Values> = {
     if (!['list', 'replay', 'crash-states'].includes(action)) throw new UsageError(`unknown action '${action}' (list, replay, crash-states)`);
     if (!log) throw new UsageError(`expected the journal file after ${action}`);
     if (extra.length > 0) throw new UsageError(`unexpected '${extra[0]}'`);
+    const needs = { list: [], replay: ['base', 'to', 'out'], 'crash-states': ['base', 'out'] }[action as 'list'];
+    for (const name of needs as (keyof Values)[]) if (!v[name]) throw new UsageError(`${action} needs --${name}`);
+    const max = numberOption('max', v.max, 64, 1, 100000);
+    const seed = numberOption('seed', v.seed, 0, 0, 2 ** 32 - 1);
     const j = await readJournal(log);
     if (action === 'list') list(j, v.json === true);
     else if (action === 'replay') await replay(j, v);
-    else await writeCrashStates(j, v);
+    else await writeCrashStates(j, v, max, seed);
     return 0;
   },
 };

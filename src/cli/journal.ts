@@ -4,17 +4,18 @@
 // crash-states.ts). Images are raw; a trim is replayed as zeroes (what a
 // raw file with holes punched reads as).
 
-import { copyFile, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeJournal, JournalFormatError, type DataEntry, type DecodedJournal, type JournalEntry } from '../device/journal/codec.js';
 import { crashStates, cutsOf } from '../device/journal/crash-states.js';
 import { numberOption, UsageError, type Command } from './command.js';
-import { progressLine } from './progress.js';
+import { applyEntries } from './journal-apply.js';
 import { formatSize } from './size.js';
 
 const HELP = `Usage: vblk journal list LOG [--json]
        vblk journal replay LOG --base IMG --to MARK|SEQ --out OUT
        vblk journal crash-states LOG --base IMG --out DIR [--max N] [--seed N]
+                                 [--after MARK|SEQ]
 
 Read a journal written by 'vblk serve --filter journal:file=LOG'.
 
@@ -41,6 +42,8 @@ Options:
   --out PATH    replay: the image to write; crash-states: the directory
   --max N       crash-states: at most N states (64)
   --seed N      crash-states: seed of the sampling (0)
+  --after MARK|SEQ  crash-states: only cuts after this point (a mark set
+                once mkfs was done, say: earlier states are not of interest)
   -h, --help    show this help
 
 Examples:
@@ -57,6 +60,7 @@ interface Values {
   out?: string;
   max?: string;
   seed?: string;
+  after?: string;
 }
 
 async function readJournal(path: string): Promise<DecodedJournal> {
@@ -106,57 +110,46 @@ function list(j: DecodedJournal, json: boolean): void {
   );
 }
 
-/** Applies data entries to the raw image at `path` (already a copy of the base). */
-async function apply(path: string, entries: readonly DataEntry[], label?: string): Promise<void> {
-  const file = await open(path, 'r+');
-  const progress = label ? progressLine(label) : null;
-  const total = entries.reduce((n, e) => n + (e.type === 'write' ? e.data.length : e.length), 0);
-  let done = 0;
-  try {
-    const zeroes = Buffer.alloc(1024 * 1024);
-    for (const e of entries) {
-      if (e.type === 'write') await file.write(e.data, 0, e.data.length, e.offset);
-      else for (let pos = e.offset; pos < e.offset + e.length; pos += zeroes.length) await file.write(zeroes, 0, Math.min(zeroes.length, e.offset + e.length - pos), pos);
-      done += e.type === 'write' ? e.data.length : e.length;
-      progress?.update(done, total);
-    }
-  } finally {
-    progress?.finish();
-    await file.close();
-  }
-}
-
 async function checkBase(base: string, j: DecodedJournal): Promise<string> {
   const size = (await stat(base)).size;
   if (size !== j.header.size) throw new Error(`${base} is ${size} bytes; the journal began on a ${j.header.size}-byte disk`);
   return base;
 }
 
+/** The last seq before the mark named `text`, or the seq `text`. */
+function pointOf(j: DecodedJournal, text: string): number {
+  const mark = j.entries.find((e) => e.type === 'mark' && e.name === text);
+  if (mark) return mark.seq - 1;
+  if (/^\d+$/.test(text)) return Number(text);
+  throw new Error(`no mark '${text}' in the journal (marks: ${j.entries.flatMap((e) => (e.type === 'mark' ? [e.name] : [])).join(', ') || 'none'})`);
+}
+
 const isData = (e: JournalEntry): e is DataEntry => e.type === 'write' || e.type === 'trim' || e.type === 'zero';
 
 async function replay(j: DecodedJournal, v: Values): Promise<void> {
   const base = await checkBase(v.base!, j);
-  const mark = j.entries.find((e) => e.type === 'mark' && e.name === v.to);
-  let last: number;
-  if (mark) last = mark.seq - 1;
-  else if (/^\d+$/.test(v.to!)) last = Number(v.to);
-  else throw new Error(`no mark '${v.to}' in the journal (marks: ${j.entries.flatMap((e) => (e.type === 'mark' ? [e.name] : [])).join(', ') || 'none'})`);
+  const last = pointOf(j, v.to!);
   await copyFile(base, v.out!);
   const entries = j.entries.filter((e): e is DataEntry => isData(e) && e.seq <= last);
-  await apply(v.out!, entries, 'replay');
+  await applyEntries(v.out!, entries, 'replay');
   process.stdout.write(`${v.out}: ${entries.length} entries applied, up to seq ${Math.min(last, j.entries.at(-1)?.seq ?? 0)}\n`);
 }
 
 async function writeCrashStates(j: DecodedJournal, v: Values, max: number, seed: number): Promise<void> {
   const base = await checkBase(v.base!, j);
-  const states = crashStates(cutsOf(j.entries), max, seed);
+  const after = v.after === undefined ? 0 : pointOf(j, v.after);
+  const states = crashStates(
+    cutsOf(j.entries).filter((c) => (c.beforeFlush ?? Infinity) > after),
+    max,
+    seed,
+  );
   const out = v.out!;
   await mkdir(out, { recursive: true });
   const manifest = [];
   for (const [i, s] of states.entries()) {
     const file = `state-${String(i).padStart(4, '0')}.img`;
     await copyFile(base, join(out, file));
-    await apply(join(out, file), s.entries);
+    await applyEntries(join(out, file), s.entries);
     manifest.push({
       file,
       cut: s.cut.label,
@@ -174,7 +167,7 @@ export const journal: Command<Values> = {
   name: 'journal',
   summary: 'list, replay or build crash states from a write journal',
   help: HELP,
-  options: { json: { type: 'boolean' }, base: { type: 'string' }, to: { type: 'string' }, out: { type: 'string' }, max: { type: 'string' }, seed: { type: 'string' } },
+  options: { json: { type: 'boolean' }, base: { type: 'string' }, to: { type: 'string' }, out: { type: 'string' }, max: { type: 'string' }, seed: { type: 'string' }, after: { type: 'string' } },
   async run(v, positionals) {
     const [action, log, ...extra] = positionals;
     if (!action) throw new UsageError('expected list, replay or crash-states');

@@ -15,7 +15,7 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 t.test('every command has --help with examples', async (t) => {
   const top = await vblk(['--help']);
   t.equal(top.code, 0);
-  for (const cmd of ['serve', 'create', 'info']) {
+  for (const cmd of ['serve', 'create', 'info', 'journal']) {
     t.match(top.stdout, new RegExp(`^  ${cmd} `, 'm'), `top-level help lists ${cmd}`);
     const r = await vblk([cmd, '--help']);
     t.equal(r.code, 0, `${cmd} --help exits 0`);
@@ -40,7 +40,7 @@ t.test('command-line mistakes exit 2 with a pointer to --help', async (t) => {
     [['serve', 'x.img', '--vhost-user-blk', '/tmp/v.sock', '--num-queues', '0'], /--num-queues must be a number from 1 to 64/],
     [['serve', 'x.img', '--vhost-user-blk', '/tmp/v.sock', '--num-queues', '65'], /--num-queues must be a number from 1 to 64/],
     [['serve', '--export', 'a=x.img', '--vhost-user-blk', '/tmp/v.sock'], /there is no default export; name one/],
-    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'nosuch'], /unknown filter 'nosuch' \(filters: error\)/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'nosuch'], /unknown filter 'nosuch' \(filters: error, journal\)/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:bogus=1'], /unknown key 'bogus'/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:op=read,op=write'], /op is given twice/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:op=rename'], /op must be read, write, flush, trim, zero or any/],
@@ -50,6 +50,15 @@ t.test('command-line mistakes exit 2 with a pointer to --help', async (t) => {
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:count=-1'], /count must be a whole number/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:offset=lots'], /offset: 'lots' is not a size/],
     [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'error:noequals'], /'noequals' is not key=value/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'journal'], /journal: file=LOG is required/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'journal:file='], /file must name a file/],
+    [['serve', 'x.img', '--socket', '/tmp/x.sock', '--filter', 'journal:file=a,size=1'], /unknown key 'size'/],
+    [['journal'], /expected list, replay or crash-states/],
+    [['journal', 'undo', 'x.log'], /unknown action 'undo'/],
+    [['journal', 'list'], /expected the journal file after list/],
+    [['journal', 'replay', 'x.log', '--base', 'b.img', '--out', 'o.img'], /replay needs --to/],
+    [['journal', 'crash-states', 'x.log', '--base', 'b.img'], /crash-states needs --out/],
+    [['journal', 'crash-states', 'x.log', '--base', 'b.img', '--out', 'd', '--max', '0'], /--max must be a number from 1/],
     [['info', 'x.img', '--engines'], /--engines takes no FILE/],
     [['create', 'x.img'], /--size is required/],
     [['create', 'x.img', '--size', 'lots'], /is not a size/],

@@ -5,6 +5,7 @@
 import { create } from './create.js';
 import { runCommand, UsageError, type Command } from './command.js';
 import { info } from './info.js';
+import { journal } from './journal.js';
 import { commit } from './commit.js';
 import { clone } from './clone.js';
 import { fuzz } from './fuzz.js';
@@ -15,7 +16,7 @@ import { ctl } from './ctl.js';
 import { serve } from './serve.js';
 
 // Each subcommand has its own option types; here they are all alike.
-const COMMANDS = [serve, ctl, create, info, map, snapshot, commit, clone, resize, fuzz] as unknown as Command<unknown>[];
+const COMMANDS = [serve, ctl, create, info, map, snapshot, commit, clone, resize, journal, fuzz] as unknown as Command<unknown>[];
 
 const HELP = `Usage: vblk COMMAND [options]
 

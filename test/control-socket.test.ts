@@ -275,3 +275,25 @@ t.test('vblk ctl words for each command: snapshots, exports, filters, stats, cal
   t.same(await s.exited, { code: 0, signal: null });
   t.equal((await run('qemu-img', ['check', img])).code, 0, 'the image checks after all that');
 });
+
+t.test('mark reaches the journal filter; its stats show in stats', async (t) => {
+  const dir = tempDir(t);
+  const log = path.join(dir, 'j.log');
+  const { s, ctl } = await served(t, ['memory:4M', '--filter', `journal:file=${log}`]);
+  t.match(await qemuIo(s.uri(), 'write -P 1 0 64k'), /wrote/);
+  const mark = (await ok(ctl, 'mark', { name: 'after-first' })) as { seq: number };
+  t.ok(Number.isInteger(mark.seq), `mark at seq ${mark.seq}`);
+  t.match(await qemuIo(s.uri(), 'write -P 2 0 64k'), /wrote/);
+  const [stats] = (await ok(ctl, 'stats')) as { filters: { name: string; stats: { marks: number; writes: number } }[] }[];
+  t.match(stats.filters, [{ name: 'journal', stats: { marks: 1, writes: 2 } }]);
+  await s.stop();
+  const list = await vblk(['journal', 'list', log, '--json']);
+  t.equal(list.code, 0, list.stderr);
+  t.match(list.stdout, /after-first/, 'vblk journal list shows the mark');
+  const out = path.join(dir, 'at-mark.img');
+  const base = path.join(dir, 'base.img');
+  await run('qemu-img', ['create', '-f', 'raw', base, '4M']);
+  const replay = await vblk(['journal', 'replay', log, '--base', base, '--to', 'after-first', '--out', out]);
+  t.equal(replay.code, 0, replay.stderr);
+  t.match((await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 1 0 64k', out])).stdout, /read 65536\/65536/, 'replay to the mark has the first write, not the second');
+});

@@ -52,7 +52,7 @@ export const delayFilter: FilterKind<DelayConfig> = {
           read=, write=, flush=, trim=, zero=, cache=, extents= (or nbdkit's
           rdelay=, wdelay=, delay-read=, delay-write=, ...), any= (every
           operation not named): DURATION such as 5ms, 200us, 1s, 0.5 (a bare
-          number is seconds; rounded up to whole ms; 0: none),
+          number is seconds; at least that, timers add up to ~1 ms; 0: none),
           jitter=DURATION (each delay uniform in [d - jitter, d + jitter],
           at least 0; 0), seed=N (for jitter; 0), offset=SIZE, length=SIZE
           (only requests overlapping the range wait; the whole disk)

@@ -5,13 +5,13 @@
 // are not serialised. Jitter is uniform in [delay - jitter, delay +
 // jitter] (never below 0), drawn from a seeded generator. An operation
 // with no delay calls the next device directly: no timer, no promise.
-// Timers have millisecond resolution: a delay is rounded up to the next
-// whole millisecond, so a request never waits less than it was given.
+// A request waits at least its delay, measured from its arrival (timers
+// have millisecond resolution: it may wait up to about a millisecond more).
 
-import { setTimeout as sleep } from 'node:timers/promises';
 import { prng } from '../seeded-random.js';
 import type { BlockDevice, Extent, ReadSegment, Request } from '../types.js';
 import { Passthrough } from './passthrough.js';
+import { waitUntil } from './wait-until.js';
 
 export type DelayedOp = 'read' | 'write' | 'flush' | 'trim' | 'zero' | 'cache' | 'extents';
 
@@ -54,14 +54,13 @@ export class DelayFilter extends Passthrough {
     const d = c?.delays[op];
     if (!c || !d) return 0;
     if (req && (req.offset >= c.offset + c.length || req.offset + req.length <= c.offset)) return 0;
-    const ms = c.jitter ? Math.max(0, d + c.jitter * (2 * this.random() - 1)) : d;
-    return Math.ceil(ms);
+    return c.jitter ? Math.max(0, d + c.jitter * (2 * this.random() - 1)) : d;
   }
 
   /** Runs `go` after the request's delay, or at once when it has none. */
   private after<T>(op: DelayedOp, req: Request | null, go: () => Promise<T>): Promise<T> {
     const ms = this.delayOf(op, req);
-    return ms ? sleep(ms).then(go) : go();
+    return ms > 0 ? waitUntil(performance.now() + ms).then(go) : go();
   }
 
   override read(req: Request): Promise<ReadSegment[]> {

@@ -6,9 +6,9 @@
 // grow, so requests go on in the order they came (FIFO); none ever fails.
 // A request under no limit calls the next device directly.
 
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockDevice, ReadSegment, Request } from '../types.js';
 import { Passthrough } from './passthrough.js';
+import { waitUntil } from './wait-until.js';
 
 export interface RateConfig {
   /** Bytes per second of reads and writes together (0: no limit). */
@@ -70,7 +70,7 @@ export class RateFilter extends Passthrough {
     let at = this.requests ? this.requests.take(1, now) : now;
     if (bytes && this.bytes) at = Math.max(at, this.bytes.take(bytes, now));
     if (bytes && direction) at = Math.max(at, direction.take(bytes, now));
-    return at > now ? sleep(Math.ceil(at - now)).then(go) : go();
+    return at > now ? waitUntil(at).then(go) : go();
   }
 
   override read(req: Request): Promise<ReadSegment[]> {

@@ -23,17 +23,16 @@ export interface RateConfig {
 /** Seconds of tokens a bucket holds when it has been idle. */
 const BURST_SECONDS = 0.1;
 
-/** One limit: the time (ms, performance.now()) at which its tokens are used up. */
+/** One limit: the time (ms, performance.now()) by which the tokens taken so far are paid for; full when that is past. */
 class Bucket {
-  private emptyAt = 0;
+  private paidAt = 0;
 
   constructor(private readonly perSecond: number) {}
 
   /** Takes `cost` tokens; the time they are there (≤ now: at once). */
   take(cost: number, now: number): number {
-    const burst = BURST_SECONDS * 1000;
-    this.emptyAt = Math.max(this.emptyAt, now - burst) + (cost / this.perSecond) * 1000;
-    return this.emptyAt - burst;
+    this.paidAt = Math.max(this.paidAt, now) + (cost / this.perSecond) * 1000;
+    return this.paidAt - BURST_SECONDS * 1000;
   }
 }
 

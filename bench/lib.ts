@@ -86,6 +86,14 @@ export async function stop(proc: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
+const TICK_US = 1e6 / Number(must('getconf', ['CLK_TCK']).trim());
+
+/** CPU (user + system) a live process has used so far, µs (from /proc/PID/stat). */
+export function cpuUs(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * TICK_US;
+}
+
 /** Peak resident set of a live process in bytes (VmHWM), or null where /proc does not say. */
 export function peakRss(pid: number): number | null {
   try {

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { libblkioTools } from '../test/helpers/libblkio.js';
-import { median, must, progress, randomFile, stop, waitForSocket, warm, writeBack } from './lib.js';
+import { cpuUs, median, must, progress, randomFile, stop, waitForSocket, warm, writeBack } from './lib.js';
 
 const HELP = `Usage: node dist/bench/vhost-user.js [options]
 
@@ -98,13 +98,6 @@ interface Measured {
   meanUs: number;
   /** Server CPU (user + system) per request, µs. */
   cpuUs: number;
-}
-
-const TICK_US = 1e6 / Number(must('getconf', ['CLK_TCK']).trim());
-
-function cpuUs(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * TICK_US;
 }
 
 const DRIVER_LOAD = fileURLToPath(new URL('./vhost-user-driver-load.js', import.meta.url));

@@ -58,4 +58,11 @@ export class FilterParams {
     if (!/^\d+(\.\d+)?%?$/.test(text) || !(n >= 0 && n <= 1)) throw this.error(`${key} must be 0 to 1 or 0% to 100%, not '${text}'`);
     return n;
   }
+
+  /** A duration in milliseconds: 5ms, 200us, 1s, 0.5s; a bare number is seconds (nbdkit's SECS). */
+  duration(key: string, text: string): number {
+    const m = /^(\d+(?:\.\d+)?)(s|ms|us)?$/.exec(text);
+    if (!m) throw this.error(`${key} must be a duration such as 5ms, 200us, 1s or 0.5 (seconds), not '${text}'`);
+    return Number(m[1]) * { s: 1000, ms: 1, us: 0.001 }[(m[2] ?? 's') as 's' | 'ms' | 'us'];
+  }
 }

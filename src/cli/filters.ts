@@ -8,8 +8,10 @@
 import type { BlockDevice } from '../device/types.js';
 import { UsageError } from './command.js';
 import { FilterParams } from './filter-params.js';
+import { delayFilter } from './filters/delay.js';
 import { errorFilter } from './filters/error.js';
 import { journalFilter } from './filters/journal.js';
+import { rateFilter } from './filters/rate.js';
 
 /** One kind of filter as the command line knows it: its help, its parameters, how to make one. */
 export interface FilterKind<Config> {
@@ -31,7 +33,7 @@ export interface FilterSpec {
   create(next: BlockDevice): BlockDevice;
 }
 
-const KINDS: readonly FilterKind<never>[] = [errorFilter, journalFilter] as FilterKind<never>[];
+const KINDS: readonly FilterKind<never>[] = [errorFilter, delayFilter, rateFilter, journalFilter] as FilterKind<never>[];
 
 export const FILTER_HELP = `Filters (--filter NAME[:key=value,...], repeatable; the first given is
 nearest the client; a --filter before any --export applies to every

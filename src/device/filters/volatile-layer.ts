@@ -149,26 +149,74 @@ export function applyPieces(target: Buffer, offset: number, pieces: readonly Pie
 
 /**
  * Pieces applied in order, flattened: the newest wins each byte, the
- * result sorted by offset and not overlapping, for writing down once.
+ * result sorted by offset and not overlapping, for writing down once. A
+ * sweep over the pieces' edges with the newest covering piece on top of a
+ * heap: n log n, as a full layer of small requests needs.
  */
 export function flatten(pieces: readonly Piece[]): Piece[] {
-  let flat: Piece[] = [];
-  for (const piece of pieces) {
-    const start = piece.offset;
-    const end = start + piece.length;
-    const next: Piece[] = [];
-    for (const f of flat) {
-      const fEnd = f.offset + f.length;
-      if (fEnd <= start || f.offset >= end) next.push(f);
-      else {
-        if (f.offset < start) next.push(slice(f, f.offset, start));
-        if (fEnd > end) next.push(slice(f, end, fEnd));
-      }
+  const edges = [...new Set(pieces.flatMap((p) => [p.offset, p.offset + p.length]))].sort((a, b) => a - b);
+  const byStart = pieces.map((_, i) => i).sort((a, b) => pieces[a].offset - pieces[b].offset || a - b);
+  const active = new MaxHeap();
+  const flat: Piece[] = [];
+  let lastWinner = -1;
+  let next = 0;
+  for (let k = 0; k + 1 < edges.length; k++) {
+    const lo = edges[k];
+    const hi = edges[k + 1];
+    while (next < byStart.length && pieces[byStart[next]].offset <= lo) active.push(byStart[next++]);
+    while (active.size > 0 && pieces[active.top()].offset + pieces[active.top()].length <= lo) active.pop();
+    if (active.size === 0) {
+      lastWinner = -1;
+      continue;
     }
-    next.push(piece);
-    flat = next;
+    const winner = active.top();
+    const last = flat.at(-1);
+    if (winner === lastWinner && last && last.offset + last.length === lo) flat[flat.length - 1] = slice(pieces[winner], last.offset, hi);
+    else flat.push(slice(pieces[winner], lo, hi));
+    lastWinner = winner;
   }
-  return flat.sort((a, b) => a.offset - b.offset);
+  return flat;
+}
+
+/** A binary max-heap of numbers. */
+class MaxHeap {
+  private readonly items: number[] = [];
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  top(): number {
+    return this.items[0];
+  }
+
+  push(n: number): void {
+    const a = this.items;
+    a.push(n);
+    for (let i = a.length - 1; i > 0; ) {
+      const parent = (i - 1) >> 1;
+      if (a[parent] >= a[i]) break;
+      [a[parent], a[i]] = [a[i], a[parent]];
+      i = parent;
+    }
+  }
+
+  pop(): void {
+    const a = this.items;
+    const last = a.pop()!;
+    if (a.length === 0) return;
+    a[0] = last;
+    for (let i = 0; ; ) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let big = i;
+      if (l < a.length && a[l] > a[big]) big = l;
+      if (r < a.length && a[r] > a[big]) big = r;
+      if (big === i) break;
+      [a[big], a[i]] = [a[i], a[big]];
+      i = big;
+    }
+  }
 }
 
 function slice(p: Piece, start: number, end: number): Piece {

@@ -19,7 +19,8 @@ import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { PowerCutFilter, type PowerCutConfig } from '../src/device/filters/power-cut.js';
 import { MemoryImage } from '../src/device/images/memory.js';
-import { joinSegments, request } from '../src/device/types.js';
+import { Gateway } from '../src/device/gateway.js';
+import { joinSegments, request, scatterSegments, type Request } from '../src/device/types.js';
 import { BusyPoll } from '../src/server/busy-poll.js';
 import { ExportRegistry } from '../src/server/exports.js';
 import { nbdFrontEnd } from '../src/server/nbd/connection.js';
@@ -124,6 +125,36 @@ for (const policy of ['random', 'torn'] as const) {
     t.ok(differ > 5, `another seed gives another state in ${differ} of 80 runs`);
   });
 }
+
+/** A memory disk that also reads into and writes from caller buffers, as the raw image does for guest memory. */
+class GuestMemoryDisk extends MemoryImage {
+  async readInto(req: Request, into: Buffer[]): Promise<void> {
+    scatterSegments(req.offset, into, await this.read(req));
+  }
+
+  async writeFrom(req: Request, from: Buffer[]): Promise<void> {
+    await this.write({ ...req, data: Buffer.concat(from) });
+  }
+}
+
+t.test('guest buffers: writeFrom copies (the guest may reuse its buffer), readInto sees the layer, through the gateway', async (t) => {
+  const gateway = new Gateway(new PowerCutFilter(new GuestMemoryDisk(SIZE), BIG));
+  // One buffer: a filter that kept it instead of a copy would show the 9s.
+  const guest = Buffer.alloc(1024, 7).fill(8, 1000);
+  await gateway.execute(request('write', 100, 1024, { from: [guest] }));
+  guest.fill(9);
+  const into = [Buffer.alloc(600), Buffer.alloc(600)];
+  await gateway.execute(request('read', 0, 1200, { into }));
+  const got = Buffer.concat(into);
+  const expect = Buffer.alloc(1200);
+  expect.fill(7, 100, 1100).fill(8, 1100, 1124);
+  t.ok(got.equals(expect), 'the read into guest buffers shows the write as it was sent');
+  await gateway.execute(request('write', 0, 512, { from: [Buffer.alloc(512, 5)], fua: true }));
+  await gateway.execute(request('flush', 0, 0));
+  await gateway.execute(request('read', 0, 1200, { into }));
+  expect.fill(5, 0, 512);
+  t.ok(Buffer.concat(into).equals(expect), 'after a FUA write from guest buffers over it and a flush');
+});
 
 const K64 = 64 << 10;
 const DISK = 1 << 20;

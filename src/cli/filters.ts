@@ -11,6 +11,7 @@ import { FilterParams } from './filter-params.js';
 import { delayFilter } from './filters/delay.js';
 import { errorFilter } from './filters/error.js';
 import { journalFilter } from './filters/journal.js';
+import { powerCutFilter } from './filters/power-cut.js';
 import { rateFilter } from './filters/rate.js';
 
 /** One kind of filter as the command line knows it: its help, its parameters, how to make one. */
@@ -33,7 +34,7 @@ export interface FilterSpec {
   create(next: BlockDevice): BlockDevice;
 }
 
-const KINDS: readonly FilterKind<never>[] = [errorFilter, delayFilter, rateFilter, journalFilter] as FilterKind<never>[];
+const KINDS: readonly FilterKind<never>[] = [errorFilter, delayFilter, rateFilter, powerCutFilter, journalFilter] as FilterKind<never>[];
 
 export const FILTER_HELP = `Filters (--filter NAME[:key=value,...], repeatable; the first given is
 nearest the client; a --filter before any --export applies to every

@@ -8,6 +8,7 @@
 import type { BlockDevice } from '../device/types.js';
 import { UsageError } from './command.js';
 import { FilterParams } from './filter-params.js';
+import { dirtyFilter } from './filters/dirty.js';
 import { errorFilter } from './filters/error.js';
 
 /** One kind of filter as the command line knows it: its help, its parameters, how to make one. */
@@ -30,7 +31,7 @@ export interface FilterSpec {
   create(next: BlockDevice): BlockDevice;
 }
 
-const KINDS: readonly FilterKind<never>[] = [errorFilter] as FilterKind<never>[];
+const KINDS: readonly FilterKind<never>[] = [errorFilter, dirtyFilter] as FilterKind<never>[];
 
 export const FILTER_HELP = `Filters (--filter NAME[:key=value,...], repeatable; the first given is
 nearest the client; a --filter before any --export applies to every

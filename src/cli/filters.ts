@@ -9,6 +9,7 @@ import type { BlockDevice } from '../device/types.js';
 import { UsageError } from './command.js';
 import { FilterParams } from './filter-params.js';
 import { delayFilter } from './filters/delay.js';
+import { dirtyFilter } from './filters/dirty.js';
 import { errorFilter } from './filters/error.js';
 import { journalFilter } from './filters/journal.js';
 import { powerCutFilter } from './filters/power-cut.js';
@@ -34,7 +35,7 @@ export interface FilterSpec {
   create(next: BlockDevice): BlockDevice;
 }
 
-const KINDS: readonly FilterKind<never>[] = [errorFilter, delayFilter, rateFilter, powerCutFilter, journalFilter] as FilterKind<never>[];
+const KINDS: readonly FilterKind<never>[] = [errorFilter, delayFilter, rateFilter, powerCutFilter, journalFilter, dirtyFilter] as FilterKind<never>[];
 
 export const FILTER_HELP = `Filters (--filter NAME[:key=value,...], repeatable; the first given is
 nearest the client; a --filter before any --export applies to every

@@ -3,6 +3,7 @@
 // Sharing is what makes CAN_MULTI_CONN true: a FLUSH on any connection
 // syncs the one file that all of them wrote through.
 
+import { dirtyBitmapNames } from '../device/filters/dirty.js';
 import { Gateway } from '../device/gateway.js';
 import type { BlockDevice, Capabilities } from '../device/types.js';
 
@@ -14,6 +15,8 @@ export interface ServedExport {
   size: number;
   capabilities: Capabilities;
   gateway: Gateway;
+  /** Names of the dirty bitmaps its chain keeps now (device/filters/dirty.ts). */
+  dirtyBitmaps(): string[];
 }
 
 export class ExportRegistry {
@@ -27,6 +30,7 @@ export class ExportRegistry {
       size: device.size,
       capabilities: device.capabilities,
       gateway: new Gateway(device, name || 'vblk'),
+      dirtyBitmaps: () => dirtyBitmapNames(device),
     };
     this.exports.set(name, served);
     return served;

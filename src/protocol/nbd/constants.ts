@@ -135,6 +135,9 @@ export const STATE_ZERO = 1 << 1;
 export const META_BASE_ALLOCATION = 'base:allocation';
 /** QEMU's context: the value is the depth in the backing chain (0 unallocated, 1 top, 2 its backing…). */
 export const META_ALLOCATION_DEPTH = 'qemu:allocation-depth';
+/** QEMU's dirty bitmaps: qemu:dirty-bitmap:NAME, status bit 0 set where dirty. */
+export const META_DIRTY_BITMAP = 'qemu:dirty-bitmap:';
+export const STATE_DIRTY = 1 << 0;
 
 /** Strings (names, descriptions, messages) may not exceed this. */
 export const MAX_STRING = 4096;

@@ -15,6 +15,7 @@ import {
   MAX_STRING,
   META_ALLOCATION_DEPTH,
   META_BASE_ALLOCATION,
+  META_DIRTY_BITMAP,
   OPT,
   REP,
 } from './constants.js';
@@ -45,6 +46,8 @@ export interface ExportSummary {
     multiConn: boolean;
     blockSizes: { minimum: number; preferred: number; maximum: number };
   };
+  /** Names of the dirty bitmaps it keeps now (qemu:dirty-bitmap:NAME contexts). */
+  dirtyBitmaps?(): string[];
 }
 
 export interface ExportCatalog {
@@ -75,8 +78,10 @@ export interface Step {
   agreement?: Agreement;
 }
 
-/** The meta contexts this server offers on every export. */
-const META_CONTEXTS = [META_BASE_ALLOCATION, META_ALLOCATION_DEPTH];
+/** The meta contexts an export offers: every export's two, then one per dirty bitmap it keeps. */
+function exportContexts(exp: ExportSummary): string[] {
+  return [META_BASE_ALLOCATION, META_ALLOCATION_DEPTH, ...(exp.dirtyBitmaps?.() ?? []).map((n) => META_DIRTY_BITMAP + n)];
+}
 
 type OptionHandler = (hs: Handshake, option: number, payload: Buffer) => Step;
 
@@ -212,13 +217,16 @@ function structuredReply(hs: Handshake, option: number, payload: Buffer): Step {
   return hs.stay([encodeOptionReply(option, REP.ACK)]);
 }
 
-/** Contexts a query selects: exact names only, or with `wildcard` a bare namespace too. */
-function matchQuery(query: string, wildcard: boolean): string[] | 'invalid' {
+/**
+ * Contexts a query selects: exact names only, or with `wildcard` (LIST) a
+ * bare namespace or qemu:dirty-bitmap: too, as qemu-nbd lists them.
+ */
+function matchQuery(known: string[], query: string, wildcard: boolean): string[] | 'invalid' {
   const colon = query.indexOf(':');
   if (colon <= 0) return 'invalid';
-  if (META_CONTEXTS.includes(query)) return [query];
-  if (wildcard && query === query.slice(0, colon + 1)) {
-    return META_CONTEXTS.filter((c) => c.startsWith(query));
+  if (known.includes(query)) return [query];
+  if (wildcard && (query === query.slice(0, colon + 1) || query === META_DIRTY_BITMAP)) {
+    return known.filter((c) => c.startsWith(query));
   }
   return [];
 }
@@ -230,11 +238,13 @@ function metaContext(hs: Handshake, option: number, payload: Buffer): Step {
   }
   const req = decodeMetaContextRequest(payload);
   if (isMalformed(req)) return hs.error(option, REP.ERR_INVALID, req.malformed);
-  if (!hs.catalog.find(req.name)) return hs.error(option, REP.ERR_UNKNOWN, `export '${req.name}' not found`);
+  const exp = hs.catalog.find(req.name);
+  if (!exp) return hs.error(option, REP.ERR_UNKNOWN, `export '${req.name}' not found`);
+  const known = exportContexts(exp);
   const names = new Set<string>();
-  if (req.queries.length === 0 && !set) META_CONTEXTS.forEach((c) => names.add(c));
+  if (req.queries.length === 0 && !set) known.forEach((c) => names.add(c));
   for (const q of req.queries) {
-    const matched = matchQuery(q, !set);
+    const matched = matchQuery(known, q, !set);
     if (matched === 'invalid') return hs.error(option, REP.ERR_INVALID, `query '${q}' has no namespace`);
     matched.forEach((c) => names.add(c));
   }

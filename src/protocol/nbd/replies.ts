@@ -3,8 +3,9 @@
 // caller can hand large read data to the socket without copying it into
 // the header buffer. Pure functions: no sockets here.
 
+import type { DirtyRun } from '../../device/dirty-bitmap.js';
 import type { Extent, ReadSegment } from '../../device/types.js';
-import { CHUNK, CHUNK_HEADER_SIZE, META_ALLOCATION_DEPTH, REPLY_FLAG_DONE, SIMPLE_REPLY_SIZE, STATE_HOLE, STATE_ZERO } from './constants.js';
+import { CHUNK, CHUNK_HEADER_SIZE, META_ALLOCATION_DEPTH, META_DIRTY_BITMAP, REPLY_FLAG_DONE, SIMPLE_REPLY_SIZE, STATE_DIRTY, STATE_HOLE, STATE_ZERO } from './constants.js';
 import type { MetaContext } from './handshake.js';
 import { limitedString } from './strings.js';
 import {
@@ -80,10 +81,20 @@ function descriptors(context: string, extents: Extent[]): BlockDescriptor[] {
   return out;
 }
 
-/** One BLOCK_STATUS chunk per selected context; the last one carries DONE. */
-export function blockStatusChunks(cookie: bigint, contexts: MetaContext[], extents: Extent[]): Frame[] {
+/** The bitmap a qemu:dirty-bitmap:NAME context names, or null for another context. */
+export function dirtyBitmapOf(context: string): string | null {
+  return context.startsWith(META_DIRTY_BITMAP) ? context.slice(META_DIRTY_BITMAP.length) : null;
+}
+
+/**
+ * One BLOCK_STATUS chunk per selected context; the last one carries DONE.
+ * Allocation contexts come from `extents`, a dirty-bitmap context from its
+ * runs in `dirty` (by context id).
+ */
+export function blockStatusChunks(cookie: bigint, contexts: MetaContext[], extents: Extent[], dirty?: Map<number, DirtyRun[]>): Frame[] {
   return contexts.map((c, i) => {
-    const list = descriptors(c.name, extents);
+    const runs = dirty?.get(c.id);
+    const list = runs ? runs.map((r) => ({ length: r.length, flags: r.dirty ? STATE_DIRTY : 0 })) : descriptors(c.name, extents);
     const size = blockStatusSize(list.length);
     const buf = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + size);
     const flags = i === contexts.length - 1 ? REPLY_FLAG_DONE : 0;

@@ -13,12 +13,14 @@
 import type { Logger } from 'pino';
 import type { Gateway } from '../../device/gateway.js';
 import { DeviceError, toDeviceError } from '../../device/errors.js';
+import type { DirtyRun } from '../../device/dirty-bitmap.js';
+import { findDirtyBitmap, type NamedBitmap } from '../../device/filters/dirty.js';
 import type { Result } from '../../device/types.js';
 import { checkRequest, commandName, type TransmissionTerms } from '../../protocol/nbd/commands.js';
-import { CMD, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../../protocol/nbd/constants.js';
+import { CMD, CMD_FLAG, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../../protocol/nbd/constants.js';
 import { nbdErrno } from '../../protocol/nbd/errors.js';
 import type { Agreement } from '../../protocol/nbd/handshake.js';
-import { blockStatusChunks, errorChunk, readChunks, simpleReply, type Frame } from '../../protocol/nbd/replies.js';
+import { blockStatusChunks, dirtyBitmapOf, errorChunk, readChunks, simpleReply, type Frame } from '../../protocol/nbd/replies.js';
 import { decodeRequest, type RequestHeader } from '../../protocol/nbd/transmission-codec.js';
 import type { BusyPoll } from '../busy-poll.js';
 import type { ByteQueue } from '../byte-queue.js';
@@ -41,6 +43,9 @@ export interface ConnectionStats {
   bytesRead: number;
   bytesWritten: number;
 }
+
+/** Most runs of a dirty bitmap in one reply (QEMU's limit: 1 MiB of descriptors). */
+const MAX_DIRTY_RUNS = 1 << 17;
 
 /** What the session needs from the connection that owns the socket. */
 export interface SessionHost {
@@ -88,6 +93,12 @@ export class TransmissionSession {
   private shuttingDown = false;
   private stopped = false;
   private pumping = false;
+  /**
+   * The selected qemu:dirty-bitmap contexts and their bitmaps as they were
+   * when transmission began (undefined: dropped before then): a bitmap
+   * dropped later, or started again under its name, answers an error.
+   */
+  private readonly dirtyContexts: { id: number; name: string; bitmap: NamedBitmap | undefined }[];
 
   constructor(
     private readonly host: SessionHost,
@@ -103,6 +114,10 @@ export class TransmissionSession {
       metaContextCount: agreement.metaContexts.length,
     };
     this.maxPayload = agreement.export.capabilities.blockSizes.maximum;
+    this.dirtyContexts = agreement.metaContexts.flatMap((c) => {
+      const name = dirtyBitmapOf(c.name);
+      return name === null ? [] : [{ id: c.id, name, bitmap: findDirtyBitmap(gateway.device, name) }];
+    });
     this.debug = log.isLevelEnabled('debug');
   }
 
@@ -265,7 +280,12 @@ export class TransmissionSession {
       return;
     }
     if (result.op === 'blockStatus') {
-      for (const frame of blockStatusChunks(h.cookie, this.agreement.metaContexts, result.extents)) this.send(frame);
+      const dirty = new Map<number, DirtyRun[]>();
+      for (const c of this.dirtyContexts) {
+        if (!c.bitmap || c.bitmap.dropped) return this.replyError(h, NBD_ERR.EINVAL, `dirty bitmap '${c.name}' was dropped`);
+        dirty.set(c.id, c.bitmap.runs(h.offset, h.length, h.flags & CMD_FLAG.REQ_ONE ? 1 : MAX_DIRTY_RUNS));
+      }
+      for (const frame of blockStatusChunks(h.cookie, this.agreement.metaContexts, result.extents, dirty)) this.send(frame);
       return;
     }
     if (result.op === 'write') this.stats.bytesWritten += h.length;

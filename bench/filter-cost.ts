@@ -5,7 +5,9 @@
 // call more per request each). Server CPU per request comes from
 // /proc/PID/stat; (stack - none) / N is the cost of one filter. With no
 // --filter the device chain is the image itself (applyFilters returns
-// it unchanged), so "no filter" is the baseline row by construction.
+// it unchanged), so "no filter" is the baseline row by construction;
+// --baseline DIR adds a row for another build of vblk (e.g. a checkout
+// from before the filters), to show that rows without filters did not move.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -30,11 +32,15 @@ Options:
   --filters N   filters in the stack (default 10)
   --rw MODE     fio --rw (default randread; randwrite also makes sense)
   --dir DIR     where the image goes (default: the system temp dir)
+  --baseline DIR  also measure the vblk built in DIR (its dist/) with no
+                filter, e.g. a worktree of the commit before a change
   --help
 
 Examples:
   npm run bench:filters
   node dist/bench/filter-cost.js --seconds 5 --rounds 1 --filters 20
+  git worktree add /tmp/before 4df3e1e && (cd /tmp/before && npm ci && npm run build)
+  node dist/bench/filter-cost.js --baseline /tmp/before
 `;
 
 const { values } = parseArgs({
@@ -44,6 +50,7 @@ const { values } = parseArgs({
     filters: { type: 'string', default: '10' },
     rw: { type: 'string', default: 'randread' },
     dir: { type: 'string', default: os.tmpdir() },
+    baseline: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -58,11 +65,13 @@ const VBLK = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const image = path.join(values.dir!, 'vblk-filter-cost.img');
 randomFile(image, 1 << 30);
 
-async function measure(filters: number): Promise<{ kiops: number; cpuUs: number }> {
+const BASELINE = values.baseline && path.resolve(values.baseline, 'dist/src/cli/main.js');
+
+async function measure(filters: number, vblk = VBLK): Promise<{ kiops: number; cpuUs: number }> {
   warm(image);
   const socket = path.join(values.dir!, 'vblk-filter-cost.sock');
   fs.rmSync(socket, { force: true });
-  const args = [VBLK, 'serve', image, '--socket', socket, ...Array.from({ length: filters }, () => ['--filter', 'delay']).flat()];
+  const args = [vblk, 'serve', image, '--socket', socket, ...Array.from({ length: filters }, () => ['--filter', 'delay']).flat()];
   const proc = spawn(process.execPath, args, { stdio: 'ignore' });
   try {
     await waitForSocket(socket, proc);
@@ -75,11 +84,13 @@ async function measure(filters: number): Promise<{ kiops: number; cpuUs: number 
   }
 }
 
-const rows = { none: [] as { kiops: number; cpuUs: number }[], stack: [] as { kiops: number; cpuUs: number }[] };
+type Row = 'none' | 'stack' | 'baseline';
+const rows: Record<Row, { kiops: number; cpuUs: number }[]> = { none: [], stack: [], baseline: [] };
+const order: Row[] = BASELINE ? ['none', 'stack', 'baseline'] : ['none', 'stack'];
 for (let round = 0; round < rounds; round++) {
-  for (const which of round % 2 ? (['stack', 'none'] as const) : (['none', 'stack'] as const)) {
-    progress(`round ${round + 1}/${rounds}: ${which === 'none' ? 'no filter' : `${stack} filters`}`);
-    rows[which].push(await measure(which === 'none' ? 0 : stack));
+  for (const which of round % 2 ? [...order].reverse() : order) {
+    progress(`round ${round + 1}/${rounds}: ${which === 'none' ? 'no filter' : which === 'stack' ? `${stack} filters` : `baseline ${values.baseline}`}`);
+    rows[which].push(await measure(which === 'stack' ? stack : 0, which === 'baseline' ? BASELINE! : VBLK));
   }
 }
 const med = (xs: { kiops: number; cpuUs: number }[], k: 'kiops' | 'cpuUs') => median(xs.map((x) => x[k]));
@@ -90,5 +101,5 @@ process.stdout.write(`fio ${values.rw} 4k QD32, ${seconds} s x ${rounds} rounds 
 |---|---|---|
 | vblk, no filter | ${med(rows.none, 'kiops').toFixed(1)} | ${none.toFixed(2)} |
 | vblk, ${stack} x --filter delay (no delay) | ${med(rows.stack, 'kiops').toFixed(1)} | ${withStack.toFixed(2)} |
-one filter: ${((withStack - none) / stack).toFixed(3)} µs of CPU per request
+${BASELINE ? `| vblk from ${values.baseline}, no filter | ${med(rows.baseline, 'kiops').toFixed(1)} | ${med(rows.baseline, 'cpuUs').toFixed(2)} |\n` : ''}one filter: ${((withStack - none) / stack).toFixed(3)} µs of CPU per request
 `);

@@ -131,7 +131,8 @@ t.test('filter list, set and clear change what clients see, live', async (t) => 
   t.same(await ok(ctl, 'filter-list'), [{ export: '', filters: [{ index: 0, name: 'error', settings: 'error:error-rate=0' }, { index: 1, name: 'error', settings: 'error:op=write,error-rate=0' }] }]);
   t.match(await fails(ctl, 'filter-set', { filter: 'error:op=read' }), { code: 'bad-argument', message: /2 error filters: give index/ });
   t.match(await fails(ctl, 'filter-set', { filter: 'error:op=nothing', index: 0 }), { code: 'bad-argument', message: /op must be/ });
-  t.match(await fails(ctl, 'filter-set', { filter: 'delay:read=1ms' }), { code: 'bad-argument' }, 'a kind the export does not have (or does not exist yet)');
+  t.match(await fails(ctl, 'filter-set', { filter: 'delay:read=1ms' }), { code: 'not-found', message: /has no delay filter \(start vblk serve with --filter delay\)/ }, 'a kind the export does not have');
+  t.match(await fails(ctl, 'filter-set', { filter: 'nosuch:x=1' }), { code: 'bad-argument', message: /unknown filter 'nosuch'/ });
   t.same(await ok(ctl, 'filter-set', { filter: 'error:op=read,offset=1M,length=1M,errno=ENOSPC', index: 0 }), { filter: 'error', settings: 'error:op=read,offset=1M,length=1M,errno=ENOSPC' });
   t.match(await qemuIo(s.uri(), 'read 0 4k', 'read 1M 4k', 'read 2M 4k'), /read 4096\/4096[\s\S]*read failed: No space left on device[\s\S]*read 4096\/4096/);
   t.same(await ok(ctl, 'filter-clear', { name: 'error', index: 0 }), { filter: 'error', cleared: true });
@@ -296,4 +297,94 @@ t.test('mark reaches the journal filter; its stats show in stats', async (t) => 
   const replay = await vblk(['journal', 'replay', log, '--base', base, '--to', 'after-first', '--out', out]);
   t.equal(replay.code, 0, replay.stderr);
   t.match((await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 1 0 64k', out])).stdout, /read 65536\/65536/, 'replay to the mark has the first write, not the second');
+});
+
+t.test('power-cut reaches the power-cut filter: unflushed writes are gone, flushed ones stay', async (t) => {
+  const { s, ctl } = await served(t, ['memory:4M', '--filter', 'power-cut']);
+  // libnbd sends no flush when it closes, so the second write stays in the volatile layer.
+  const w = await run('nbdsh', ['-u', s.uri(), '-c', 'h.pwrite(b"\\x01" * 65536, 0)\nh.flush()\nh.pwrite(b"\\x02" * 65536, 65536)']);
+  t.equal(w.code, 0, w.stderr);
+  const [before] = (await ok(ctl, 'stats')) as { filters: { stats: { unflushed: { requests: number } } }[] }[];
+  t.equal(before.filters[0].stats.unflushed.requests, 1, 'one write is held unflushed');
+  t.match(await fails(ctl, 'power-cut', { policy: 'some' }), { code: 'bad-argument', message: /policy must be all, random or torn/ });
+  t.match(await ok(ctl, 'power-cut', { policy: 'all', seed: 3 }), { policy: 'all', seed: 3, dropped: { requests: 1 } });
+  t.match(await qemuIo(s.uri(), 'read -P 1 0 64k', 'read -P 0 64k 64k'), /read 65536\/65536[\s\S]*read 65536\/65536/, 'the flushed write survived, the unflushed one did not');
+  const r = await vblk(['ctl', path.join(path.dirname(ctl), 'ctl.sock'), 'power-cut', '--policy', 'torn', '--seed', '9']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(JSON.parse(r.stdout), { policy: 'torn', seed: 9 }, 'vblk ctl power-cut --policy --seed');
+});
+
+t.test('bitmap start, clear, list and drop reach the dirty filter, live, as nbdinfo sees them', async (t) => {
+  const { s, ctl } = await served(t, ['memory:4M', '--filter', 'dirty']);
+  const map = async (): Promise<{ offset: number; length: number; type: number }[]> => {
+    const r = await run('nbdinfo', ['--map=qemu:dirty-bitmap:b', '--json', s.uri()]);
+    if (r.code !== 0) throw new Error(r.stderr);
+    return (JSON.parse(r.stdout) as { offset: number; length: number; type: number }[]).map(({ offset, length, type }) => ({ offset, length, type }));
+  };
+  t.match(await qemuIo(s.uri(), 'write 0 64k'), /wrote/, 'a write before the bitmap starts');
+  t.match(await ok(ctl, 'bitmap-start', { name: 'b', granularity: 65536 }), { name: 'b', granularity: 65536 });
+  t.match(await fails(ctl, 'bitmap-start', { name: 'b' }), { code: 'failed', message: /already exists/ });
+  t.match(await fails(ctl, 'bitmap-start', { name: 'c', granularity: 256 }), { code: 'bad-argument' }, 'granularity below 512 is refused before the filter');
+  t.match(await fails(ctl, 'bitmap-start', { name: 'c', granularity: 3000 }), { code: 'failed', message: /power of two/ });
+  t.match(await qemuIo(s.uri(), 'write 1M 64k', 'write 2M 4k'), /wrote[\s\S]*wrote/);
+  t.same(await map(), [
+    { offset: 0, length: MiB, type: 0 },
+    { offset: MiB, length: 64 << 10, type: 1 },
+    { offset: MiB + (64 << 10), length: MiB - (64 << 10), type: 0 },
+    { offset: 2 * MiB, length: 64 << 10, type: 1 },
+    { offset: 2 * MiB + (64 << 10), length: 2 * MiB - (64 << 10), type: 0 },
+  ], 'exactly the writes since start are dirty, at 64 KiB granules');
+  t.match(await ok(ctl, 'bitmap-list'), [{ name: 'b', dirtyBytes: 128 << 10 }]);
+  t.match(await ok(ctl, 'bitmap-clear', { name: 'b' }), { name: 'b', dirtyBytes: 0 });
+  t.same(await map(), [{ offset: 0, length: 4 * MiB, type: 0 }], 'clean after clear');
+  // A client that selected the context before the drop gets an error after it; new clients do not see it.
+  const held = run('/usr/bin/python3', [
+    '-c',
+    [
+      'import nbd, time',
+      'h = nbd.NBD()',
+      'h.add_meta_context("qemu:dirty-bitmap:b")',
+      `h.connect_uri("${s.uri()}")`,
+      'print("selected", h.can_meta_context("qemu:dirty-bitmap:b"), flush=True)',
+      'time.sleep(2)',
+      'try:',
+      '    h.block_status(65536, 0, lambda *a: 0)',
+      '    print("block status worked")',
+      'except nbd.Error as e:',
+      '    print("error", e.errno)',
+    ].join('\n'),
+  ]);
+  await new Promise((r) => setTimeout(r, 800));
+  t.match(await ok(ctl, 'bitmap-drop', { name: 'b' }), { name: 'b' });
+  t.match(await fails(ctl, 'bitmap-clear', { name: 'b' }), { code: 'failed', message: /no dirty bitmap 'b'/ });
+  t.same(await ok(ctl, 'bitmap-list'), []);
+  const list = await run('nbdinfo', ['--list', '--content', s.uri()]);
+  t.notMatch(list.stdout, /qemu:dirty-bitmap:b/, 'new clients no longer see the context');
+  const after = await held;
+  t.match(after.stdout, /selected True[\s\S]*error EINVAL/, `the client that had it selected gets EINVAL: ${after.stdout}${after.stderr}`);
+});
+
+t.test("the issue's whole command line: six filters under one export, listed by the control socket, serving", async (t) => {
+  const dir = tempDir(t);
+  const img = path.join(dir, 'disk.img');
+  await run('qemu-img', ['create', '-f', 'raw', img, '8M']);
+  const log = path.join(dir, 'j.log');
+  const { s, ctl } = await served(t, [
+    img,
+    '--filter', 'error:op=read,offset=1M,length=1M,errno=EIO',
+    '--filter', 'delay:read=5ms',
+    '--filter', 'rate:bytes=50M',
+    '--filter', 'power-cut',
+    '--filter', `journal:file=${log}`,
+    '--filter', 'dirty',
+  ]);
+  const [e] = (await ok(ctl, 'exports')) as { filters: { index: number; name: string }[] }[];
+  t.same(e.filters.map((f) => f.name), ['error', 'delay', 'rate', 'power-cut', 'journal', 'dirty'], 'nearest the client first');
+  t.match(await qemuIo(s.uri(), 'write -P 7 0 64k', 'read -P 7 0 64k', 'read 1M 4k'), /wrote 65536\/65536[\s\S]*read 65536\/65536[\s\S]*read failed: Input\/output error/);
+  t.match(await ok(ctl, 'mark', { name: 'm' }), { seq: Number });
+  t.match(await ok(ctl, 'power-cut'), { policy: 'all' });
+  t.match(await ok(ctl, 'snapshot-create', { name: 's1' }), { name: 's1' }, 'a raw image snapshots too (it becomes a qcow2 overlay on the frozen raw file)');
+  t.match(await qemuIo(s.uri(), 'read -P 7 0 64k'), /read 65536\/65536/, 'still serving, data in place');
+  t.same(await ok(ctl, 'shutdown'), { shuttingDown: true });
+  t.same(await s.exited, { code: 0, signal: null });
 });

@@ -224,6 +224,7 @@ export const COMMANDS: Record<string, Command> = {
     run: async (args, ctx) => {
       args.only('export', 'policy', 'seed', 'index');
       const policy = args.optionalString('policy');
+      if (policy !== undefined && !['all', 'random', 'torn'].includes(policy)) throw new ControlError('bad-argument', `policy must be all, random or torn, not '${policy}'`);
       const seed = args.optionalInteger('seed', 0, 2 ** 32 - 1);
       const filter = filterOf(target(ctx, args), 'power-cut', args, 'cut');
       return attempt('power-cut', () => filter.cut!({ policy, seed }));

@@ -25,6 +25,7 @@ const ONCE = new Set([
   'vhost-user-libblkio.test.js', // vhost-user back ends, run once
   'vhost-user-guest.test.js', // QEMU guests, run once
   'vhost-user-reconnect.test.js', // a QEMU guest, run once
+  'journal-ext4.test.js', // an in-process server with its own engine; mkfs and e2fsck, run once
 ]);
 const files = [
   ...fs

@@ -26,6 +26,7 @@ const ONCE = new Set([
   'vhost-user-guest.test.js', // QEMU guests, run once
   'vhost-user-reconnect.test.js', // a QEMU guest, run once
   'journal-ext4.test.js', // an in-process server with its own engine; mkfs and e2fsck, run once
+  'journal-durability.test.js', // a memory: disk under strace; the log's own writes, run once
 ]);
 const files = [
   ...fs

@@ -8,15 +8,11 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { pino } from 'pino';
 import t from 'tap';
 import { JournalFilter } from '../src/device/filters/journal.js';
 import { openImage } from '../src/device/images/open.js';
 import { SyncEngine } from '../src/io/sync-engine.js';
-import { BusyPoll } from '../src/server/busy-poll.js';
-import { ExportRegistry } from '../src/server/exports.js';
-import { nbdFrontEnd } from '../src/server/nbd/connection.js';
-import { Server } from '../src/server/server.js';
+import { serveInProcess } from './helpers/in-process.js';
 import { serve, tempDir, vblk } from './helpers/server.js';
 import { run } from './helpers/tools.js';
 
@@ -70,16 +66,8 @@ t.test('replay --to MARK equals the image copied at that mark (qemu-img compare)
   fs.writeFileSync(file('base.img'), Buffer.alloc(4 << 20, 0x5a));
   fs.copyFileSync(file('base.img'), file('disk.img'));
   const journal = new JournalFilter(await openImage(file('disk.img'), { readOnly: false, engine: new SyncEngine() }), { file: file('log') });
-  const registry = new ExportRegistry();
-  registry.add('', journal);
-  const server = new Server(registry, { shutdownTimeoutMs: 10_000 }, pino({ level: 'silent' }));
-  const nbd = nbdFrontEnd(registry, {
-    handshakeTimeoutMs: 10_000,
-    limits: { maxInflight: 64, maxInflightBytes: 128 << 20, maxBacklogBytes: 64 << 20, maxSkippedPayload: 128 << 20 },
-    busyPoll: new BusyPoll(0),
-  });
-  await server.listen({ kind: 'unix', path: file('s.sock'), mode: 0o600 }, nbd);
-  const uri = `nbd+unix:///?socket=${file('s.sock')}`;
+  const server = await serveInProcess(t, journal, dir);
+  const uri = server.uri;
   const copyAt = async (name: string): Promise<void> => {
     const r = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri, file(name)]);
     if (r.code !== 0) throw new Error(r.stderr);

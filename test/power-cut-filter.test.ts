@@ -15,16 +15,12 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
-import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { PowerCutFilter, type PowerCutConfig } from '../src/device/filters/power-cut.js';
 import { MemoryImage } from '../src/device/images/memory.js';
 import { Gateway } from '../src/device/gateway.js';
 import { joinSegments, request, scatterSegments, type Request } from '../src/device/types.js';
-import { BusyPoll } from '../src/server/busy-poll.js';
-import { ExportRegistry } from '../src/server/exports.js';
-import { nbdFrontEnd } from '../src/server/nbd/connection.js';
-import { Server } from '../src/server/server.js';
+import { serveInProcess } from './helpers/in-process.js';
 import { serve, tempDir } from './helpers/server.js';
 import { run, TOOL_ENV } from './helpers/tools.js';
 
@@ -162,19 +158,9 @@ const DISK = 1 << 20;
 /** A power-cut filter over memory:1M served in this process (so the test can cut it between qemu-io runs). */
 async function inProcess(t: Test, config: PowerCutConfig): Promise<{ filter: PowerCutFilter; uri: string; dir: string }> {
   const filter = new PowerCutFilter(new MemoryImage(DISK), config);
-  const registry = new ExportRegistry();
-  registry.add('', filter);
-  const server = new Server(registry, { shutdownTimeoutMs: 10_000 }, pino({ level: 'silent' }));
-  const nbd = nbdFrontEnd(registry, {
-    handshakeTimeoutMs: 10_000,
-    limits: { maxInflight: 64, maxInflightBytes: 128 << 20, maxBacklogBytes: 64 << 20, maxSkippedPayload: 128 << 20 },
-    busyPoll: new BusyPoll(0),
-  });
   const dir = tempDir(t);
-  const socket = path.join(dir, 'vblk.sock');
-  await server.listen({ kind: 'unix', path: socket, mode: 0o600 }, nbd);
-  t.teardown(() => server.shutdown());
-  return { filter, uri: `nbd+unix:///?socket=${socket}`, dir };
+  const { uri } = await serveInProcess(t, filter, dir);
+  return { filter, uri, dir };
 }
 
 /** qemu-io commands in one run; it flushes the disk when it closes it. */

@@ -15,7 +15,6 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pino } from 'pino';
 import t from 'tap';
 import { applyEntries } from '../../src/cli/journal-apply.js';
 import { JournalFilter } from '../../src/device/filters/journal.js';
@@ -23,10 +22,7 @@ import { decodeJournal } from '../../src/device/journal/codec.js';
 import { cutsOf } from '../../src/device/journal/crash-states.js';
 import { openImage } from '../../src/device/images/open.js';
 import { SyncEngine } from '../../src/io/sync-engine.js';
-import { BusyPoll } from '../../src/server/busy-poll.js';
-import { ExportRegistry } from '../../src/server/exports.js';
-import { nbdFrontEnd } from '../../src/server/nbd/connection.js';
-import { Server } from '../../src/server/server.js';
+import { serveInProcess } from '../helpers/in-process.js';
 import { tempDir, vblk } from '../helpers/server.js';
 import { cannotMount } from '../helpers/system.js';
 import { run } from '../helpers/tools.js';
@@ -49,19 +45,11 @@ t.test('ext4 through --filter journal: every crash state after mkfs is consisten
   fs.writeFileSync(file('base.img'), Buffer.alloc(32 << 20));
   fs.copyFileSync(file('base.img'), file('disk.img'));
   const journal = new JournalFilter(await openImage(file('disk.img'), { readOnly: false, engine: new SyncEngine() }), { file: file('log') });
-  const registry = new ExportRegistry();
-  registry.add('', journal);
-  const server = new Server(registry, { shutdownTimeoutMs: 10_000 }, pino({ level: 'silent' }));
-  const nbd = nbdFrontEnd(registry, {
-    handshakeTimeoutMs: 10_000,
-    limits: { maxInflight: 64, maxInflightBytes: 128 << 20, maxBacklogBytes: 64 << 20, maxSkippedPayload: 128 << 20 },
-    busyPoll: new BusyPoll(0),
-  });
-  await server.listen({ kind: 'unix', path: file('s.sock'), mode: 0o600 }, nbd);
+  const server = await serveInProcess(t, journal, dir);
 
   fs.mkdirSync(file('fuse'));
   fs.mkdirSync(file('mnt'));
-  const fuse = spawn('nbdfuse', [file('fuse/disk'), `nbd+unix:///?socket=${file('s.sock')}`], { stdio: 'ignore' });
+  const fuse = spawn('nbdfuse', [file('fuse/disk'), server.uri], { stdio: 'ignore' });
   const fuseExited = new Promise((resolve) => fuse.on('exit', resolve));
   let loop = '';
   let mounted = false;

@@ -10,6 +10,7 @@ import { decodeJournal, JournalFormatError, type DataEntry, type DecodedJournal,
 import { crashStates, cutsOf } from '../device/journal/crash-states.js';
 import { numberOption, UsageError, type Command } from './command.js';
 import { applyEntries } from './journal-apply.js';
+import { progressLine } from './progress.js';
 import { formatSize } from './size.js';
 
 const HELP = `Usage: vblk journal list LOG [--json]
@@ -146,10 +147,13 @@ async function writeCrashStates(j: DecodedJournal, v: Values, max: number, seed:
   const out = v.out!;
   await mkdir(out, { recursive: true });
   const manifest = [];
+  // Progress in image bytes written: each state is a copy of the base.
+  const progress = progressLine(`crash states (${states.length})`);
   for (const [i, s] of states.entries()) {
     const file = `state-${String(i).padStart(4, '0')}.img`;
     await copyFile(base, join(out, file));
     await applyEntries(join(out, file), s.entries);
+    progress.update((i + 1) * j.header.size, states.length * j.header.size);
     manifest.push({
       file,
       cut: s.cut.label,
@@ -159,6 +163,7 @@ async function writeCrashStates(j: DecodedJournal, v: Values, max: number, seed:
       entries: s.entries.map((e) => e.seq),
     });
   }
+  progress.finish();
   await writeFile(join(out, 'manifest.json'), `${JSON.stringify({ journal: j.header, seed, states: manifest }, null, 2)}\n`);
   process.stdout.write(`${states.length} crash states in ${out}\n`);
 }

@@ -11,9 +11,8 @@
 
 import { DeviceError, toDeviceError } from './errors.js';
 import { OverlapQueue, type Ticket } from '../io/overlap-queue.js';
+import { writeZeroes } from './write-zeroes.js';
 import { joinSegments, scatterSegments, totalLength, type BlockDevice, type Capabilities, type Extent, type ReadSegment, type Request, type Result } from './types.js';
-
-const ZERO_WRITE_CHUNK = 1 << 20;
 
 function isMutating(op: Request['op']): boolean {
   return op === 'write' || op === 'trim' || op === 'writeZeroes';
@@ -173,7 +172,7 @@ export class Gateway {
         if (caps.trim) await this.device.trim(req);
         return { op: 'trim' };
       case 'writeZeroes':
-        await this.writeZeroes(req);
+        await writeZeroes(this.device, req);
         return { op: 'writeZeroes' };
       case 'cache':
         if (caps.cache) await this.device.cache(req);
@@ -191,25 +190,6 @@ export class Gateway {
     const segments = await this.device.read(req);
     scatterSegments(req.offset, into, segments);
     for (const s of segments) if (s.data) this.device.recycle?.(s.data);
-  }
-
-  private async writeZeroes(req: Request): Promise<void> {
-    if (this.capabilities.zero) {
-      try {
-        return await this.device.writeZeroes(req);
-      } catch (err) {
-        if (req.fastZero || toDeviceError(err).code !== 'ENOTSUP') throw err;
-      }
-    } else if (req.fastZero) {
-      throw new DeviceError('ENOTSUP', 'this export cannot zero faster than it writes');
-    }
-    const zeroes = Buffer.alloc(Math.min(req.length, ZERO_WRITE_CHUNK));
-    for (let done = 0; done < req.length; done += zeroes.length) {
-      const n = Math.min(zeroes.length, req.length - done);
-      const data = n === zeroes.length ? zeroes : zeroes.subarray(0, n);
-      await this.device.write({ ...req, op: 'write', offset: req.offset + done, length: n, data, fua: false });
-    }
-    if (req.fua) await this.device.flush();
   }
 
   private async guard<T>(p: Promise<T>): Promise<T> {

@@ -111,6 +111,11 @@ export function request(op: Op, offset: number, length: number, extra: Partial<R
   return { op, offset, length, fua: false, noHole: false, fastZero: false, reqOne: false, df: false, ...extra };
 }
 
+/** Whether a request's range meets [offset, offset + length). */
+export function overlaps(req: Request, offset: number, length: number): boolean {
+  return req.offset < offset + length && req.offset + req.length > offset;
+}
+
 /** The total length of a list of buffers. */
 export function totalLength(buffers: Buffer[]): number {
   let n = 0;

@@ -9,7 +9,7 @@
 // have millisecond resolution: it may wait up to about a millisecond more).
 
 import { prng } from '../seeded-random.js';
-import type { BlockDevice, Extent, ReadSegment, Request } from '../types.js';
+import { overlaps, type BlockDevice, type Extent, type ReadSegment, type Request } from '../types.js';
 import { Passthrough } from './passthrough.js';
 import { waitUntil } from './wait-until.js';
 
@@ -53,7 +53,7 @@ export class DelayFilter extends Passthrough {
     const c = this.config;
     const d = c?.delays[op];
     if (!c || !d) return 0;
-    if (req && (req.offset >= c.offset + c.length || req.offset + req.length <= c.offset)) return 0;
+    if (req && !overlaps(req, c.offset, c.length)) return 0;
     return c.jitter ? Math.max(0, d + c.jitter * (2 * this.random() - 1)) : d;
   }
 

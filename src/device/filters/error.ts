@@ -10,7 +10,7 @@
 
 import { DeviceError, type ErrorCode } from '../errors.js';
 import { prng } from '../seeded-random.js';
-import { request, type BlockDevice, type ReadSegment, type Request } from '../types.js';
+import { overlaps, request, type BlockDevice, type ReadSegment, type Request } from '../types.js';
 import { Passthrough } from './passthrough.js';
 
 export type FilteredOp = 'read' | 'write' | 'flush' | 'trim' | 'zero';
@@ -62,7 +62,7 @@ export class ErrorFilter extends Passthrough {
     const op = OP_OF[req.op];
     const r = this.rule;
     if (!r || !op || !r.ops.has(op)) return;
-    if (op !== 'flush' && (req.offset >= r.offset + r.length || req.offset + req.length <= r.offset)) return;
+    if (op !== 'flush' && !overlaps(req, r.offset, r.length)) return;
     if (this.seen++ < r.after || this.failed >= r.count) return;
     if (r.rate < 1 && this.random() >= r.rate) return;
     this.failed++;

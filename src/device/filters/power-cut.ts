@@ -21,6 +21,7 @@
 import { Mutex } from '../mutex.js';
 import { prng } from '../seeded-random.js';
 import { request, scatterSegments, type BlockDevice, type Capabilities, type Extent, type ReadSegment, type Request } from '../types.js';
+import { writeZeroes } from '../write-zeroes.js';
 import { Passthrough } from './passthrough.js';
 import { applyPieces, flatten, REQUEST_COST, survivors, VolatileLayer, type CutPolicy, type Pending, type PendingOp, type Piece } from './volatile-layer.js';
 
@@ -57,8 +58,6 @@ export interface PowerCutStats {
   /** false after configure(null): every request goes straight to the device. */
   caching: boolean;
 }
-
-const ZERO_CHUNK = 1 << 20;
 
 export class PowerCutFilter extends Passthrough {
   readonly filterName = 'power-cut';
@@ -148,9 +147,9 @@ export class PowerCutFilter extends Passthrough {
 
   private async store(req: Request, from: Buffer[]): Promise<void> {
     if (this.passesThrough(req)) {
-      return this.durably(req, () => (req.from && this.next.writeFrom ? this.next.writeFrom(req, from) : this.next.write({ ...req, data: join(from, req.length) })));
+      return this.durably(req, () => (req.from && this.next.writeFrom ? this.next.writeFrom(req, from) : this.next.write({ ...req, data: from.length === 1 ? from[0] : Buffer.concat(from, req.length) })));
     }
-    await this.hold('write', req, join(from, req.length, true));
+    await this.hold('write', req, Buffer.concat(from, req.length));
   }
 
   override async trim(req: Request): Promise<void> {
@@ -225,31 +224,11 @@ export class PowerCutFilter extends Passthrough {
     await Promise.all(pieces.map((p) => this.put(p)));
   }
 
-  private async put(p: Piece): Promise<void> {
+  private put(p: Piece): Promise<void> {
     if (p.op === 'write') return this.next.write(request('write', p.offset, p.length, { data: p.data }));
     if (p.op === 'trim') return this.next.trim(request('trim', p.offset, p.length));
-    if (this.next.capabilities.zero) {
-      try {
-        return await this.next.writeZeroes(request('writeZeroes', p.offset, p.length));
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'ENOTSUP') throw err;
-      }
-    }
-    const zeroes = Buffer.alloc(Math.min(p.length, ZERO_CHUNK));
-    for (let done = 0; done < p.length; done += zeroes.length) {
-      const n = Math.min(zeroes.length, p.length - done);
-      await this.next.write(request('write', p.offset + done, n, { data: zeroes.subarray(0, n) }));
-    }
+    return writeZeroes(this.next, request('writeZeroes', p.offset, p.length));
   }
-}
-
-/** The buffers as one; `copy` forces a copy of the layer's own even for one buffer. */
-function join(from: Buffer[], length: number, copy = false): Buffer {
-  if (from.length === 1 && !copy) return from[0];
-  const data = Buffer.allocUnsafe(length);
-  let at = 0;
-  for (const b of from) at += b.copy(data, at);
-  return data;
 }
 
 /** The pieces cut to [from, to). */

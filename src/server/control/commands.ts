@@ -60,6 +60,11 @@ function chain(e: ServedExport): BlockDevice[] {
   return devices;
 }
 
+/** The switchable image under an export's filters (a file image of a server with --control). */
+function liveImageOf(e: ServedExport): LiveImage | undefined {
+  return chain(e).find((d): d is LiveImage => d instanceof LiveImage);
+}
+
 function filters(e: ServedExport): Filter[] {
   return chain(e).filter((d): d is Filter => typeof (d as Partial<Filter>).filterName === 'string');
 }
@@ -103,7 +108,7 @@ async function attempt<T>(what: string, run: () => T | Promise<T>): Promise<T> {
 }
 
 function describeExport(e: ServedExport, ctx: ControlContext): Record<string, unknown> {
-  const live = chain(e).find((d): d is LiveImage => d instanceof LiveImage);
+  const live = liveImageOf(e);
   return {
     name: e.name,
     description: e.description,
@@ -123,7 +128,7 @@ function describeExport(e: ServedExport, ctx: ControlContext): Record<string, un
  * meanwhile (which goes to the changed image) is acknowledged before it.
  */
 async function switchImage<T>(ctx: ControlContext, e: ServedExport, what: string, after: AfterResponse, change: (file: string) => Promise<T>): Promise<T> {
-  const live = chain(e).find((d): d is LiveImage => d instanceof LiveImage);
+  const live = liveImageOf(e);
   if (!live) throw new ControlError('bad-argument', `export '${e.name}' has no image file to ${what} (a memory image?)`);
   const sharing = ctx.registry.list().filter((x) => chain(x).includes(live));
   after(() => sharing.forEach((x) => x.gateway.resume()));
@@ -288,7 +293,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'the snapshots in the export\'s chain, newest first',
     run: async (args, ctx) => {
       args.only('export');
-      const live = chain(target(ctx, args)).find((d): d is LiveImage => d instanceof LiveImage);
+      const live = liveImageOf(target(ctx, args));
       if (!live) throw new ControlError('bad-argument', 'the export has no image file (a memory image?)');
       return attempt('snapshot-list', () => listSnapshots(live.file).map((s) => ({ name: s.name, file: s.file, created: s.created.toISOString(), diskUsage: s.diskUsage })));
     },

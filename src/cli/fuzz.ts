@@ -4,7 +4,7 @@
 
 import { runModelSuite, type Finding } from '../fuzz/suite.js';
 import { isViolation } from '../fuzz/violation.js';
-import { formatNbdUri, parseNbdUri } from '../fuzz/uri.js';
+import { formatNbdUri, parseNbdUri } from '../client/uri.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
 
 interface FuzzValues {

@@ -19,7 +19,7 @@ import {
   type ExportShape,
 } from './arbitraries.js';
 import { RawClient } from './nbd-client.js';
-import type { Endpoint } from './uri.js';
+import type { Endpoint } from '../client/uri.js';
 import { Violation } from './violation.js';
 
 export const HOSTILE_STATES = [

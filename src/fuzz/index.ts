@@ -10,5 +10,5 @@ export { RawClient, replyError, type OptionReply, type Reply } from './nbd-clien
 export { Session, PLAIN_HANDSHAKE, describeHandshake, type HandshakeVariant, type Outcome } from './session.js';
 export { runModelSuite, commandsArbitrary, probe, type Finding, type Probe, type SuiteOptions, type SuiteResult } from './suite.js';
 export { hostileCase, runHostile, describeHostile, HOSTILE_STATES, type HostileCase, type HostileState } from './hostile.js';
-export { parseNbdUri, formatNbdUri, type Endpoint, type Target } from './uri.js';
+export { parseNbdUri, formatNbdUri, type Endpoint, type Target } from '../client/uri.js';
 export { Violation, isViolation } from './violation.js';

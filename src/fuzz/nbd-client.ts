@@ -1,9 +1,10 @@
 // A deliberately simple NBD client for tests and fuzzers that must send
 // what real clients refuse to: bad magics, unknown flags, truncated
 // requests. It speaks through the same codecs as the server, one frame at
-// a time, over a UNIX socket or TCP (see uri.ts for NBD URIs).
+// a time, over the client library's Wire (UNIX or TCP, STARTTLS); for a
+// client that behaves, use vblk/client.
 
-import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { CHUNK, IHAVEOPT, INFO, NBDMAGIC, OPT, REP, REPLY_FLAG_DONE } from '../protocol/nbd/constants.js';
 import {
   decodeGreeting,
@@ -23,8 +24,8 @@ import {
   type ChunkPayload,
   type RequestFields,
 } from '../protocol/nbd/transmission-codec.js';
-import { ByteQueue } from '../server/byte-queue.js';
-import type { Endpoint } from './uri.js';
+import type { Endpoint } from '../client/uri.js';
+import { Wire } from '../client/wire.js';
 
 export interface OptionReply {
   option: number;
@@ -36,93 +37,19 @@ export type Reply =
   | { kind: 'simple'; error: number; cookie: bigint; data: Buffer }
   | { kind: 'chunk'; flags: number; type: number; cookie: bigint; payload: ChunkPayload };
 
-export class RawClient {
-  private readonly input = new ByteQueue();
-  private wake: (() => void) | null = null;
-  private ended = false;
-  readonly closed: Promise<void>;
-  /** How long read() waits by default. */
-  timeoutMs = 5000;
-
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.input.push(d);
-      this.wake?.();
-    });
-    this.closed = new Promise((resolve) => {
-      const done = (): void => {
-        this.ended = true;
-        this.wake?.();
-        resolve();
-      };
-      socket.on('close', done);
-      socket.on('end', done);
-      socket.on('error', () => undefined);
-    });
+export class RawClient extends Wire {
+  constructor(socket: Duplex) {
+    super(socket);
+    this.timeoutMs = 5000;
   }
 
   /** Connects to a UNIX socket path, or to an endpoint (UNIX or TCP). */
-  static connect(to: string | Endpoint, timeoutMs = 5000): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const socket =
-        typeof to === 'string' ? net.connect(to) : 'path' in to ? net.connect(to.path) : net.connect(to.port, to.host);
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`connect timed out after ${timeoutMs} ms`));
-      }, timeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve(new RawClient(socket));
-      });
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
-  }
-
-  /** Whether the server has closed (or the socket failed). */
-  get isClosed(): boolean {
-    return this.ended;
-  }
-
-  /** Bytes received and not read yet. */
-  get buffered(): number {
-    return this.input.length;
-  }
-
-  send(...bufs: Buffer[]): void {
-    for (const b of bufs) this.socket.write(b);
-  }
-
-  /** Exactly n bytes; rejects if the server closes first or time runs out. */
-  async read(n: number, timeoutMs = this.timeoutMs): Promise<Buffer> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const got = this.input.take(n);
-      if (got) return Buffer.from(got);
-      if (this.ended) throw new Error(`connection closed while waiting for ${n} bytes`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${n} bytes`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.wake = null;
-    }
-  }
-
-  /** True if the server closes the connection within the time given. */
-  async closesWithin(timeoutMs: number): Promise<boolean> {
-    const timeout = new Promise<false>((resolve) => setTimeout(() => resolve(false), timeoutMs));
-    return Promise.race([this.closed.then(() => true as const), timeout]);
+  static override connect<T extends Wire>(this: new (socket: Duplex) => T, to: string | Endpoint, timeoutMs = 5000): Promise<T> {
+    return Wire.connect.call(this, to, timeoutMs) as Promise<T>;
   }
 
   close(): void {
-    this.socket.destroy();
+    this.destroy();
   }
 
   // --- handshake ---
@@ -190,7 +117,7 @@ export class RawClient {
       const data = h.error === 0 && dataLength > 0 ? await this.read(dataLength) : Buffer.alloc(0);
       return { kind: 'simple', error: h.error, cookie: h.cookie, data };
     }
-    if (h.kind !== 'chunk') throw new Error(`bad reply magic 0x${h.magic.toString(16)}`);
+    if (h.kind !== 'chunk') throw new Error(`bad reply magic 0x${magic.readUInt32BE(0).toString(16)}`);
     const payload = decodeChunkPayload(h.type, h.length ? await this.read(h.length) : Buffer.alloc(0));
     if (isMalformed(payload)) throw new Error(payload.malformed);
     return { kind: 'chunk', flags: h.flags, type: h.type, cookie: h.cookie, payload };

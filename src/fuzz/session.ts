@@ -44,7 +44,7 @@ import { decodeChunkPayload, encodeRequest, type BlockDescriptor } from '../prot
 import type { OptionCase, RequestCase } from './arbitraries.js';
 import { commandLabel, type Terms } from './model.js';
 import { RawClient } from './nbd-client.js';
-import type { Endpoint } from './uri.js';
+import type { Endpoint } from '../client/uri.js';
 import { Violation } from './violation.js';
 
 export interface HandshakeVariant {

@@ -12,7 +12,7 @@ import { optionRequest, rangeInside, nbdRequest, type ExportShape, type RequestC
 import { DiskModel, errnoName, expectFor, flagList, commandLabel } from './model.js';
 import { RawClient } from './nbd-client.js';
 import { describeHandshake, describeRequests, PLAIN_HANDSHAKE, Session, type HandshakeVariant, type Outcome } from './session.js';
-import type { Endpoint } from './uri.js';
+import type { Endpoint } from '../client/uri.js';
 import { isViolation, Violation } from './violation.js';
 
 export interface SuiteOptions {

@@ -8,6 +8,10 @@
 import {
   CHUNK,
   CHUNK_HEADER_SIZE,
+  EXTENDED_REPLY_MAGIC,
+  EXTENDED_REPLY_SIZE,
+  EXTENDED_REQUEST_MAGIC,
+  EXTENDED_REQUEST_SIZE,
   REQUEST_MAGIC,
   REQUEST_SIZE,
   SIMPLE_REPLY_MAGIC,
@@ -48,6 +52,16 @@ export function encodeRequest(buf: Buffer, off: number, req: RequestFields): num
   return off + REQUEST_SIZE;
 }
 
+export function encodeExtendedRequest(buf: Buffer, off: number, req: RequestFields): number {
+  buf.writeUInt32BE((req.magic ?? EXTENDED_REQUEST_MAGIC) >>> 0, off);
+  buf.writeUInt16BE(req.flags, off + 4);
+  buf.writeUInt16BE(req.type, off + 6);
+  buf.writeBigUInt64BE(req.cookie, off + 8);
+  writeU64(buf, off + 16, req.offset);
+  writeU64(buf, off + 24, req.length);
+  return off + EXTENDED_REQUEST_SIZE;
+}
+
 export function decodeRequest(buf: Buffer, off = 0): RequestHeader | null {
   if (buf.length - off < REQUEST_SIZE) return null;
   return {
@@ -74,6 +88,21 @@ export interface ChunkHeader {
   type: number;
   cookie: bigint;
   length: number;
+}
+
+export interface ExtendedHeader {
+  kind: 'extended';
+  flags: number;
+  type: number;
+  cookie: bigint;
+  offset: number;
+  length: number;
+}
+
+export function encodeBlockStatusPayload(buf: Buffer, off: number, p: { length: number; contextIds: number[] }): number {
+  writeU64(buf, off, p.length);
+  p.contextIds.forEach((id, i) => buf.writeUInt32BE(id >>> 0, off + 8 + 4 * i));
+  return off + 8 + 4 * p.contextIds.length;
 }
 
 export function encodeSimpleReply(buf: Buffer, off: number, error: number, cookie: bigint): number {
@@ -108,7 +137,7 @@ export function encodeChunkHeader(
 export function decodeReplyHeader(
   buf: Buffer,
   off = 0,
-): SimpleReply | ChunkHeader | { kind: 'unknown'; magic: number } | null {
+): SimpleReply | ChunkHeader | ExtendedHeader | { kind: 'unknown'; magic: number } | null {
   if (buf.length - off < 4) return null;
   const magic = buf.readUInt32BE(off);
   if (magic === SIMPLE_REPLY_MAGIC) {
@@ -123,6 +152,17 @@ export function decodeReplyHeader(
       type: buf.readUInt16BE(off + 6),
       cookie: buf.readBigUInt64BE(off + 8),
       length: buf.readUInt32BE(off + 16),
+    };
+  }
+  if (magic === EXTENDED_REPLY_MAGIC) {
+    if (buf.length - off < EXTENDED_REPLY_SIZE) return null;
+    return {
+      kind: 'extended',
+      flags: buf.readUInt16BE(off + 4),
+      type: buf.readUInt16BE(off + 6),
+      cookie: buf.readBigUInt64BE(off + 8),
+      offset: readU64(buf, off + 16),
+      length: readU64(buf, off + 24),
     };
   }
   return { kind: 'unknown', magic };
@@ -181,7 +221,7 @@ export type ChunkPayload =
   | { type: typeof CHUNK.NONE }
   | { type: typeof CHUNK.OFFSET_DATA; offset: number; data: Buffer }
   | { type: typeof CHUNK.OFFSET_HOLE; offset: number; size: number }
-  | { type: typeof CHUNK.BLOCK_STATUS; contextId: number; extents: BlockDescriptor[] }
+  | { type: typeof CHUNK.BLOCK_STATUS | typeof CHUNK.BLOCK_STATUS_EXT; contextId: number; extents: BlockDescriptor[] }
   | { type: typeof CHUNK.ERROR; error: number; message: string }
   | { type: typeof CHUNK.ERROR_OFFSET; error: number; message: string; offset: number }
   | { type: number; unknown: Buffer };
@@ -205,6 +245,12 @@ export function decodeChunkPayload(type: number, payload: Buffer): ChunkPayload 
       for (let p = 4; p < payload.length; p += 8) {
         extents.push({ length: payload.readUInt32BE(p), flags: payload.readUInt32BE(p + 4) });
       }
+      return { type, contextId: payload.readUInt32BE(0), extents };
+    }
+    case CHUNK.BLOCK_STATUS_EXT: {
+      if (payload.length < 24 || (payload.length - 8) % 16 !== 0) return { malformed: `BLOCK_STATUS_EXT chunk of ${payload.length} bytes` };
+      const extents: BlockDescriptor[] = [];
+      for (let p = 8; p < payload.length; p += 16) extents.push({ length: readU64(payload, p), flags: readU64(payload, p + 8) });
       return { type, contextId: payload.readUInt32BE(0), extents };
     }
     case CHUNK.ERROR:

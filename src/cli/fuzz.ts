@@ -4,6 +4,7 @@
 
 import { runModelSuite, type Finding } from '../fuzz/suite.js';
 import { isViolation } from '../fuzz/violation.js';
+import { tlsConnectOptions } from '../client/tls-credentials.js';
 import { formatNbdUri, parseNbdUri } from '../client/uri.js';
 import { numberOption, usage, UsageError, type Command } from './command.js';
 
@@ -29,7 +30,9 @@ violation is shrunk to a minimal sequence and printed with the seed and
 path that replay it. Without --destructive nothing is written: no WRITE,
 TRIM or WRITE_ZEROES is ever sent.
 
-URI is nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH.
+URI is nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH; nbds:// and
+nbds+unix:// fuzz over TLS (STARTTLS on every connection) with libnbd's
+tls-certificates=DIR or tls-psk-file=FILE&tls-username=NAME parameters.
 
 Options:
   --seconds N        how long to fuzz (default 60)
@@ -52,6 +55,7 @@ Examples:
   nbdkit -U /tmp/k.sock memory 64M &
   vblk fuzz 'nbd+unix:///?socket=/tmp/k.sock' --destructive --seconds 120
   vblk fuzz nbd://127.0.0.1:10809/scratch --destructive --seed 42
+  vblk fuzz 'nbds+unix:///?socket=/tmp/q.sock&tls-certificates=/etc/pki/qemu' --seconds 60
 `;
 
 function print(f: Finding, n: number, replay: string): void {
@@ -98,7 +102,8 @@ export const fuzz: Command<FuzzValues> = {
     if (v.replay !== undefined && v.seed === undefined) throw new UsageError('--replay needs the --seed it was found with');
     const ignore = new Set(v.ignore ?? []);
     const destructive = v.destructive ?? false;
-    const uri = formatNbdUri(target.endpoint, exportName);
+    const uri = formatNbdUri(target.endpoint, exportName, target.tls);
+    const tls = target.tls ? () => tlsConnectOptions(target.tlsParams, target.endpoint) : undefined;
     const deadline = Date.now() + seconds * 1000;
     process.stdout.write(
       `fuzzing ${uri} for ${seconds} s, seed ${seed}, ${destructive ? 'destructive (writes, trims, zeroes)' : 'read-only (no writes)'}\n`,
@@ -109,7 +114,7 @@ export const fuzz: Command<FuzzValues> = {
     for (let round = 0; Date.now() < deadline; round++, seed = (seed + 1) | 0) {
       const earlier = [...ignore];
       const result = await runModelSuite(
-        { endpoint: target.endpoint, exportName, destructive, connections, timeoutMs, ignoreRules: ignore },
+        { endpoint: target.endpoint, exportName, destructive, connections, timeoutMs, ignoreRules: ignore, tls },
         v.replay !== undefined
           ? { seed, path: v.replay, numRuns: 1, endOnFailure: true }
           : { seed, numRuns: 1_000_000, interruptAfterTimeLimit: Math.max(1, deadline - Date.now()), markInterruptAsFailure: false },

@@ -6,6 +6,7 @@
 // one BLOCK_STATUS chunk per context with non-empty extents). Anything
 // else is thrown as a Violation.
 
+import type tls from 'node:tls';
 import {
   CHUNK,
   CMD,
@@ -110,6 +111,8 @@ interface InFlight {
 
 export interface SessionOptions {
   timeoutMs: number;
+  /** Upgrade with STARTTLS right after the client flags, with these TLS options. */
+  tls?: () => tls.ConnectionOptions;
 }
 
 export class Session {
@@ -136,7 +139,7 @@ export class Session {
     client.timeoutMs = opts.timeoutMs;
     const s = new Session(client, exportName);
     try {
-      return await s.handshake(v);
+      return await s.handshake(v, opts);
     } catch (err) {
       client.close();
       throw err;
@@ -158,7 +161,7 @@ export class Session {
 
   // --- handshake ---------------------------------------------------------------
 
-  private async handshake(v: HandshakeVariant): Promise<Session | null> {
+  private async handshake(v: HandshakeVariant, opts: SessionOptions): Promise<Session | null> {
     const g = decodeGreeting(await this.read(18, 'greeting'))!;
     if (g.magic !== NBDMAGIC || g.optMagic !== IHAVEOPT) {
       throw new Violation('MUST', 'greeting is NBDMAGIC, IHAVEOPT', `got 0x${g.magic.toString(16)} 0x${g.optMagic.toString(16)}`);
@@ -183,6 +186,7 @@ export class Session {
       );
     }
     this.client.send(encodeClientFlags(flags));
+    if (opts.tls) await this.startTls(opts.tls);
     let structured = false;
     let contexts: { id: number; name: string }[] = [];
     for (const j of v.junk) await this.junkOption(j);
@@ -229,6 +233,17 @@ export class Session {
     if (!(exp.flags & TF.HAS_FLAGS)) throw new Violation('MUST', 'transmission flags have HAS_FLAGS', `0x${exp.flags.toString(16)}`);
     this.terms = { size: exp.size, flags: exp.flags, structured, contexts, maxPayload: exp.maxPayload ?? 32 << 20, maxPayloadAdvertised: exp.maxPayload !== null };
     return this;
+  }
+
+  /** STARTTLS and the TLS handshake; a server that refuses cannot be fuzzed over TLS. */
+  private async startTls(options: () => tls.ConnectionOptions): Promise<void> {
+    const last = (await this.option(OPT.STARTTLS, Buffer.alloc(0), 'STARTTLS')).at(-1)!;
+    if (last.type !== REP.ACK) throw new Error(`the server refused STARTTLS (reply type 0x${last.type.toString(16)})`);
+    try {
+      await this.client.startTls(options());
+    } catch (err) {
+      throw new Violation('MUST', 'the TLS handshake after STARTTLS succeeds', (err as Error).message);
+    }
   }
 
   /** Reads option replies up to ACK or an error, checking each header. */

@@ -12,6 +12,7 @@ import { optionRequest, rangeInside, nbdRequest, type ExportShape, type RequestC
 import { DiskModel, errnoName, expectFor, flagList, commandLabel } from './model.js';
 import { RawClient } from './nbd-client.js';
 import { describeHandshake, describeRequests, PLAIN_HANDSHAKE, Session, type HandshakeVariant, type Outcome } from './session.js';
+import type tls from 'node:tls';
 import type { Endpoint } from '../client/uri.js';
 import { isViolation, Violation } from './violation.js';
 
@@ -30,6 +31,8 @@ export interface SuiteOptions {
   ignoreRules?: Set<string>;
   /** Zero the export at the start of each run (small scratch exports): the model then knows every byte. */
   resetToZero?: boolean;
+  /** Fuzz over TLS: STARTTLS with these options on every connection. */
+  tls?: () => tls.ConnectionOptions;
 }
 
 /** What a first connection learnt about the export, which the generators need. */
@@ -40,8 +43,8 @@ export interface Probe {
   maxPayload: number;
 }
 
-export async function probe(endpoint: Endpoint, exportName: string, timeoutMs = 5000): Promise<Probe> {
-  const s = await Session.open(endpoint, exportName, PLAIN_HANDSHAKE, { timeoutMs });
+export async function probe(endpoint: Endpoint, exportName: string, timeoutMs = 5000, tlsOptions?: () => tls.ConnectionOptions): Promise<Probe> {
+  const s = await Session.open(endpoint, exportName, PLAIN_HANDSHAKE, { timeoutMs, tls: tlsOptions });
   const t = s!.terms;
   await s!.disconnect(timeoutMs).catch(() => undefined);
   return { size: t.size, flags: t.flags, structured: t.structured, maxPayload: t.maxPayload };
@@ -59,7 +62,7 @@ class Real {
   readonly ignored: Violation[] = [];
 
   constructor(
-    readonly opts: Required<Omit<SuiteOptions, 'alive' | 'ignoreRules'>> & Pick<SuiteOptions, 'alive' | 'ignoreRules'>,
+    readonly opts: Required<Omit<SuiteOptions, 'alive' | 'ignoreRules' | 'tls'>> & Pick<SuiteOptions, 'alive' | 'ignoreRules' | 'tls'>,
     readonly size: number,
   ) {
     this.sessions = new Array<Session | null>(opts.connections).fill(null);
@@ -111,7 +114,7 @@ class ConnectCmd implements Cmd {
   async run(m: Model, r: Real): Promise<void> {
     let s: Session | null;
     try {
-      s = await Session.open(r.opts.endpoint, r.opts.exportName, this.variant, { timeoutMs: r.opts.timeoutMs });
+      s = await Session.open(r.opts.endpoint, r.opts.exportName, this.variant, { timeoutMs: r.opts.timeoutMs, tls: r.opts.tls });
     } catch (err) {
       if (isViolation(err) && r.opts.ignoreRules?.has(err.rule)) {
         r.ignored.push(err);
@@ -368,7 +371,7 @@ export interface SuiteResult {
 
 export async function runModelSuite(opts: SuiteOptions, run: SuiteRun['params']): Promise<SuiteResult> {
   const full = { connections: 3, timeoutMs: 5000, resetToZero: false, ...opts };
-  const info = await probe(full.endpoint, full.exportName, full.timeoutMs);
+  const info = await probe(full.endpoint, full.exportName, full.timeoutMs, full.tls);
   const shape: ExportShape = { size: info.size, maxPayload: info.maxPayload, names: [full.exportName] };
   const ignored: Violation[] = [];
   let last = null as Violation | null;
@@ -423,8 +426,8 @@ function lastStepAndItsConnect(ran: string[]): string[] {
   return connect ? [connect, last] : ran;
 }
 
-async function zeroExport(opts: Required<Pick<SuiteOptions, 'endpoint' | 'exportName' | 'timeoutMs'>>, size: number): Promise<void> {
-  const s = (await Session.open(opts.endpoint, opts.exportName, { ...PLAIN_HANDSHAKE, meta: 'none' }, { timeoutMs: opts.timeoutMs }))!;
+async function zeroExport(opts: Required<Pick<SuiteOptions, 'endpoint' | 'exportName' | 'timeoutMs'>> & Pick<SuiteOptions, 'tls'>, size: number): Promise<void> {
+  const s = (await Session.open(opts.endpoint, opts.exportName, { ...PLAIN_HANDSHAKE, meta: 'none' }, { timeoutMs: opts.timeoutMs, tls: opts.tls }))!;
   try {
     const step = 1 << 20;
     for (let off = 0; off < size; off += step) {

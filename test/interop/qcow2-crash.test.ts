@@ -33,8 +33,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { CMD, CMD_FLAG, TF } from '../../src/protocol/nbd/constants.js';
-import { RawClient } from '../helpers/nbd-client.js';
+import { connect, formatNbdUri, NbdError } from '../../src/client/index.js';
 import { serve, tempDir, vblk } from '../helpers/server.js';
 import { requireTool, TOOL_ENV, type RunResult } from '../helpers/tools.js';
 
@@ -228,17 +227,15 @@ function range(r: Rng, p: Plan): { offset: number; length: number } {
 
 /** Drives the served image until the kill; returns what was sent and acknowledged. */
 async function workload(socket: string, p: Plan, r: Rng, kill: () => void): Promise<Workload> {
-  const client = await RawClient.connect(socket);
-  const { size, flags } = await client.handshake({ structured: false });
+  const disk = await connect(formatNbdUri({ path: socket }), { structuredReplies: false });
   const w: Workload = { ops: [], flushes: [], replies: 0, errors: [], killedBy: '' };
-  if (size !== p.size) w.errors.push(`export size ${size}, expected ${p.size}`);
-  for (const f of [TF.SEND_FUA, TF.SEND_FLUSH, TF.SEND_TRIM, TF.SEND_WRITE_ZEROES]) {
-    if (!(flags & f)) w.errors.push(`export flag 0x${f.toString(16)} not advertised`);
-  }
+  if (disk.size !== p.size) w.errors.push(`export size ${disk.size}, expected ${p.size}`);
+  if (!disk.canFua || !disk.canFlush || !disk.canTrim || !disk.canZero) w.errors.push(`export flags 0x${disk.info.flags.toString(16)} lack FUA, FLUSH, TRIM or WRITE_ZEROES`);
   let clock = 0;
-  let cookie = 0n;
-  const pending = new Map<bigint, Op | Flush>();
+  let inFlight = 0;
   let killed = false;
+  let finished: () => void;
+  const done = new Promise<void>((resolve) => (finished = resolve));
   const doKill = (why: string): void => {
     if (killed) return;
     killed = true;
@@ -247,64 +244,56 @@ async function workload(socket: string, p: Plan, r: Rng, kill: () => void): Prom
   };
   const timer = 'afterMs' in p.kill ? setTimeout(() => doKill(`after ${(p.kill as { afterMs: number }).afterMs} ms`), p.kill.afterMs) : null;
 
-  const sendOne = (): void => {
-    const c = ++cookie;
-    const roll = p.grow ? 0.1 + 0.62 * r.next() + (r.chance(0.1) ? 0.28 : 0) : r.next();
-    if (roll < 0.05) {
-      const f: Flush = { send: ++clock, ack: Infinity };
-      w.flushes.push(f);
-      pending.set(c, f);
-      client.request({ flags: 0, type: CMD.FLUSH, cookie: c, offset: 0, length: 0 });
-      return;
-    }
-    const { offset, length } = range(r, p);
-    const fua = r.chance(0.2);
-    let op: Op;
-    if (roll < 0.72) {
-      op = { kind: 'write', offset, length, data: r.bytes(length), fua, send: 0, ack: Infinity };
-      client.request({ flags: fua ? CMD_FLAG.FUA : 0, type: CMD.WRITE, cookie: c, offset, length }, op.data);
-    } else if (roll < 0.88) {
-      op = { kind: 'zero', offset, length, fua, send: 0, ack: Infinity };
-      const noHole = r.chance(0.3) ? CMD_FLAG.NO_HOLE : 0;
-      client.request({ flags: (fua ? CMD_FLAG.FUA : 0) | noHole, type: CMD.WRITE_ZEROES, cookie: c, offset, length });
-    } else {
-      op = { kind: 'trim', offset, length, fua, send: 0, ack: Infinity };
-      client.request({ flags: fua ? CMD_FLAG.FUA : 0, type: CMD.TRIM, cookie: c, offset, length });
-    }
-    op.send = ++clock;
-    w.ops.push(op);
-    pending.set(c, op);
-  };
-
   const MAX_OPS = 4000;
+  const sendOne = (): void => {
+    const roll = p.grow ? 0.1 + 0.62 * r.next() + (r.chance(0.1) ? 0.28 : 0) : r.next();
+    let entry: Op | Flush;
+    let sent: Promise<void>;
+    if (roll < 0.05) {
+      entry = { send: ++clock, ack: Infinity };
+      w.flushes.push(entry);
+      sent = disk.flush();
+    } else {
+      const { offset, length } = range(r, p);
+      const fua = r.chance(0.2);
+      let op: Op;
+      if (roll < 0.72) {
+        op = { kind: 'write', offset, length, data: r.bytes(length), fua, send: 0, ack: Infinity };
+        sent = disk.write(offset, op.data!, { fua });
+      } else if (roll < 0.88) {
+        op = { kind: 'zero', offset, length, fua, send: 0, ack: Infinity };
+        sent = disk.zero(offset, length, { fua, noHole: r.chance(0.3) });
+      } else {
+        op = { kind: 'trim', offset, length, fua, send: 0, ack: Infinity };
+        sent = disk.trim(offset, length, { fua });
+      }
+      op.send = ++clock;
+      w.ops.push(op);
+      entry = op;
+    }
+    inFlight++;
+    sent.then(
+      () => {
+        inFlight--;
+        entry.ack = ++clock;
+        w.replies++;
+        if ('afterReplies' in p.kill && w.replies >= p.kill.afterReplies) doKill(`after ${w.replies} replies`);
+        if (!killed && w.ops.length + w.flushes.length < MAX_OPS) sendOne();
+        if (!killed && inFlight === 0) doKill('after the whole workload');
+        if (inFlight === 0) finished();
+      },
+      (err: Error) => {
+        inFlight--;
+        if (err instanceof NbdError) w.errors.push(`a request failed with ${err.code}`);
+        else if (!killed) w.errors.push(`the connection failed before the kill: ${err.message}`);
+        if (inFlight === 0) finished();
+      },
+    );
+  };
   for (let k = 0; k < p.depth; k++) sendOne();
-  for (;;) {
-    let reply;
-    try {
-      reply = await client.reply();
-    } catch (err) {
-      const message = (err as Error).message;
-      if (!killed) w.errors.push(`the connection failed before the kill: ${message}`);
-      break;
-    }
-    const entry = pending.get(reply.cookie);
-    if (!entry || reply.kind !== 'simple') {
-      w.errors.push(`unexpected reply ${JSON.stringify({ kind: reply.kind, cookie: String(reply.cookie) })}`);
-      break;
-    }
-    pending.delete(reply.cookie);
-    if (reply.error !== 0) {
-      w.errors.push(`request ${reply.cookie} failed with NBD error ${reply.error}`);
-      continue;
-    }
-    entry.ack = ++clock;
-    w.replies++;
-    if ('afterReplies' in p.kill && w.replies >= p.kill.afterReplies) doKill(`after ${w.replies} replies`);
-    if (!killed && w.ops.length + w.flushes.length < MAX_OPS) sendOne();
-    if (!killed && pending.size === 0) doKill('after the whole workload');
-  }
+  await done;
   if (timer) clearTimeout(timer);
-  client.close();
+  disk.destroy();
   return w;
 }
 
@@ -506,14 +495,12 @@ t.test('negative controls: the judge and qemu-img check catch what they should',
     const image = path.join(dir, 'img.qcow2');
     t.equal((await vblk(['create', image, '--size', '4M', '--cluster-size', '4096'])).code, 0, 'created');
     const served = await serve(t, [image]);
-    const client = await RawClient.connect(served.socket);
-    await client.handshake({ structured: false });
-    client.request({ flags: CMD_FLAG.FUA, type: CMD.WRITE, cookie: 1n, offset: 0, length: 64 * KiB }, Buffer.alloc(64 * KiB, 0x42));
-    const reply = await client.reply();
-    t.ok(reply.kind === 'simple' && reply.error === 0, 'a FUA write acknowledged');
+    const disk = await connect(formatNbdUri({ path: served.socket }));
+    await disk.write(0, Buffer.alloc(64 * KiB, 0x42), { fua: true });
+    t.pass('a FUA write acknowledged');
     served.proc.kill('SIGKILL');
     await served.exited;
-    client.close();
+    disk.destroy();
     const before = await qemuCheck(image);
     t.equal(before.code, 0, 'qemu-img check is clean before', { output: before.output });
     const fd = fs.openSync(image, 'r+');

@@ -165,6 +165,7 @@ t.test('connectMany: several connections when the export allows it', async (t) =
 
 /** A CA, a server certificate and a client certificate, made with openssl, in QEMU's layout. */
 function x509(t: Test, dir: string, cn = 'localhost'): { server: string; client: string } {
+  requireTool('openssl');
   const server = path.join(dir, 'server');
   const client = path.join(dir, 'client');
   fs.mkdirSync(server);

@@ -9,6 +9,7 @@ export const REQUEST_MAGIC = 0x25609513;
 export const EXTENDED_REQUEST_MAGIC = 0x21e41c71;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
 export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+export const EXTENDED_REPLY_MAGIC = 0x6e8a278c;
 
 /** Handshake flags (server, 16 bits) and client flags (32 bits). */
 export const FLAG_FIXED_NEWSTYLE = 1 << 0;
@@ -147,7 +148,9 @@ export const GREETING_SIZE = 18;
 export const OPTION_HEADER_SIZE = 16;
 export const OPTION_REPLY_HEADER_SIZE = 20;
 export const REQUEST_SIZE = 28;
+export const EXTENDED_REQUEST_SIZE = 32;
 export const SIMPLE_REPLY_SIZE = 16;
 export const CHUNK_HEADER_SIZE = 20;
+export const EXTENDED_REPLY_SIZE = 32;
 export const EXPORT_NAME_REPLY_SIZE = 10;
 export const EXPORT_NAME_PADDING = 124;

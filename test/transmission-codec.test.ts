@@ -10,6 +10,10 @@ import {
   CHUNK_HEADER_SIZE,
   CMD,
   CMD_FLAG,
+  EXTENDED_REPLY_MAGIC,
+  EXTENDED_REPLY_SIZE,
+  EXTENDED_REQUEST_MAGIC,
+  EXTENDED_REQUEST_SIZE,
   REPLY_FLAG_DONE,
   REQUEST_MAGIC,
   REQUEST_SIZE,
@@ -19,13 +23,21 @@ import {
 } from '../src/protocol/nbd/constants.js';
 import { isMalformed, type Malformed } from '../src/protocol/nbd/handshake-codec.js';
 import {
+  blockStatusExtSize,
+  blockStatusPayloadSize,
   blockStatusSize,
+  decodeBlockStatusPayload,
   decodeChunkPayload,
+  decodeExtendedRequest,
   decodeReplyHeader,
   decodeRequest,
   encodeBlockStatus,
+  encodeBlockStatusExt,
+  encodeBlockStatusPayload,
   encodeChunkHeader,
   encodeErrorPayload,
+  encodeExtendedReplyHeader,
+  encodeExtendedRequest,
   encodeOffsetDataPrefix,
   encodeOffsetHole,
   encodeRequest,
@@ -185,6 +197,77 @@ t.test('request decoder wants all 28 bytes', async (t) => {
   t.equal(decodeRequest(Buffer.concat([Buffer.alloc(1), buf.subarray(0, 27)]), 1), null, 'offset counts');
 });
 
+t.test('compact requests carry the low 32 bits of a bigint length', async (t) => {
+  const buf = request({ flags: 0, type: CMD.TRIM, cookie: 1n, offset: 0, length: 0x1_0000_0200n });
+  t.equal(buf.readUInt32BE(24), 0x200);
+});
+
+// --- extended requests ------------------------------------------------------
+
+function extendedRequest(fields: Parameters<typeof encodeExtendedRequest>[2]): Buffer {
+  const buf = Buffer.alloc(EXTENDED_REQUEST_SIZE);
+  expectEnd(encodeExtendedRequest(buf, 0, fields), EXTENDED_REQUEST_SIZE);
+  return buf;
+}
+
+t.test('extended request wire layout', async (t) => {
+  const buf = extendedRequest({ flags: CMD_FLAG.PAYLOAD_LEN, type: CMD.WRITE, cookie: 0x0102030405060708n, offset: 0x1_0000_0200, length: 512 });
+  t.same(
+    buf,
+    Buffer.from('21e41c71' + '0020' + '0001' + '0102030405060708' + '0000000100000200' + '0000000000000200', 'hex'),
+    'magic, flags, type, cookie, offset, 64-bit length',
+  );
+  t.same(decodeExtendedRequest(buf), {
+    magic: EXTENDED_REQUEST_MAGIC,
+    flags: CMD_FLAG.PAYLOAD_LEN,
+    type: CMD.WRITE,
+    cookie: 0x0102030405060708n,
+    offset: 0x1_0000_0200,
+    length: 512,
+  });
+  const big = extendedRequest({ flags: 0, type: CMD.WRITE_ZEROES, cookie: 1n, offset: 0, length: 5 * 2 ** 30 });
+  t.equal(big.readBigUInt64BE(24), 5n * 2n ** 30n, 'a 5 GiB effect length on the wire');
+  t.equal(decodeExtendedRequest(big)!.length, 5 * 2 ** 30, 'and back');
+  const top = decodeExtendedRequest(extendedRequest({ flags: 0, type: 0, cookie: 0n, offset: 0, length: 2n ** 64n - 1n }))!;
+  t.equal(top.length, 2 ** 64, '2^64-1 decodes rounded, beyond any export');
+  t.equal(EXTENDED_REQUEST_MAGIC, 0x21e41c71);
+});
+
+t.test('extended requests round-trip', async (t) => {
+  fc.assert(
+    fc.property(u16, u16, u64, u64, u64, fc.nat({ max: 9 }), (flags, type, cookie, offset, length, at) => {
+      const buf = Buffer.alloc(at + EXTENDED_REQUEST_SIZE, 0xaa);
+      expectEnd(encodeExtendedRequest(buf, at, { flags, type, cookie, offset, length }), at + EXTENDED_REQUEST_SIZE);
+      const d = decodeExtendedRequest(buf, at);
+      return (
+        d !== null &&
+        d.magic === EXTENDED_REQUEST_MAGIC &&
+        d.flags === flags &&
+        d.type === type &&
+        d.cookie === cookie &&
+        d.offset === Number(offset) &&
+        d.length === Number(length)
+      );
+    }),
+    RUNS,
+  );
+  fc.assert(
+    fc.property(safe, safe, (offset, length) => {
+      const d = decodeExtendedRequest(extendedRequest({ flags: 0, type: 0, cookie: 0n, offset, length }))!;
+      return d.offset === offset && d.length === length;
+    }),
+    RUNS,
+  );
+  const other = decodeExtendedRequest(extendedRequest({ magic: REQUEST_MAGIC, flags: 0, type: 0, cookie: 0n, offset: 0, length: 0 }));
+  t.equal(other?.magic, REQUEST_MAGIC, 'the magic is not validated, only carried');
+});
+
+t.test('extended request decoder wants all 32 bytes', async (t) => {
+  const buf = extendedRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 1 });
+  for (let n = 0; n < EXTENDED_REQUEST_SIZE; n++) t.equal(decodeExtendedRequest(buf.subarray(0, n)), null, `${n} bytes`);
+  t.equal(decodeExtendedRequest(Buffer.concat([Buffer.alloc(1), buf.subarray(0, 31)]), 1), null, 'offset counts');
+});
+
 // --- reply headers ----------------------------------------------------------
 
 t.test('simple replies round-trip', async (t) => {
@@ -217,6 +300,42 @@ t.test('chunk headers round-trip', async (t) => {
     }),
     RUNS,
   );
+});
+
+t.test('extended reply headers round-trip', async (t) => {
+  const buf = Buffer.alloc(EXTENDED_REPLY_SIZE);
+  t.equal(encodeExtendedReplyHeader(buf, 0, REPLY_FLAG_DONE, CHUNK.BLOCK_STATUS_EXT, 7n, 0x1_0000_0000, 24), EXTENDED_REPLY_SIZE);
+  t.same(buf, Buffer.from('6e8a278c' + '0001' + '0006' + '0000000000000007' + '0000000100000000' + '0000000000000018', 'hex'));
+  t.same(decodeReplyHeader(buf), {
+    kind: 'extended',
+    flags: 1,
+    type: CHUNK.BLOCK_STATUS_EXT,
+    cookie: 7n,
+    offset: 0x1_0000_0000,
+    length: 24,
+  });
+  fc.assert(
+    fc.property(u16, u16, u64, safe, safe, fc.nat({ max: 9 }), (flags, type, cookie, offset, length, at) => {
+      const b = Buffer.alloc(at + EXTENDED_REPLY_SIZE);
+      expectEnd(encodeExtendedReplyHeader(b, at, flags, type, cookie, offset, length), at + EXTENDED_REPLY_SIZE);
+      const d = decodeReplyHeader(b, at);
+      return (
+        d !== null &&
+        d.kind === 'extended' &&
+        d.flags === flags &&
+        d.type === type &&
+        d.cookie === cookie &&
+        d.offset === offset &&
+        d.length === length
+      );
+    }),
+    RUNS,
+  );
+  for (let n = 4; n < EXTENDED_REPLY_SIZE; n++) {
+    t.equal(decodeReplyHeader(buf.subarray(0, n)), null, `extended, ${n} bytes`);
+  }
+  t.equal(decodeReplyHeader(Buffer.concat([Buffer.alloc(3), buf.subarray(0, 31)]), 3), null, 'offset counts');
+  t.same(Buffer.from([0x6e, 0x8a, 0x27, 0x8c]).readUInt32BE(), EXTENDED_REPLY_MAGIC);
 });
 
 t.test('decodeReplyHeader: unknown magic and short buffers', async (t) => {
@@ -329,6 +448,67 @@ t.test('BLOCK_STATUS', async (t) => {
   );
 });
 
+function blockStatusExt(id: number, extents: { length: number; flags: number }[]): Buffer {
+  const buf = Buffer.alloc(blockStatusExtSize(extents.length));
+  expectEnd(encodeBlockStatusExt(buf, 0, id, extents), buf.length);
+  return buf;
+}
+
+t.test('BLOCK_STATUS_EXT', async (t) => {
+  const p = blockStatusExt(1, [{ length: 5 * 2 ** 30, flags: 3 }]);
+  t.same(p, Buffer.from('00000001' + '00000001' + '0000000140000000' + '0000000000000003', 'hex'), 'id, count, 64-bit length, 64-bit status');
+  t.same(ok(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, p)), {
+    type: CHUNK.BLOCK_STATUS_EXT,
+    contextId: 1,
+    extents: [{ length: 5 * 2 ** 30, flags: 3 }],
+  });
+  t.equal(blockStatusExtSize(0), 8);
+  t.equal(blockStatusExtSize(2), 40);
+  t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, blockStatusExt(1, []))), 'no descriptor at all');
+  const zeroCount = Buffer.from(p);
+  zeroCount.writeUInt32BE(0, 4);
+  t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, zeroCount)), 'a count of zero with one descriptor');
+  const twoClaimed = Buffer.from(p);
+  twoClaimed.writeUInt32BE(2, 4);
+  t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, twoClaimed)), 'a count that disagrees with the length');
+  const highStatus = Buffer.from(p);
+  highStatus.writeUInt32BE(1, 16);
+  t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, highStatus)), 'status with the high 32 bits set');
+  for (let n = 0; n < p.length; n++) {
+    t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, p.subarray(0, n))), `cut to ${n} bytes`);
+  }
+  const two = blockStatusExt(9, [{ length: 512, flags: 0 }, { length: 1024, flags: 1 }]);
+  t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, two.subarray(0, 32))), 'a partial second descriptor');
+  t.ok(isMalformed(decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, Buffer.concat([two, Buffer.alloc(16)]))), 'one descriptor more than counted');
+  const u64safe = fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER });
+  fc.assert(
+    fc.property(u32, fc.array(fc.record({ length: u64safe, flags: u32 }), { minLength: 1, maxLength: 16 }), (id, extents) => {
+      const r = decodeChunkPayload(CHUNK.BLOCK_STATUS_EXT, blockStatusExt(id, extents));
+      return !isMalformed(r) && 'extents' in r && r.contextId === id && JSON.stringify(r.extents) === JSON.stringify(extents);
+    }),
+    RUNS,
+  );
+});
+
+t.test('BLOCK_STATUS request payload (NBD_CMD_FLAG_PAYLOAD_LEN)', async (t) => {
+  const buf = Buffer.alloc(blockStatusPayloadSize(2));
+  expectEnd(encodeBlockStatusPayload(buf, 0, { length: 5 * 2 ** 30, contextIds: [1, 3] }), 16);
+  t.same(buf, Buffer.from('0000000140000000' + '00000001' + '00000003', 'hex'), 'effect length, then the ids');
+  t.same(ok(decodeBlockStatusPayload(buf)), { length: 5 * 2 ** 30, contextIds: [1, 3] });
+  for (let n = 0; n < 12; n++) t.ok(isMalformed(decodeBlockStatusPayload(buf.subarray(0, n))), `${n} bytes: no context id`);
+  t.ok(isMalformed(decodeBlockStatusPayload(buf.subarray(0, 14))), 'a partial id');
+  t.ok(isMalformed(decodeBlockStatusPayload(Buffer.alloc(17))), '17 bytes');
+  fc.assert(
+    fc.property(u64, fc.array(u32, { minLength: 1, maxLength: 16 }), fc.nat({ max: 5 }), (length, contextIds, at) => {
+      const b = Buffer.alloc(at + blockStatusPayloadSize(contextIds.length));
+      expectEnd(encodeBlockStatusPayload(b, at, { length, contextIds }), b.length);
+      const d = decodeBlockStatusPayload(b.subarray(at));
+      return !isMalformed(d) && d.length === Number(length) && JSON.stringify(d.contextIds) === JSON.stringify(contextIds);
+    }),
+    RUNS,
+  );
+});
+
 t.test('ERROR', async (t) => {
   const p = errorPayload(5, 'oops');
   t.same(p, Buffer.from('00000005' + '0004' + Buffer.from('oops').toString('hex'), 'hex'));
@@ -363,7 +543,7 @@ t.test('ERROR_OFFSET', async (t) => {
 });
 
 t.test('unknown chunk types come back whole', async (t) => {
-  for (const type of [3, 4, CHUNK.BLOCK_STATUS_EXT, 0x7fff, 0x8003, 0xffff]) {
+  for (const type of [3, 4, 7, 0x7fff, 0x8003, 0xffff]) {
     const payload = Buffer.from([type & 0xff, 1, 2]);
     const r = decodeChunkPayload(type, payload);
     t.same(r, { type, unknown: payload }, `type ${type}`);
@@ -372,7 +552,7 @@ t.test('unknown chunk types come back whole', async (t) => {
 });
 
 t.test('random payloads never make the chunk decoder throw or change the type', async (t) => {
-  const types = [CHUNK.NONE, CHUNK.OFFSET_DATA, CHUNK.OFFSET_HOLE, CHUNK.BLOCK_STATUS, CHUNK.ERROR, CHUNK.ERROR_OFFSET, 77];
+  const types = [CHUNK.NONE, CHUNK.OFFSET_DATA, CHUNK.OFFSET_HOLE, CHUNK.BLOCK_STATUS, CHUNK.BLOCK_STATUS_EXT, CHUNK.ERROR, CHUNK.ERROR_OFFSET, 77];
   let decoded = 0;
   fc.assert(
     fc.property(fc.constantFrom(...types), fc.uint8Array({ maxLength: 40 }), (type, bytes) => {

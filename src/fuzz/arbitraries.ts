@@ -296,6 +296,8 @@ export function flagNames(flags: number): string {
 }
 
 export interface RequestCase extends RequestFields {
+  /** The fuzzer's lengths are numbers (exact below 2^53, like the server's). */
+  length: number;
   /** Payload sent after the header (a WRITE's data, possibly the wrong size). */
   payload?: Buffer;
   label: string;

@@ -117,7 +117,8 @@ export class RawClient extends Wire {
       const data = h.error === 0 && dataLength > 0 ? await this.read(dataLength) : Buffer.alloc(0);
       return { kind: 'simple', error: h.error, cookie: h.cookie, data };
     }
-    if (h.kind !== 'chunk') throw new Error(`bad reply magic 0x${magic.readUInt32BE(0).toString(16)}`);
+    if (h.kind === 'unknown') throw new Error(`bad reply magic 0x${h.magic.toString(16)}`);
+    if (h.kind !== 'chunk') throw new Error('an extended reply header where none was negotiated');
     const payload = decodeChunkPayload(h.type, h.length ? await this.read(h.length) : Buffer.alloc(0));
     if (isMalformed(payload)) throw new Error(payload.malformed);
     return { kind: 'chunk', flags: h.flags, type: h.type, cookie: h.cookie, payload };

@@ -1,5 +1,6 @@
-// Pure encoders and decoders for the transmission phase: requests, simple
-// replies, structured reply chunks and their payloads. Header encoders
+// Pure encoders and decoders for the transmission phase: requests (compact
+// 28-byte and extended 32-byte), simple replies, structured and extended
+// reply chunks and their payloads. Header encoders
 // write into a buffer they are given, so the server can put a reply
 // header and its payload into one corked write without copying the data.
 // Decoders return null when the frame is not complete yet and never
@@ -30,6 +31,7 @@ export interface RequestHeader {
   cookie: bigint;
   /** Exact below 2^53; see u64.ts for why that is enough. */
   offset: number;
+  /** 32 bits in a compact request; 64 bits (exact below 2^53) in an extended one. */
   length: number;
 }
 
@@ -39,25 +41,29 @@ export interface RequestFields {
   type: number;
   cookie: bigint;
   offset: number | bigint;
-  length: number;
+  /** A compact request carries the low 32 bits. */
+  length: number | bigint;
+}
+
+/** The first 16 bytes both request forms share. */
+function encodeRequestStart(buf: Buffer, off: number, req: RequestFields, magic: number): void {
+  buf.writeUInt32BE((req.magic ?? magic) >>> 0, off);
+  buf.writeUInt16BE(req.flags, off + 4);
+  buf.writeUInt16BE(req.type, off + 6);
+  buf.writeBigUInt64BE(req.cookie, off + 8);
+  writeU64(buf, off + 16, req.offset);
 }
 
 export function encodeRequest(buf: Buffer, off: number, req: RequestFields): number {
-  buf.writeUInt32BE((req.magic ?? REQUEST_MAGIC) >>> 0, off);
-  buf.writeUInt16BE(req.flags, off + 4);
-  buf.writeUInt16BE(req.type, off + 6);
-  buf.writeBigUInt64BE(req.cookie, off + 8);
-  writeU64(buf, off + 16, req.offset);
-  buf.writeUInt32BE(req.length >>> 0, off + 24);
+  encodeRequestStart(buf, off, req, REQUEST_MAGIC);
+  const length = typeof req.length === 'bigint' ? Number(BigInt.asUintN(32, req.length)) : req.length >>> 0;
+  buf.writeUInt32BE(length, off + 24);
   return off + REQUEST_SIZE;
 }
 
+/** The 32-byte request of NBD_OPT_EXTENDED_HEADERS: the same fields with a 64-bit length. */
 export function encodeExtendedRequest(buf: Buffer, off: number, req: RequestFields): number {
-  buf.writeUInt32BE((req.magic ?? EXTENDED_REQUEST_MAGIC) >>> 0, off);
-  buf.writeUInt16BE(req.flags, off + 4);
-  buf.writeUInt16BE(req.type, off + 6);
-  buf.writeBigUInt64BE(req.cookie, off + 8);
-  writeU64(buf, off + 16, req.offset);
+  encodeRequestStart(buf, off, req, EXTENDED_REQUEST_MAGIC);
   writeU64(buf, off + 24, req.length);
   return off + EXTENDED_REQUEST_SIZE;
 }
@@ -71,6 +77,18 @@ export function decodeRequest(buf: Buffer, off = 0): RequestHeader | null {
     cookie: buf.readBigUInt64BE(off + 8),
     offset: readU64(buf, off + 16),
     length: buf.readUInt32BE(off + 24),
+  };
+}
+
+export function decodeExtendedRequest(buf: Buffer, off = 0): RequestHeader | null {
+  if (buf.length - off < EXTENDED_REQUEST_SIZE) return null;
+  return {
+    magic: buf.readUInt32BE(off),
+    flags: buf.readUInt16BE(off + 4),
+    type: buf.readUInt16BE(off + 6),
+    cookie: buf.readBigUInt64BE(off + 8),
+    offset: readU64(buf, off + 16),
+    length: readU64(buf, off + 24),
   };
 }
 
@@ -90,19 +108,15 @@ export interface ChunkHeader {
   length: number;
 }
 
-export interface ExtendedHeader {
+/** An extended reply chunk: a chunk header that also echoes the request's offset. */
+export interface ExtendedReplyHeader {
   kind: 'extended';
   flags: number;
   type: number;
   cookie: bigint;
   offset: number;
+  /** 64 bits on the wire, exact below 2^53. */
   length: number;
-}
-
-export function encodeBlockStatusPayload(buf: Buffer, off: number, p: { length: number; contextIds: number[] }): number {
-  writeU64(buf, off, p.length);
-  p.contextIds.forEach((id, i) => buf.writeUInt32BE(id >>> 0, off + 8 + 4 * i));
-  return off + 8 + 4 * p.contextIds.length;
 }
 
 export function encodeSimpleReply(buf: Buffer, off: number, error: number, cookie: bigint): number {
@@ -128,16 +142,34 @@ export function encodeChunkHeader(
   return off + CHUNK_HEADER_SIZE;
 }
 
+export function encodeExtendedReplyHeader(
+  buf: Buffer,
+  off: number,
+  flags: number,
+  type: number,
+  cookie: bigint,
+  offset: number,
+  length: number,
+): number {
+  buf.writeUInt32BE(EXTENDED_REPLY_MAGIC, off);
+  buf.writeUInt16BE(flags, off + 4);
+  buf.writeUInt16BE(type, off + 6);
+  buf.writeBigUInt64BE(cookie, off + 8);
+  writeU64(buf, off + 16, offset);
+  writeU64(buf, off + 24, length);
+  return off + EXTENDED_REPLY_SIZE;
+}
+
 /**
  * Decodes the header of whatever reply comes next: a simple reply (16
- * bytes) or a structured chunk header (20 bytes). Returns null when more
- * bytes are needed, and { kind: 'unknown', magic } for a magic that is
- * neither.
+ * bytes), a structured chunk header (20 bytes) or an extended one (32
+ * bytes). Returns null when more bytes are needed, and
+ * { kind: 'unknown', magic } for a magic that is none of them.
  */
 export function decodeReplyHeader(
   buf: Buffer,
   off = 0,
-): SimpleReply | ChunkHeader | ExtendedHeader | { kind: 'unknown'; magic: number } | null {
+): SimpleReply | ChunkHeader | ExtendedReplyHeader | { kind: 'unknown'; magic: number } | null {
   if (buf.length - off < 4) return null;
   const magic = buf.readUInt32BE(off);
   if (magic === SIMPLE_REPLY_MAGIC) {
@@ -186,7 +218,9 @@ export function encodeOffsetHole(buf: Buffer, off: number, offset: number, size:
 }
 
 export interface BlockDescriptor {
+  /** 32 bits in BLOCK_STATUS, 64 bits (exact below 2^53) in BLOCK_STATUS_EXT. */
   length: number;
+  /** 32 bits: every context we know leaves the high half of a BLOCK_STATUS_EXT status zero. */
   flags: number;
 }
 
@@ -203,6 +237,56 @@ export function encodeBlockStatus(buf: Buffer, off: number, contextId: number, e
     p += 8;
   }
   return p;
+}
+
+/** BLOCK_STATUS_EXT: context id, descriptor count, then 16-byte descriptors. */
+export function blockStatusExtSize(count: number): number {
+  return 8 + 16 * count;
+}
+
+export function encodeBlockStatusExt(buf: Buffer, off: number, contextId: number, extents: BlockDescriptor[]): number {
+  buf.writeUInt32BE(contextId >>> 0, off);
+  buf.writeUInt32BE(extents.length, off + 4);
+  let p = off + 8;
+  for (const e of extents) {
+    writeU64(buf, p, e.length);
+    buf.writeUInt32BE(0, p + 8);
+    buf.writeUInt32BE(e.flags >>> 0, p + 12);
+    p += 16;
+  }
+  return p;
+}
+
+/**
+ * The payload of a BLOCK_STATUS request sent with NBD_CMD_FLAG_PAYLOAD_LEN:
+ * the effect length, then the context ids the client wants answered.
+ */
+export interface BlockStatusPayload {
+  length: number | bigint;
+  contextIds: number[];
+}
+
+export function blockStatusPayloadSize(contextCount: number): number {
+  return 8 + 4 * contextCount;
+}
+
+export function encodeBlockStatusPayload(buf: Buffer, off: number, payload: BlockStatusPayload): number {
+  writeU64(buf, off, payload.length);
+  let p = off + 8;
+  for (const id of payload.contextIds) {
+    buf.writeUInt32BE(id >>> 0, p);
+    p += 4;
+  }
+  return p;
+}
+
+export function decodeBlockStatusPayload(payload: Buffer): { length: number; contextIds: number[] } | Malformed {
+  if (payload.length < 12 || (payload.length - 8) % 4 !== 0) {
+    return { malformed: `BLOCK_STATUS payload of ${payload.length} bytes (not 8 + a positive multiple of 4)` };
+  }
+  const contextIds: number[] = [];
+  for (let p = 8; p < payload.length; p += 4) contextIds.push(payload.readUInt32BE(p));
+  return { length: readU64(payload, 0), contextIds };
 }
 
 /** Size of an ERROR chunk payload carrying a message of `messageBytes`. */
@@ -248,9 +332,18 @@ export function decodeChunkPayload(type: number, payload: Buffer): ChunkPayload 
       return { type, contextId: payload.readUInt32BE(0), extents };
     }
     case CHUNK.BLOCK_STATUS_EXT: {
-      if (payload.length < 24 || (payload.length - 8) % 16 !== 0) return { malformed: `BLOCK_STATUS_EXT chunk of ${payload.length} bytes` };
+      if (payload.length < 24 || (payload.length - 8) % 16 !== 0) {
+        return { malformed: `BLOCK_STATUS_EXT chunk of ${payload.length} bytes` };
+      }
+      const count = payload.readUInt32BE(4);
+      if (count !== (payload.length - 8) / 16) {
+        return { malformed: `BLOCK_STATUS_EXT chunk of ${payload.length} bytes claims ${count} descriptors` };
+      }
       const extents: BlockDescriptor[] = [];
-      for (let p = 8; p < payload.length; p += 16) extents.push({ length: readU64(payload, p), flags: readU64(payload, p + 8) });
+      for (let p = 8; p < payload.length; p += 16) {
+        if (payload.readUInt32BE(p + 8) !== 0) return { malformed: 'BLOCK_STATUS_EXT status with high 32 bits set' };
+        extents.push({ length: readU64(payload, p), flags: payload.readUInt32BE(p + 12) });
+      }
       return { type, contextId: payload.readUInt32BE(0), extents };
     }
     case CHUNK.ERROR:

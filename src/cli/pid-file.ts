@@ -17,7 +17,7 @@ export function writePidFile(file: string): void {
     fs.renameSync(temporary, target);
   } catch (err) {
     fs.rmSync(temporary, { force: true });
-    throw new Error(`--pid-file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new Error(`cannot write the pid file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   process.once('exit', () => {
     try {

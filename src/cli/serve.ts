@@ -68,10 +68,11 @@ status is 1.
 Options:
   --socket PATH            listen on a UNIX socket at PATH
   --stdio                  serve one NBD connection on stdin/stdout, which
-                           must be a socket (as libnbd's '[ CMD ]' and
+                           must be one socket (as libnbd's
                            nbd_connect_command, inetd or systemd's
-                           Accept=yes give), then shut down and exit 0 when
-                           the client goes; nothing but NBD goes to stdout
+                           Accept=yes with StandardInput=socket give), then
+                           shut down and exit 0 when the client goes;
+                           nothing but NBD goes to stdout
   --pid-file FILE          write vblk's process id to FILE once it is
                            accepting connections; removed at exit
   --vhost-user-blk [NAME=]PATH
@@ -172,6 +173,9 @@ Examples:
   nbdinfo -- [ vblk serve disk.img ]
   nbdcopy -- [ vblk serve disk.img ] backup.raw
       (libnbd starts vblk by socket activation, and stops it with SIGTERM)
+  systemd-socket-activate --inetd -a -l /tmp/vblk.sock -- \
+        vblk serve --stdio --read-only disk.img
+      (a vblk for each connection, as systemd's Accept=yes runs it)
   vblk serve disk.img --socket /tmp/vblk.sock --pid-file /tmp/vblk.pid &
       while [ ! -e /tmp/vblk.pid ]; do sleep 0.1; done   # ready now
 `;

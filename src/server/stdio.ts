@@ -15,7 +15,7 @@ import net from 'node:net';
 import { duplicateOnto, socketInfo } from '../sys/socket-info.js';
 import type { Endpoint } from './listeners.js';
 
-const NEEDS = "vblk serve --stdio needs a connected socket on stdin and stdout, as nbd_connect_command (nbdinfo '[ ... ]') gives";
+const NEEDS = "--stdio needs a connected socket on stdin and stdout, as libnbd's nbd_connect_command, inetd and systemd's Accept=yes give";
 
 function what(stat: fs.Stats): string {
   if (stat.isFIFO()) return 'a pipe';

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { socketActivated, tempDir, VBLK } from '../helpers/server.js';
+import { socketActivated, tempDir, VBLK, type Exit } from '../helpers/server.js';
 import { run } from '../helpers/tools.js';
 
 const SIZE = 8 << 20;
@@ -37,6 +37,11 @@ function poke(socketPath: string): Promise<void> {
     c.on('close', () => resolve());
     c.on('error', () => resolve());
   });
+}
+
+/** The exit, or 'still running' after 15 s (a server that should have exited but serves fails the test instead of hanging it). */
+function exitOf(exited: Promise<Exit>): Promise<Exit | 'still running'> {
+  return Promise.race([exited, new Promise<'still running'>((resolve) => setTimeout(() => resolve('still running'), 15_000).unref())]);
 }
 
 /** `vblk serve ARGS` run by sh with LISTEN_PID set to its own pid and the given variables, `redirect` applied (sh syntax). */
@@ -128,7 +133,7 @@ t.test('variables for another process are ignored: vblk then needs --socket', as
   const wrapped = ['sh', '-c', 'LISTEN_PID=1 exec "$0" "$@"', process.execPath, VBLK, 'serve'];
   const ignored = await socketActivated(t, ['-l', sock], [file], wrapped);
   await poke(sock);
-  t.same(await ignored.exited, { code: 2, signal: null }, 'no listener of its own: exit 2');
+  t.same(await exitOf(ignored.exited), { code: 2, signal: null }, 'no listener of its own: exit 2');
   t.match(ignored.stderr(), /^vblk: serve: nowhere to listen: .*$/m, 'one line says so');
 
   const own = path.join(dir, 'own.sock');
@@ -177,6 +182,6 @@ t.test('socket activation and --socket or --listen together: exit 2', async (t) 
   const sock = path.join(tempDir(t), 'vblk.sock');
   const act = await socketActivated(t, ['-l', sock], [file, '--listen', '0']);
   await poke(sock);
-  t.same(await act.exited, { code: 2, signal: null });
+  t.same(await exitOf(act.exited), { code: 2, signal: null });
   t.match(act.stderr(), /^vblk: serve: the service manager passed 1 listening socket \(LISTEN_FDS\): leave out --socket and --listen; see 'vblk serve --help'$/m);
 });

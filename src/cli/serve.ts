@@ -59,9 +59,9 @@ any named exports. Images may be raw or qcow2; a qcow2 image's backing
 chain is opened read-only below it. FILE may also be memory:SIZE, a disk
 in memory (sparse, gone when vblk exits; each export that names one gets
 its own). Prints one NBD URI per export and listener on stdout
-once it is accepting connections; logs go to stderr as JSON lines.
-SIGINT or SIGTERM finishes the requests in flight, flushes, removes the
-socket and exits 0. If an export's final flush or close fails, that is
+once it is accepting connections (nothing with --stdio); logs go to
+stderr as JSON lines. SIGINT or SIGTERM finishes the requests in flight,
+flushes, removes the sockets it made and exits 0. If an export's final flush or close fails, that is
 logged, the other exports are still flushed and closed, and the exit
 status is 1.
 
@@ -162,7 +162,7 @@ Examples:
         -device vhost-user-blk-pci,chardev=disk0,num-queues=2 ...
   vblk serve disk.img --socket /tmp/vblk.sock --vhost-user-blk /tmp/vhost.sock
       (the same image over NBD and to a VM at once: one device, one lock)
-  nbdsh -c 'h.connect_command(["vblk", "serve", "--stdio", "disk.img"])' \
+  nbdsh -c 'h.connect_command(["vblk", "serve", "--stdio", "disk.img"])' \\
         -c 'print(h.get_size())'
       (the client starts vblk on a socketpair; vblk flushes, closes and
       exits 0 when the client is done)
@@ -173,12 +173,18 @@ Examples:
   nbdinfo -- [ vblk serve disk.img ]
   nbdcopy -- [ vblk serve disk.img ] backup.raw
       (libnbd starts vblk by socket activation, and stops it with SIGTERM)
-  systemd-socket-activate --inetd -a -l /tmp/vblk.sock -- \
+  systemd-socket-activate --inetd -a -l /tmp/vblk.sock -- \\
         vblk serve --stdio --read-only disk.img
       (a vblk for each connection, as systemd's Accept=yes runs it)
   vblk serve disk.img --socket /tmp/vblk.sock --pid-file /tmp/vblk.pid &
       while [ ! -e /tmp/vblk.pid ]; do sleep 0.1; done   # ready now
 `;
+
+/** Why the server shuts down, for the log, when it is not a signal. */
+const SHUTDOWN_CAUSES: Record<string, string> = {
+  control: 'shutdown asked for on the control socket',
+  'client gone': 'the --stdio client has gone',
+};
 
 /** A --filter before any --export applies to every export, one after --export NAME=FILE to NAME only. */
 function assignFilters(specs: ExportSpec[], order: { name: string; value: string | undefined }[]): void {
@@ -374,8 +380,7 @@ export const serve: Command<ServeValues> = {
           process.exit(1);
         }
         signalled = true;
-        const why = { control: 'shutdown asked for on the control socket', 'client gone': 'the --stdio client has gone' } as Record<string, string>;
-        log.info({ signal }, why[signal] ?? 'signal received');
+        log.info({ signal }, SHUTDOWN_CAUSES[signal] ?? 'signal received');
         (control?.close() ?? Promise.resolve())
           .then(() => server.shutdown())
           .then(

@@ -132,3 +132,29 @@ t.test('a pipe on stdin, or two sockets, are refused with one line; --stdio with
   t.equal(both.code, 2);
   t.match(both.stderr, /^vblk: serve: --stdio serves the one connection on stdin\/stdout: leave out --socket, --listen and --vhost-user-blk; see 'vblk serve --help'\n$/);
 });
+
+t.test('SIGTERM during a --stdio session: the write is kept, exit 0; --pid-file is there while serving', async (t) => {
+  const file = image(t);
+  const pidFile = path.join(tempDir(t), 'vblk.pid');
+  const script = `
+import json, os, socket, subprocess, sys
+import nbd
+a, b = socket.socketpair()
+p = subprocess.Popen(sys.argv[1:], stdin=b, stdout=b, stderr=subprocess.DEVNULL)
+b.close()
+h = nbd.NBD()
+h.connect_socket(os.dup(a.fileno()))
+pid_file = open(${JSON.stringify(pidFile)}).read()
+h.pwrite(b'\\x11' * 65536, 0)
+p.terminate()
+code = p.wait(timeout=60)
+print(json.dumps({'pidFile': pid_file, 'pid': p.pid, 'code': code, 'pidFileAfter': os.path.exists(${JSON.stringify(pidFile)})}))
+`;
+  const r = await run('python3', ['-c', script, ...SERVE(file, '--pid-file', pidFile)]);
+  t.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { pidFile: string; pid: number; code: number; pidFileAfter: boolean };
+  t.equal(out.pidFile, `${out.pid}\n`, 'the pid file holds the pid once the connection is served');
+  t.equal(out.code, 0, 'SIGTERM: exit 0');
+  t.equal(out.pidFileAfter, false, 'the pid file is removed');
+  t.ok(fs.readFileSync(file).subarray(0, 65536).every((b) => b === 0x11), 'the write is in the image');
+});

@@ -8,12 +8,12 @@
 // together were turned away while the server was still accepting.
 // An inherited socket (socket activation, activation.ts) is already
 // bound and listening: vblk listens on its descriptor, and neither
-// claims nor removes its path, which belongs to the service manager.
+// claims nor removes its path, which belongs to the service manager;
+// listen(2) again with the system's backlog only raises its queue.
 
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-
 import type { InheritedSocket } from './activation.js';
 
 export type Endpoint =

@@ -58,7 +58,8 @@ export class Server {
     this.listening.push({ endpoint, server, frontEnd });
     // Counted again with each listener: every one holds a descriptor.
     this.maxConnections = connectionLimit();
-    this.log.info({ listen: describeEndpoint(endpoint, this.port(server)), protocol: frontEnd.protocol, backlog, maxConnections: this.maxConnections }, 'listening');
+    const where = describeEndpoint(endpoint, this.port(server));
+    this.log.info({ listen: where, protocol: frontEnd.protocol, backlog, maxConnections: this.maxConnections }, 'listening');
   }
 
   /** What clients connect to: for each listener, its front end's addresses (one NBD URI per export, ...). */

@@ -50,22 +50,21 @@ t.test('parseListenAddress refuses what is not an address', async (t) => {
 });
 
 t.test('exportUri for UNIX sockets', async (t) => {
-  t.equal(exportUri({ kind: 'unix', path: '/run/vblk.sock', mode: 0o600 }, ''), 'nbd+unix:///?socket=/run/vblk.sock', 'default export');
-  t.equal(exportUri({ kind: 'unix', path: '/run/vblk.sock', mode: 0o600 }, 'disk'), 'nbd+unix:///disk?socket=/run/vblk.sock');
+  t.equal(exportUri({ kind: 'unix', path: '/run/vblk.sock' }, ''), 'nbd+unix:///?socket=/run/vblk.sock', 'default export');
+  t.equal(exportUri({ kind: 'unix', path: '/run/vblk.sock' }, 'disk'), 'nbd+unix:///disk?socket=/run/vblk.sock');
   t.equal(
-    exportUri({ kind: 'unix', path: '/tmp/my dir/v#1.sock', mode: 0o600 }, 'my disk'),
+    exportUri({ kind: 'unix', path: '/tmp/my dir/v#1.sock' }, 'my disk'),
     'nbd+unix:///my%20disk?socket=/tmp/my%20dir/v%231.sock',
     'spaces and # are percent-encoded in the name and the path',
   );
-  t.equal(exportUri({ kind: 'unix', path: 'rel/v.sock', mode: 0o600 }, 'a&b'), `nbd+unix:///a%26b?socket=${path.resolve('rel/v.sock')}`, 'a relative path is made absolute');
-  t.equal(exportUri({ kind: 'unix', path: '/s', mode: 0o600 }, 'ü?'), 'nbd+unix:///%C3%BC%3F?socket=/s', 'UTF-8 and ? in names');
+  t.equal(exportUri({ kind: 'unix', path: 'rel/v.sock' }, 'a&b'), `nbd+unix:///a%26b?socket=${path.resolve('rel/v.sock')}`, 'a relative path is made absolute');
+  t.equal(exportUri({ kind: 'unix', path: '/s' }, 'ü?'), 'nbd+unix:///%C3%BC%3F?socket=/s', 'UTF-8 and ? in names');
 });
 
 t.test('exportUri for TCP', async (t) => {
   t.equal(exportUri({ kind: 'tcp', host: '127.0.0.1', port: 10809 }, ''), 'nbd://127.0.0.1:10809/');
   t.equal(exportUri({ kind: 'tcp', host: 'localhost', port: 10809 }, 'my disk'), 'nbd://localhost:10809/my%20disk');
   t.equal(exportUri({ kind: 'tcp', host: '::1', port: 10809 }, 'x'), 'nbd://[::1]:10809/x', 'IPv6 in brackets');
-  t.equal(exportUri({ kind: 'tcp', host: '::', port: 0 }, 'x', 40123), 'nbd://[::]:40123/x', 'the port actually bound replaces 0');
   t.equal(exportUri({ kind: 'tcp', host: '0.0.0.0', port: 10809 }, 'a/b'), 'nbd://0.0.0.0:10809/a%2Fb', 'a slash in a name is encoded');
 });
 

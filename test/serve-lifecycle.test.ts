@@ -120,3 +120,23 @@ t.test('shutdown: requests in flight finish before the exit', async (t) => {
     if (e === 0) t.ok(content.subarray(i * data.length, (i + 1) * data.length).every((b) => b === 0x3c), `write ${i} is in the file`);
   });
 });
+
+t.test('--pid-file: written with the pid once ready, removed at exit; a bad one fails the start', async (t) => {
+  const dir = tempDir(t);
+  const pidFile = path.join(dir, 'vblk.pid');
+  const srv = await serve(t, [image(t), '--pid-file', pidFile]);
+  t.equal(fs.readFileSync(pidFile, 'utf8'), `${srv.proc.pid}\n`, 'the pid, once the server is ready');
+  t.same(fs.readdirSync(dir), ['vblk.pid'], 'no temporary file left beside it');
+  t.same(await srv.stop(), { code: 0, signal: null });
+  t.notOk(fs.existsSync(pidFile), 'gone after SIGTERM');
+
+  const sock = path.join(dir, 's.sock');
+  const missing = await vblk(['serve', image(t), '--socket', sock, '--pid-file', path.join(dir, 'no', 'such', 'dir', 'vblk.pid')]);
+  t.equal(missing.code, 1, 'a pid file that cannot be written: exit 1');
+  t.match(missing.stderr, /^vblk: cannot write the pid file .*vblk\.pid: ENOENT$/m, 'saying why');
+  t.equal(missing.stdout, '', 'no URI: the server was never ready');
+  t.notOk(fs.existsSync(sock), 'and the socket it made is removed');
+  const empty = await vblk(['serve', image(t), '--socket', sock, '--pid-file', '']);
+  t.equal(empty.code, 2);
+  t.match(empty.stderr, /^vblk: serve: --pid-file needs a file name; see 'vblk serve --help'\n$/);
+});

@@ -2,6 +2,10 @@
 // listener on stdout, serve until SIGINT or SIGTERM, then shut down in
 // order (see server/server.ts) and exit 0, or 1 if an export failed to
 // flush or close. A second signal exits at once.
+// Where it listens: --socket and --listen, or the listening sockets a
+// service manager passed (socket activation, server/activation.ts), or,
+// with --stdio, no listener at all: the one connection on stdin/stdout
+// (server/stdio.ts), after which vblk shuts down as on a signal.
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,7 +15,9 @@ import { chooseEngine } from '../io/probe.js';
 import { keepLargeAllocationsInHeap } from '../sys/syscalls.js';
 import { BusyPoll } from '../server/busy-poll.js';
 import { ExportRegistry } from '../server/exports.js';
+import { inheritedSockets } from '../server/activation.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
+import { stdioConnection } from '../server/stdio.js';
 import { nbdFrontEnd } from '../server/nbd/connection.js';
 import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
@@ -20,6 +26,7 @@ import { numberOption, usage, UsageError, type Command } from './command.js';
 import { FILTER_HELP, filterText, parseFilter } from './filters.js';
 import { memorySize, openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
+import { writePidFile } from './pid-file.js';
 import { parseSize } from './size.js';
 
 interface ServeValues {
@@ -41,6 +48,8 @@ interface ServeValues {
   direct?: boolean;
   'log-level'?: string;
   control?: string;
+  stdio?: boolean;
+  'pid-file'?: string;
 }
 
 const HELP = `Usage: vblk serve [FILE] [options]
@@ -50,14 +59,22 @@ any named exports. Images may be raw or qcow2; a qcow2 image's backing
 chain is opened read-only below it. FILE may also be memory:SIZE, a disk
 in memory (sparse, gone when vblk exits; each export that names one gets
 its own). Prints one NBD URI per export and listener on stdout
-once it is accepting connections; logs go to stderr as JSON lines.
-SIGINT or SIGTERM finishes the requests in flight, flushes, removes the
-socket and exits 0. If an export's final flush or close fails, that is
+once it is accepting connections (nothing with --stdio); logs go to
+stderr as JSON lines. SIGINT or SIGTERM finishes the requests in flight,
+flushes, removes the sockets it made and exits 0. If an export's final flush or close fails, that is
 logged, the other exports are still flushed and closed, and the exit
 status is 1.
 
 Options:
   --socket PATH            listen on a UNIX socket at PATH
+  --stdio                  serve one NBD connection on stdin/stdout, which
+                           must be one socket (as libnbd's
+                           nbd_connect_command, inetd or systemd's
+                           Accept=yes with StandardInput=socket give), then
+                           shut down and exit 0 when the client goes;
+                           nothing but NBD goes to stdout
+  --pid-file FILE          write vblk's process id to FILE once it is
+                           accepting connections; removed at exit
   --vhost-user-blk [NAME=]PATH
                            also serve export NAME (default: the default
                            export) to a VMM as a vhost-user-blk device on the
@@ -109,6 +126,12 @@ Options:
                            (default info)
   -h, --help               show this help
 
+Socket activation: started by systemd (or systemd-socket-activate) with
+LISTEN_PID set to its process id, vblk serves NBD on the listening sockets
+passed in LISTEN_FDS (descriptors 3, 4, ...) instead of --socket and
+--listen, which it then refuses; it leaves the sockets' files alone at
+exit. --vhost-user-blk still listens on its own socket.
+
 ${FILTER_HELP}
 Examples:
   vblk serve disk.img --socket /tmp/vblk.sock
@@ -139,7 +162,29 @@ Examples:
         -device vhost-user-blk-pci,chardev=disk0,num-queues=2 ...
   vblk serve disk.img --socket /tmp/vblk.sock --vhost-user-blk /tmp/vhost.sock
       (the same image over NBD and to a VM at once: one device, one lock)
+  nbdsh -c 'h.connect_command(["vblk", "serve", "--stdio", "disk.img"])' \\
+        -c 'print(h.get_size())'
+      (the client starts vblk on a socketpair; vblk flushes, closes and
+      exits 0 when the client is done)
+  systemd-socket-activate -l /run/vblk.sock -- vblk serve disk.img
+      nbdinfo nbd+unix:///?socket=/run/vblk.sock
+      (as a systemd .socket unit with ListenStream=/run/vblk.sock and a
+      .service running 'vblk serve disk.img' would)
+  nbdinfo -- [ vblk serve disk.img ]
+  nbdcopy -- [ vblk serve disk.img ] backup.raw
+      (libnbd starts vblk by socket activation, and stops it with SIGTERM)
+  systemd-socket-activate --inetd -a -l /tmp/vblk.sock -- \\
+        vblk serve --stdio --read-only disk.img
+      (a vblk for each connection, as systemd's Accept=yes runs it)
+  vblk serve disk.img --socket /tmp/vblk.sock --pid-file /tmp/vblk.pid &
+      while [ ! -e /tmp/vblk.pid ]; do sleep 0.1; done   # ready now
 `;
+
+/** Why the server shuts down, for the log, when it is not a signal. */
+const SHUTDOWN_CAUSES: Record<string, string> = {
+  control: 'shutdown asked for on the control socket',
+  'client gone': 'the --stdio client has gone',
+};
 
 /** A --filter before any --export applies to every export, one after --export NAME=FILE to NAME only. */
 function assignFilters(specs: ExportSpec[], order: { name: string; value: string | undefined }[]): void {
@@ -215,6 +260,8 @@ export const serve: Command<ServeValues> = {
     direct: { type: 'boolean' },
     'log-level': { type: 'string' },
     control: { type: 'string' },
+    stdio: { type: 'boolean' },
+    'pid-file': { type: 'string' },
   },
 
   async run(v, positionals, order) {
@@ -236,9 +283,23 @@ export const serve: Command<ServeValues> = {
     for (const spec of v.listen ?? []) endpoints.push({ kind: 'tcp', ...usage(() => parseListenAddress(spec)) });
     const vhostUser = (v['vhost-user-blk'] ?? []).map((spec) => parseVhostUser(spec, specs, socketMode(v)));
     const numQueues = numberOption('num-queues', v['num-queues'], Math.min(8, os.availableParallelism()), 1, 64);
-    if (endpoints.length === 0 && vhostUser.length === 0) {
-      throw new UsageError('nowhere to listen: give --socket PATH, --listen [HOST:]PORT or --vhost-user-blk PATH');
+    if (v.stdio && (endpoints.length > 0 || vhostUser.length > 0)) {
+      throw new UsageError('--stdio serves the one connection on stdin/stdout: leave out --socket, --listen and --vhost-user-blk');
     }
+    if (v['pid-file'] === '') throw new UsageError('--pid-file needs a file name');
+    const inherited = inheritedSockets();
+    if (inherited && v.stdio) {
+      throw new UsageError("--stdio cannot be used with socket activation (LISTEN_FDS), which is how nbdinfo and nbdcopy '[ CMD ]' start CMD: leave out --stdio");
+    }
+    if (inherited && endpoints.length > 0) {
+      throw new UsageError(`the service manager passed ${inherited.length} listening socket${inherited.length === 1 ? '' : 's'} (LISTEN_FDS): leave out --socket and --listen`);
+    }
+    for (const socket of inherited ?? []) endpoints.push({ kind: 'inherited', ...socket });
+    if (endpoints.length === 0 && vhostUser.length === 0 && !v.stdio) {
+      throw new UsageError('nowhere to listen: give --socket PATH, --listen [HOST:]PORT, --vhost-user-blk PATH or --stdio, or start vblk by socket activation');
+    }
+    // Taken before the images are opened: nothing may reach stdout after this.
+    const stdio = v.stdio ? stdioConnection() : null;
     const options = {
       handshakeTimeoutMs: numberOption('handshake-timeout', v['handshake-timeout'], 10, 0.1, 3600) * 1000,
       shutdownTimeoutMs: numberOption('shutdown-timeout', v['shutdown-timeout'], 30, 0, 3600) * 1000,
@@ -297,6 +358,7 @@ export const serve: Command<ServeValues> = {
       for (const e of endpoints) await server.listen(e, nbd);
       for (const { name, endpoint } of vhostUser) await server.listen(endpoint, vhostUserFrontEnd(registry.find(name)!, numQueues, options.busyPoll));
       await control?.listen(v.control!, 0o600);
+      if (v['pid-file'] !== undefined) writePidFile(v['pid-file']);
     } catch (err) {
       // Export failures are logged by the shutdown; the listen error is the one to report.
       await control?.close();
@@ -304,20 +366,21 @@ export const serve: Command<ServeValues> = {
       engine.close();
       throw err;
     }
+    const served = stdio && server.serveOne(stdio.socket, stdio.endpoint, nbd);
     const uris = server.addresses();
-    process.stdout.write(uris.map((u) => `${u}\n`).join(''));
+    if (!stdio) process.stdout.write(uris.map((u) => `${u}\n`).join(''));
     log.info({ uris }, 'ready');
 
     return new Promise<number>((resolve) => {
       let signalled = false;
-      const onSignal = (signal: NodeJS.Signals | 'control'): void => {
+      const onSignal = (signal: NodeJS.Signals | 'control' | 'client gone'): void => {
         if (signalled) {
-          if (signal === 'control') return;
+          if (signal === 'control' || signal === 'client gone') return;
           log.warn({ signal }, 'second signal: exiting without finishing');
           process.exit(1);
         }
         signalled = true;
-        log.info({ signal }, signal === 'control' ? 'shutdown asked for on the control socket' : 'signal received');
+        log.info({ signal }, SHUTDOWN_CAUSES[signal] ?? 'signal received');
         (control?.close() ?? Promise.resolve())
           .then(() => server.shutdown())
           .then(
@@ -335,6 +398,7 @@ export const serve: Command<ServeValues> = {
       stop = () => onSignal('control');
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
+      void served?.then(() => onSignal('client gone'));
     });
   },
 };

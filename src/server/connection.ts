@@ -5,7 +5,7 @@
 
 import type net from 'node:net';
 import type { Logger } from 'pino';
-import type { Endpoint } from './listeners.js';
+import type { Address, Endpoint } from './listeners.js';
 
 export interface Connection {
   /** Holds work the shutdown must let finish (NBD: in transmission; vhost-user: rings running). */
@@ -22,6 +22,6 @@ export interface FrontEnd {
   readonly protocol: string;
   /** Takes over an accepted socket; calls `closed` once the connection is gone. */
   connect(socket: net.Socket, endpoint: Endpoint, log: Logger, closed: (conn: Connection) => void): Connection;
-  /** What clients connect to through this listener (NBD URIs, socket paths), for stdout. */
-  addresses(endpoint: Endpoint, port: number | undefined): string[];
+  /** What clients connect to at a listener's address (NBD URIs, socket paths), for stdout. */
+  addresses(address: Address): string[];
 }

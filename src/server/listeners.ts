@@ -6,12 +6,32 @@
 // Node's 511: a UNIX socket whose queue is full refuses a connect at once
 // (EAGAIN), so with 511, 103 to 405 of 1,000 libnbd clients connecting
 // together were turned away while the server was still accepting.
+// An inherited socket (socket activation, activation.ts) is already
+// bound and listening: vblk listens on its descriptor, and neither
+// claims nor removes its path, which belongs to the service manager;
+// listen(2) again with the system's backlog only raises its queue.
 
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import type { InheritedSocket } from './activation.js';
 
-export type Endpoint = { kind: 'unix'; path: string; mode: number } | { kind: 'tcp'; host: string; port: number };
+export type Endpoint =
+  | { kind: 'unix'; path: string; mode: number }
+  | { kind: 'tcp'; host: string; port: number }
+  | ({ kind: 'inherited' } & InheritedSocket);
+
+/** Whether connections through the endpoint are UNIX socket connections. */
+export function isUnixEndpoint(endpoint: Endpoint): boolean {
+  return endpoint.kind === 'unix' || (endpoint.kind === 'inherited' && endpoint.family === 'unix');
+}
+
+/** For the log: a path, HOST:PORT, or the descriptor. */
+export function describeEndpoint(endpoint: Endpoint, port?: number): string {
+  if (endpoint.kind === 'unix') return endpoint.path;
+  if (endpoint.kind === 'tcp') return `${endpoint.host}:${port ?? endpoint.port}`;
+  return `fd ${endpoint.fd}${endpoint.name ? ` (${endpoint.name})` : ''}${endpoint.path ? ` ${endpoint.path}` : ''}`;
+}
 
 /** 'stale' only when nobody listens (ECONNREFUSED); anything else might be a live, busy server. */
 function probeSocket(socketPath: string): Promise<'live' | 'stale' | NodeJS.ErrnoException> {
@@ -71,7 +91,8 @@ export async function listen(server: net.Server, endpoint: Endpoint): Promise<nu
         resolve();
       };
       if (endpoint.kind === 'unix') server.listen({ path: endpoint.path, backlog }, done);
-      else server.listen({ port: endpoint.port, host: endpoint.host, backlog }, done);
+      else if (endpoint.kind === 'tcp') server.listen({ port: endpoint.port, host: endpoint.host, backlog }, done);
+      else server.listen({ fd: endpoint.fd, backlog }, done);
     });
   } finally {
     if (previousUmask !== null) process.umask(previousUmask);
@@ -81,14 +102,28 @@ export async function listen(server: net.Server, endpoint: Endpoint): Promise<nu
   return backlog;
 }
 
-export function exportUri(endpoint: Endpoint, exportName: string, tcpPort?: number): string {
+/** Where clients reach a listener: a UNIX socket's path or a TCP address. */
+export type Address = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
+
+/** The address of a listening server, or null for an inherited socket that has none to print (abstract or unbound). */
+export function listeningAddress(endpoint: Endpoint, server: net.Server): Address | null {
+  const bound = server.address();
+  const tcp = typeof bound === 'object' && bound ? bound : null;
+  if (endpoint.kind === 'unix') return { kind: 'unix', path: endpoint.path };
+  if (endpoint.kind === 'tcp') return { kind: 'tcp', host: endpoint.host, port: tcp?.port ?? endpoint.port };
+  if (endpoint.family === 'unix') return endpoint.path === null ? null : { kind: 'unix', path: endpoint.path };
+  return tcp && { kind: 'tcp', host: tcp.address, port: tcp.port };
+}
+
+/** An export's NBD URI at an address. */
+export function exportUri(address: Address, exportName: string): string {
   const name = encodeURIComponent(exportName);
-  if (endpoint.kind === 'unix') {
-    const socket = path.resolve(endpoint.path).split('/').map(encodeURIComponent).join('/');
+  if (address.kind === 'unix') {
+    const socket = path.resolve(address.path).split('/').map(encodeURIComponent).join('/');
     return `nbd+unix:///${name}?socket=${socket}`;
   }
-  const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host;
-  return `nbd://${host}:${tcpPort ?? endpoint.port}/${name}`;
+  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+  return `nbd://${host}:${address.port}/${name}`;
 }
 
 /** Parses HOST:PORT, [V6]:PORT or PORT (host 127.0.0.1). */

@@ -4,7 +4,9 @@
 // Shutdown stops accepting, lets every busy connection answer
 // what it has in flight (new requests get ESHUTDOWN), closes the ones
 // still negotiating, then flushes and closes the exports and removes the
-// UNIX socket files. A connection that will not finish in time is cut.
+// UNIX socket files it made (never an inherited socket's). A connection
+// that will not finish in time is cut. Besides listeners, the server can
+// serve a connection it did not accept (--stdio: serveOne).
 // Connections past what the open-file limit leaves room for are closed
 // as they come and logged (connection-limit.ts).
 // Every export is flushed and closed even if another one fails; each
@@ -17,7 +19,7 @@ import { releaseIdleMemory } from '../io/idle-memory.js';
 import type { Connection, FrontEnd } from './connection.js';
 import { connectionLimit, DropLog } from './connection-limit.js';
 import type { ExportRegistry } from './exports.js';
-import { listen, type Endpoint } from './listeners.js';
+import { describeEndpoint, listen, listeningAddress, type Endpoint } from './listeners.js';
 
 /** How long the server waits, once its last connection has gone, before it gives memory back. */
 const IDLE_RELEASE_MS = 1000;
@@ -56,13 +58,25 @@ export class Server {
     this.listening.push({ endpoint, server, frontEnd });
     // Counted again with each listener: every one holds a descriptor.
     this.maxConnections = connectionLimit();
-    const where = endpoint.kind === 'unix' ? endpoint.path : `${endpoint.host}:${this.port(server)}`;
+    const where = describeEndpoint(endpoint, this.port(server));
     this.log.info({ listen: where, protocol: frontEnd.protocol, backlog, maxConnections: this.maxConnections }, 'listening');
   }
 
   /** What clients connect to: for each listener, its front end's addresses (one NBD URI per export, ...). */
   addresses(): string[] {
-    return this.listening.flatMap(({ endpoint, server, frontEnd }) => frontEnd.addresses(endpoint, this.port(server)));
+    return this.listening.flatMap(({ endpoint, server, frontEnd }) => {
+      const address = listeningAddress(endpoint, server);
+      return address ? frontEnd.addresses(address) : [];
+    });
+  }
+
+  /** Serves one connection on a socket the server did not accept (--stdio); resolves once it has closed. */
+  serveOne(socket: net.Socket, endpoint: Endpoint, frontEnd: FrontEnd): Promise<void> {
+    return new Promise((resolve) => {
+      socket.once('close', () => resolve());
+      this.log.info({ connection: describeEndpoint(endpoint), protocol: frontEnd.protocol }, 'serving one connection');
+      this.accept(socket, endpoint, frontEnd);
+    });
   }
 
   shutdown(): Promise<void> {

@@ -1,12 +1,15 @@
 // Starts `vblk serve` as a child process on a UNIX socket in a fresh
 // temporary directory and always stops it when the test ends. The server
 // counts as ready when it logs 'ready' (its URIs are in that line too).
+// Or under systemd-socket-activate, which listens and starts vblk on the
+// first connection (socketActivated).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { requireTool, TOOL_ENV } from './tools.js';
 
 /** The compiled CLI: this file is dist/test/helpers/server.js. */
 export const VBLK = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -128,6 +131,47 @@ export async function serve(
     proc,
     exited,
     logs,
+    stop: async (signal = 'SIGTERM') => {
+      if (alive()) proc.kill(signal);
+      return exited;
+    },
+  };
+}
+
+export interface Activated {
+  proc: ChildProcess;
+  exited: Promise<Exit>;
+  /** What the activated vblk printed on stdout (systemd-socket-activate execs it in its own process). */
+  stdout(): string;
+  /** systemd-socket-activate's lines and vblk's log lines. */
+  stderr(): string;
+  stop(signal?: NodeJS.Signals): Promise<Exit>;
+}
+
+/**
+ * `systemd-socket-activate ACTIVATE -- COMMAND`, once it is listening;
+ * COMMAND defaults to this CLI's `vblk serve` with `args`, and is started
+ * on the first connection. Killed when the test ends.
+ */
+export async function socketActivated(t: Teardown, activate: string[], args: string[], command = [process.execPath, VBLK, 'serve']): Promise<Activated> {
+  requireTool('systemd-socket-activate');
+  const proc = spawn('systemd-socket-activate', [...activate, '--', ...command, ...args], { env: TOOL_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout!.on('data', (d) => (stdout += d));
+  proc.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise<Exit>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  const alive = killAtEnd(t, proc, exited);
+  const deadline = Date.now() + 15_000;
+  while (!/^Listening on .* as \d+\.$/m.test(stderr)) {
+    if (!alive() || Date.now() > deadline) throw new Error(`systemd-socket-activate ${activate.join(' ')} is not listening:\n${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    proc,
+    exited,
+    stdout: () => stdout,
+    stderr: () => stderr,
     stop: async (signal = 'SIGTERM') => {
       if (alive()) proc.kill(signal);
       return exited;

@@ -24,6 +24,7 @@ const PACKAGES: Record<string, string> = {
   nbdsh: 'libnbd-bin and python3-libnbd',
   fio: 'fio',
   strace: 'strace',
+  'systemd-socket-activate': 'systemd',
 };
 
 export function requireTool(name: string): void {

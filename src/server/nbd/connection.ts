@@ -30,7 +30,7 @@ import type { ExportRegistry } from '../exports.js';
 import { ReplyWriter } from './reply-writer.js';
 import { readInto, socketFd, widenSendBuffer } from '../socket-fd.js';
 import type { Connection, FrontEnd } from '../connection.js';
-import { exportUri } from '../listeners.js';
+import { exportUri, isUnixEndpoint } from '../listeners.js';
 import { TransmissionSession, type ConnectionStats, type SessionHost, type SessionLimits } from './transmission-session.js';
 
 export const MAX_OPTION_DATA = 64 << 10;
@@ -75,10 +75,10 @@ export function nbdFrontEnd(registry: ExportRegistry, options: ConnectionOptions
   return {
     protocol: 'nbd',
     connect(socket, endpoint, log, closed) {
-      if (endpoint.kind === 'unix') log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
+      if (isUnixEndpoint(endpoint)) log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
       return new NbdConnection(socket, registry, options, log, closed);
     },
-    addresses: (endpoint, port) => registry.list().map((e) => exportUri(endpoint, e.name, port)),
+    addresses: (address) => registry.list().map((e) => exportUri(address, e.name)),
   };
 }
 

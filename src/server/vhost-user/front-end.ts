@@ -38,6 +38,6 @@ export function vhostUserFrontEnd(served: ServedExport, numQueues: number, busyP
   return {
     protocol: 'vhost-user-blk',
     connect: (socket, _endpoint, log: Logger, closed) => new VhostUserConnection(socket, served, settings, busyPoll, log, closed),
-    addresses: (endpoint) => (endpoint.kind === 'unix' ? [`vhost-user-blk:${endpoint.path}`] : []),
+    addresses: (address) => (address.kind === 'unix' ? [`vhost-user-blk:${address.path}`] : []),
   };
 }

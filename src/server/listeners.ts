@@ -81,14 +81,16 @@ export async function listen(server: net.Server, endpoint: Endpoint): Promise<nu
   return backlog;
 }
 
-export function exportUri(endpoint: Endpoint, exportName: string, tcpPort?: number): string {
+/** The NBD URI of an export; `tls` gives the nbds forms, which make libnbd and QEMU insist on TLS. */
+export function exportUri(endpoint: Endpoint, exportName: string, tcpPort?: number, tls = false): string {
   const name = encodeURIComponent(exportName);
+  const scheme = tls ? 'nbds' : 'nbd';
   if (endpoint.kind === 'unix') {
     const socket = path.resolve(endpoint.path).split('/').map(encodeURIComponent).join('/');
-    return `nbd+unix:///${name}?socket=${socket}`;
+    return `${scheme}+unix:///${name}?socket=${socket}`;
   }
   const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host;
-  return `nbd://${host}:${tcpPort ?? endpoint.port}/${name}`;
+  return `${scheme}://${host}:${tcpPort ?? endpoint.port}/${name}`;
 }
 
 /** Parses HOST:PORT, [V6]:PORT or PORT (host 127.0.0.1). */

@@ -1,7 +1,8 @@
 // A deliberately simple NBD client for tests and fuzzers that must send
 // what real clients refuse to: bad magics, unknown flags, truncated
 // requests. It speaks through the same codecs as the server, one frame at
-// a time, over a UNIX socket or TCP (see uri.ts for NBD URIs).
+// a time, over a UNIX socket or TCP (see uri.ts for NBD URIs), or over a
+// TLS stream the caller made after STARTTLS (`over`).
 
 import net from 'node:net';
 import { CHUNK, IHAVEOPT, INFO, NBDMAGIC, OPT, REP, REPLY_FLAG_DONE } from '../protocol/nbd/constants.js';
@@ -59,6 +60,14 @@ export class RawClient {
       socket.on('end', done);
       socket.on('error', () => undefined);
     });
+  }
+
+  /**
+   * A client over a stream that is already connected: a TLS socket made
+   * with node:tls over this client's socket after STARTTLS's ACK, say.
+   */
+  static over(socket: net.Socket): RawClient {
+    return new RawClient(socket);
   }
 
   /** Connects to a UNIX socket path, or to an endpoint (UNIX or TCP). */

@@ -18,10 +18,12 @@ export interface TlsCreds {
   client: string;
   /** Client directory whose CA (and certificate) the server does not know; its ca-cert.pem is the server's CA, so the client trusts the server. */
   stranger: string;
-  /** psktool's file with the key of `pskUser`. */
+  /** psktool's file with the key of `pskUser`, named keys.psk in a directory of its own (QEMU's tls-creds-psk dir=). */
   pskFile: string;
-  /** The same user with another key. */
+  /** The same user with another key (also a keys.psk alone in its directory). */
   wrongPskFile: string;
+  /** A user the server's file does not name. */
+  strangerPskFile: string;
   pskUser: string;
 }
 
@@ -76,11 +78,14 @@ export async function makeTlsCreds(root: string): Promise<TlsCreds> {
     server: path.join(root, 'server'),
     client: path.join(root, 'client'),
     stranger: path.join(root, 'stranger'),
-    pskFile: path.join(root, 'keys.psk'),
-    wrongPskFile: path.join(root, 'wrong.psk'),
+    pskFile: path.join(root, 'psk', 'keys.psk'),
+    wrongPskFile: path.join(root, 'wrong-psk', 'keys.psk'),
+    strangerPskFile: path.join(root, 'stranger-psk', 'keys.psk'),
     pskUser: 'alice',
   };
-  for (const dir of [caDir, creds.server, creds.client, creds.stranger]) fs.mkdirSync(dir, { recursive: true });
+  for (const dir of [caDir, creds.server, creds.client, creds.stranger, ...[creds.pskFile, creds.wrongPskFile, creds.strangerPskFile].map(path.dirname)]) {
+    fs.mkdirSync(dir, { recursive: true });
+  }
   const ca = await selfSignedCa(caDir, 'ca');
   const otherCa = await selfSignedCa(caDir, 'other-ca');
   for (const dir of [creds.server, creds.client, creds.stranger]) fs.copyFileSync(ca.cert, path.join(dir, 'ca-cert.pem'));
@@ -89,5 +94,6 @@ export async function makeTlsCreds(root: string): Promise<TlsCreds> {
   await signed(creds.stranger, 'client', otherCa, 'vblk test stranger');
   await psk(creds.pskFile, creds.pskUser);
   await psk(creds.wrongPskFile, creds.pskUser);
+  await psk(creds.strangerPskFile, 'mallory');
   return creds;
 }

@@ -14,7 +14,7 @@
 //
 // PSK: Node's `pskCallback` is OpenSSL's legacy server callback. In TLS
 // 1.2 it works with the PSK cipher suites, which Node leaves out by
-// default, so the ones with forward secrecy and AEAD are added; in TLS
+// default, so the ones with forward secrecy and AEAD are named; in TLS
 // 1.3 OpenSSL takes the key from the same callback as an external PSK
 // whose hash is SHA-256 (TLS_AES_128_GCM_SHA256 and
 // TLS_CHACHA20_POLY1305_SHA256), which is what GnuTLS clients (libnbd,
@@ -42,6 +42,15 @@ const PSK_TLS12_CIPHERS = [
   'DHE-PSK-CHACHA20-POLY1305',
 ];
 
+/**
+ * Node's TLS 1.3 suites and the PSK ones for TLS 1.2. Not Node's whole
+ * default list: it ends in !PSK, which would take the PSK suites out
+ * again, and its certificate suites are of no use without a certificate.
+ */
+function pskCiphers(): string {
+  return [...tls.DEFAULT_CIPHERS.split(':').filter((c) => c.startsWith('TLS_')), ...PSK_TLS12_CIPHERS].join(':');
+}
+
 /** What a connection's upgrade returns: the TLS stream and who the client said it was. */
 export interface TlsUpgrade {
   socket: tls.TLSSocket;
@@ -64,7 +73,7 @@ export class NbdTls {
     this.context = tls.createSecureContext({
       minVersion: 'TLSv1.2',
       ...(config.x509 ?? {}),
-      ...(config.psk ? { ciphers: [...PSK_TLS12_CIPHERS, tls.DEFAULT_CIPHERS].join(':'), dhparam: 'auto' } : {}),
+      ...(config.psk ? { ciphers: pskCiphers(), dhparam: 'auto' } : {}),
     });
   }
 

@@ -62,7 +62,9 @@ export function tlsFromOptions(v: TlsValues): NbdTls | undefined {
     try {
       return new NbdTls({ policy, x509, psk: keys, verifyPeer });
     } catch (err) {
-      throw new Error(`${certs === undefined ? '--tls-psk' : `--tls-certs ${certs}`}: ${(err as Error).message}`);
+      const e = err as Error & { code?: string; reason?: string };
+      const why = e.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' ? 'server-key.pem is not the key of server-cert.pem' : (e.reason ?? e.message);
+      throw new Error(`${certs === undefined ? '--tls-psk' : `--tls-certs ${certs}`}: ${why}`);
     }
   });
 }

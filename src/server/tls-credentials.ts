@@ -7,6 +7,7 @@
 // Every mistake comes back as an Error naming the file (and line), for
 // the command line to report.
 
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -33,8 +34,16 @@ function readCredential(file: string, what: string): Buffer {
 export function loadX509Dir(dir: string): X509Credentials {
   if (!fs.statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`${dir}: not a directory`);
   const crlFile = path.join(dir, 'ca-crl.pem');
+  const caFile = path.join(dir, 'ca-cert.pem');
+  const ca = readCredential(caFile, 'CA certificate');
+  // OpenSSL takes a CA file with no certificate in it without a word, and then trusts nobody.
+  try {
+    new X509Certificate(ca);
+  } catch (err) {
+    throw new Error(`${caFile}: not a PEM certificate (${(err as Error).message})`);
+  }
   return {
-    ca: readCredential(path.join(dir, 'ca-cert.pem'), 'CA certificate'),
+    ca,
     cert: readCredential(path.join(dir, 'server-cert.pem'), 'server certificate'),
     key: readCredential(path.join(dir, 'server-key.pem'), 'server private key'),
     ...(fs.existsSync(crlFile) ? { crl: readCredential(crlFile, 'certificate revocation list') } : {}),

@@ -24,6 +24,8 @@ const PACKAGES: Record<string, string> = {
   nbdsh: 'libnbd-bin and python3-libnbd',
   fio: 'fio',
   strace: 'strace',
+  certtool: 'gnutls-bin',
+  psktool: 'gnutls-bin',
 };
 
 export function requireTool(name: string): void {

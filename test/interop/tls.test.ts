@@ -208,6 +208,18 @@ t.test('vblk logs who connected with what', async (t) => {
   );
 });
 
+t.test('over TCP: the printed nbds:// URI works, with the server certificate checked against 127.0.0.1', async (t) => {
+  const srv = await serve(t, [image(t), '--listen', '127.0.0.1:0', '--tls', 'require', '--tls-certs', creds.server], { socket: false });
+  const uri = srv.uris[0];
+  t.match(uri, /^nbds:\/\/127\.0\.0\.1:\d+\/$/);
+  const r = await run('nbdinfo', ['--size', `${uri}?tls-certificates=${creds.client}`]);
+  t.equal(r.stdout.trim(), String(SIZE), 'nbdinfo over TCP and TLS', { stderr: r.stderr });
+  const psk = await serve(t, [image(t), '--listen', '127.0.0.1:0', '--tls', 'require', '--tls-psk', creds.pskFile], { socket: false });
+  const withUser = psk.uris[0].replace('nbds://', `nbds://${creds.pskUser}@`);
+  const p = await run('nbdinfo', ['--size', `${withUser}?tls-psk-file=${creds.pskFile}`]);
+  t.equal(p.stdout.trim(), String(SIZE), 'and with PSK', { stderr: p.stderr });
+});
+
 t.test('--tls on: TLS clients and plain-text clients are both served', async (t) => {
   const srv = await serve(t, [image(t), '--tls', 'on', '--tls-certs', creds.server]);
   t.match(srv.uris[0], /^nbds\+unix:/);

@@ -25,6 +25,8 @@ export interface TlsCreds {
   /** A user the server's file does not name. */
   strangerPskFile: string;
   pskUser: string;
+  /** The CA's certificate and key (what signed server and client). */
+  ca: { cert: string; key: string };
 }
 
 const DAYS = 'expiration_days = 2\n';
@@ -74,6 +76,9 @@ async function psk(file: string, user: string): Promise<void> {
 /** Makes every credential under `root` (a test's temporary directory). */
 export async function makeTlsCreds(root: string): Promise<TlsCreds> {
   const caDir = path.join(root, 'ca');
+  fs.mkdirSync(caDir, { recursive: true });
+  const ca = await selfSignedCa(caDir, 'ca');
+  const otherCa = await selfSignedCa(caDir, 'other-ca');
   const creds: TlsCreds = {
     server: path.join(root, 'server'),
     client: path.join(root, 'client'),
@@ -82,12 +87,11 @@ export async function makeTlsCreds(root: string): Promise<TlsCreds> {
     wrongPskFile: path.join(root, 'wrong-psk', 'keys.psk'),
     strangerPskFile: path.join(root, 'stranger-psk', 'keys.psk'),
     pskUser: 'alice',
+    ca,
   };
-  for (const dir of [caDir, creds.server, creds.client, creds.stranger, ...[creds.pskFile, creds.wrongPskFile, creds.strangerPskFile].map(path.dirname)]) {
+  for (const dir of [creds.server, creds.client, creds.stranger, ...[creds.pskFile, creds.wrongPskFile, creds.strangerPskFile].map(path.dirname)]) {
     fs.mkdirSync(dir, { recursive: true });
   }
-  const ca = await selfSignedCa(caDir, 'ca');
-  const otherCa = await selfSignedCa(caDir, 'other-ca');
   for (const dir of [creds.server, creds.client, creds.stranger]) fs.copyFileSync(ca.cert, path.join(dir, 'ca-cert.pem'));
   await signed(creds.server, 'server', ca, 'localhost');
   await signed(creds.client, 'client', ca, 'vblk test client');
@@ -96,4 +100,22 @@ export async function makeTlsCreds(root: string): Promise<TlsCreds> {
   await psk(creds.wrongPskFile, creds.pskUser);
   await psk(creds.strangerPskFile, 'mallory');
   return creds;
+}
+
+/** A copy of the server directory whose ca-crl.pem revokes the client certificate. */
+export async function revokingServerDir(creds: TlsCreds, dir: string): Promise<string> {
+  fs.mkdirSync(dir, { recursive: true });
+  for (const f of fs.readdirSync(creds.server)) fs.copyFileSync(path.join(creds.server, f), path.join(dir, f));
+  const template = path.join(dir, 'crl.info');
+  fs.writeFileSync(template, 'crl_next_update = 2\ncrl_number = 1\n');
+  await certtool([
+    '--generate-crl',
+    '--load-ca-privkey', creds.ca.key,
+    '--load-ca-certificate', creds.ca.cert,
+    '--load-certificate', path.join(creds.client, 'client-cert.pem'),
+    '--template', template,
+    '--outfile', path.join(dir, 'ca-crl.pem'),
+  ]);
+  fs.rmSync(template);
+  return dir;
 }

@@ -18,7 +18,7 @@ import { OPT, REP } from '../../src/protocol/nbd/constants.js';
 import { encodeClientFlags } from '../../src/protocol/nbd/handshake-codec.js';
 import { RawClient } from '../helpers/nbd-client.js';
 import { killAtEnd, serve, tempDir } from '../helpers/server.js';
-import { makeTlsCreds, type TlsCreds } from '../helpers/tls-creds.js';
+import { makeTlsCreds, revokingServerDir, type TlsCreds } from '../helpers/tls-creds.js';
 import { run, TOOL_ENV, type RunResult } from '../helpers/tools.js';
 
 const SIZE = 8 << 20;
@@ -240,6 +240,14 @@ t.test('--tls-certs without --tls-verify-peer: a client without a certificate is
   t.equal(r.stdout.trim(), String(SIZE), 'served', { stderr: r.stderr });
   const verifying = await serve(t, [image(t), '--tls', 'require', '--tls-certs', creds.server, '--tls-verify-peer']);
   refused(t, await run('nbdinfo', ['--size', libnbdUri(verifying.socket, { auth: 'x509', dir: caOnly })]), 'and with --tls-verify-peer (control), refused');
+});
+
+t.test('--tls-verify-peer with ca-crl.pem: a revoked client certificate is refused', async (t) => {
+  const dir = await revokingServerDir(creds, path.join(tempDir(t, 'vblk-crl-'), 'server'));
+  const srv = await serve(t, [image(t), '--tls', 'require', '--tls-certs', dir, '--tls-verify-peer']);
+  refused(t, await run('nbdinfo', ['--size', libnbdUri(srv.socket, good(creds, 'x509'))]), 'refused');
+  await new Promise((r) => setTimeout(r, 200));
+  t.match(srv.logs().find((l) => l.msg === 'closing connection: TLS client refused'), { reason: /CERT_REVOKED/ });
 });
 
 t.test('--tls off: STARTTLS is UNSUP and TLS clients fail', async (t) => {

@@ -145,7 +145,10 @@ export class NbdConnection implements SessionHost, Connection {
     const { socket } = this;
     socket.setNoDelay?.(true);
     this.listen(socket);
-    this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), this.options.handshakeTimeoutMs);
+    this.handshakeTimer = setTimeout(
+      () => this.abort(this.tls && !this.tls.secure ? 'TLS handshake timed out' : 'handshake timed out'),
+      this.options.handshakeTimeoutMs,
+    );
     this.log.info({ remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
     socket.write(this.handshake.greeting());
   }

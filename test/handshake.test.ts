@@ -30,7 +30,7 @@ import {
   type InfoReply,
   type MetaContextReply,
 } from '../src/protocol/nbd/handshake-codec.js';
-import { Handshake, type ExportCatalog, type ExportSummary, type Step } from '../src/protocol/nbd/handshake.js';
+import { Handshake, type ExportCatalog, type ExportSummary, type Step, type TlsPolicy } from '../src/protocol/nbd/handshake.js';
 
 const BLOCK_SIZES = { minimum: 1, preferred: 4096, maximum: 32 << 20 };
 
@@ -88,8 +88,8 @@ function contexts(rs: Reply[]): MetaContextReply[] {
 }
 
 /** A handshake past the client flags. */
-function options(flags = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES): Handshake {
-  const hs = new Handshake(catalog());
+function options(flags = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, tls: TlsPolicy = 'off'): Handshake {
+  const hs = new Handshake(catalog(), tls);
   const step = hs.receiveClientFlags(flags);
   if (step.phase !== 'options') throw new Error('client flags refused');
   return hs;
@@ -224,7 +224,7 @@ t.test('LIST with data is INVALID', async (t) => {
   expectError(t, options().receiveOption(OPT.LIST, Buffer.from([0])), OPT.LIST, REP.ERR_INVALID, 'LIST with data');
 });
 
-t.test('STARTTLS, EXTENDED_HEADERS and unknown options are UNSUP', async (t) => {
+t.test('with TLS off, STARTTLS, EXTENDED_HEADERS and unknown options are UNSUP', async (t) => {
   const hs = options();
   expectError(t, hs.receiveOption(OPT.STARTTLS, Buffer.alloc(0)), OPT.STARTTLS, REP.ERR_UNSUP, 'STARTTLS');
   expectError(t, hs.receiveOption(OPT.EXTENDED_HEADERS, Buffer.alloc(0)), OPT.EXTENDED_HEADERS, REP.ERR_UNSUP, 'EXTENDED_HEADERS');
@@ -570,4 +570,133 @@ t.test('events in the wrong phase throw', async (t) => {
   const refused = new Handshake(catalog());
   refused.receiveClientFlags(1 << 9);
   t.throws(() => refused.receiveOption(OPT.LIST, Buffer.alloc(0)), /phase/, 'option after refused flags');
+});
+
+// --- TLS ---------------------------------------------------------------------
+
+const NO_DATA = Buffer.alloc(0);
+
+/** STARTTLS answered ACK in a step that tells the connection to upgrade. */
+function startTls(t: Test, hs: Handshake): void {
+  const step = hs.receiveOption(OPT.STARTTLS, NO_DATA);
+  t.equal(step.startTls, true, 'the step says: upgrade after sending');
+  t.equal(step.phase, 'options', 'still in options');
+  t.same(replies(step).map((r) => [r.option, r.type]), [[OPT.STARTTLS, REP.ACK]], 'one ACK');
+}
+
+t.test('TLS on: STARTTLS is acknowledged once; again, or with data, it is INVALID', async (t) => {
+  const hs = options(undefined, 'on');
+  expectError(t, hs.receiveOption(OPT.STARTTLS, Buffer.from([1])), OPT.STARTTLS, REP.ERR_INVALID, 'STARTTLS with data');
+  t.equal(hs.tlsStarted, false, 'a refused STARTTLS starts nothing');
+  startTls(t, hs);
+  t.equal(hs.tlsStarted, true);
+  const again = hs.receiveOption(OPT.STARTTLS, NO_DATA);
+  expectError(t, again, OPT.STARTTLS, REP.ERR_INVALID, 'second STARTTLS');
+  t.notOk(again.startTls, 'and no second upgrade');
+  t.equal(hs.receiveOption(OPT.GO, infoReq('')).phase, 'transmission', 'the handshake completes over TLS');
+});
+
+t.test('TLS on: a client that never upgrades is served in plain text', async (t) => {
+  const hs = options(undefined, 'on');
+  t.equal(replies(hs.receiveOption(OPT.LIST, NO_DATA)).length, 3, 'LIST answers');
+  t.equal(hs.receiveOption(OPT.GO, infoReq('ro')).phase, 'transmission');
+});
+
+t.test('TLS off: STARTTLS is UNSUP, and TLS_REQD is never sent', async (t) => {
+  const hs = options(undefined, 'off');
+  const step = hs.receiveOption(OPT.STARTTLS, NO_DATA);
+  expectError(t, step, OPT.STARTTLS, REP.ERR_UNSUP, 'STARTTLS');
+  t.notOk(step.startTls);
+  t.equal(replies(hs.receiveOption(OPT.LIST, NO_DATA)).at(-1)?.type, REP.ACK);
+});
+
+t.test('TLS require: before STARTTLS every option but ABORT is TLS_REQD and tells nothing', async (t) => {
+  const hs = options(undefined, 'require');
+  const before: [number, Buffer][] = [
+    [OPT.LIST, NO_DATA],
+    [OPT.INFO, infoReq('', [INFO.NAME, INFO.DESCRIPTION])],
+    [OPT.INFO, infoReq('no-such-export')],
+    [OPT.GO, infoReq('')],
+    [OPT.STRUCTURED_REPLY, NO_DATA],
+    [OPT.LIST_META_CONTEXT, metaReq('', [])],
+    [OPT.SET_META_CONTEXT, metaReq('', [META_BASE_ALLOCATION])],
+    [OPT.EXTENDED_HEADERS, NO_DATA],
+    [OPT.PEEK_EXPORT, NO_DATA],
+    [999, Buffer.from('unknown')],
+  ];
+  for (const [option, payload] of before) {
+    const step = hs.receiveOption(option, payload);
+    expectError(t, step, option, REP.ERR_TLS_REQD, `option ${option}`);
+    t.notOk(replies(step)[0].payload.includes('default export'), `option ${option}: no description leaks`);
+  }
+  expectError(t, hs.receiveOption(OPT.GO, null), OPT.GO, REP.ERR_TLS_REQD, 'an oversized GO');
+  t.equal(hs.structuredReplies, false, 'STRUCTURED_REPLY was refused, not half taken');
+  startTls(t, hs);
+  const [sr] = replies(hs.receiveOption(OPT.STRUCTURED_REPLY, NO_DATA));
+  t.equal(sr.type, REP.ACK, 'after STARTTLS options work');
+  const list = replies(hs.receiveOption(OPT.LIST, NO_DATA));
+  t.same(list.map((r) => r.type), [REP.SERVER, REP.SERVER, REP.ACK], 'LIST names both exports');
+  const go = hs.receiveOption(OPT.GO, infoReq(''));
+  t.equal(go.phase, 'transmission');
+  t.notOk(replies(go).some((r) => r.type === REP.ERR_TLS_REQD), 'never TLS_REQD after TLS');
+});
+
+t.test('TLS require: EXPORT_NAME before STARTTLS closes without a reply; ABORT is acknowledged', async (t) => {
+  const hs = options(undefined, 'require');
+  const step = hs.receiveOption(OPT.EXPORT_NAME, Buffer.from(''));
+  t.equal(step.phase, 'closed');
+  t.equal(step.send.length, 0, 'nothing sent: no export size, no flags');
+  const other = options(undefined, 'require');
+  const abort = other.receiveOption(OPT.ABORT, NO_DATA);
+  t.equal(abort.phase, 'closed');
+  t.same(replies(abort).map((r) => r.type), [REP.ACK]);
+});
+
+t.test('TLS require: EXPORT_NAME after STARTTLS enters transmission', async (t) => {
+  const hs = options(undefined, 'require');
+  startTls(t, hs);
+  const step = hs.receiveOption(OPT.EXPORT_NAME, Buffer.from('ro'));
+  t.equal(step.phase, 'transmission');
+  t.equal(step.agreement?.export.name, 'ro');
+});
+
+t.test('TLS require: a client without fixed newstyle is closed at its flags', async (t) => {
+  const hs = new Handshake(catalog(), 'require');
+  t.equal(hs.receiveClientFlags(FLAG_NO_ZEROES).phase, 'closed');
+});
+
+t.test('TLS on: STARTTLS from a client without fixed newstyle is POLICY', async (t) => {
+  const hs = options(FLAG_NO_ZEROES, 'on');
+  expectError(t, hs.receiveOption(OPT.STARTTLS, NO_DATA), OPT.STARTTLS, REP.ERR_POLICY, 'STARTTLS');
+  t.equal(hs.tlsStarted, false);
+});
+
+t.test('STARTTLS forgets structured replies and the meta-context selection made before it', async (t) => {
+  const hs = options(undefined, 'on');
+  t.equal(replies(hs.receiveOption(OPT.STRUCTURED_REPLY, NO_DATA))[0].type, REP.ACK);
+  const set = replies(hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', [META_BASE_ALLOCATION])));
+  t.equal(contexts(set).length, 1, 'a context was selected before TLS');
+  startTls(t, hs);
+  t.equal(hs.structuredReplies, false);
+  t.equal(hs.metaSelection, null);
+  const go = hs.receiveOption(OPT.GO, infoReq(''));
+  t.equal(go.agreement?.structuredReplies, false, 'GO without structured replies');
+  t.same(go.agreement?.metaContexts, [], 'and without the old meta context');
+  t.equal(flagsOf(go) & TF.SEND_DF, 0, 'DF is not offered');
+
+  const again = options(undefined, 'on');
+  startTls(t, again);
+  t.equal(replies(again.receiveOption(OPT.STRUCTURED_REPLY, NO_DATA))[0].type, REP.ACK, 'structured replies may be asked for again');
+  replies(again.receiveOption(OPT.SET_META_CONTEXT, metaReq('', [META_BASE_ALLOCATION])));
+  const go2 = again.receiveOption(OPT.GO, infoReq(''));
+  t.equal(go2.agreement?.structuredReplies, true);
+  t.equal(go2.agreement?.metaContexts.length, 1, 'a selection made after TLS counts');
+});
+
+t.test('STARTTLS during shutdown is SHUTDOWN', async (t) => {
+  const hs = options(undefined, 'on');
+  hs.shuttingDown = true;
+  const step = hs.receiveOption(OPT.STARTTLS, NO_DATA);
+  expectError(t, step, OPT.STARTTLS, REP.ERR_SHUTDOWN, 'STARTTLS');
+  t.notOk(step.startTls);
 });

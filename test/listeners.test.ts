@@ -68,6 +68,12 @@ t.test('exportUri for TCP', async (t) => {
   t.equal(exportUri({ kind: 'tcp', host: '0.0.0.0', port: 10809 }, 'a/b'), 'nbd://0.0.0.0:10809/a%2Fb', 'a slash in a name is encoded');
 });
 
+t.test('exportUri with TLS: nbds and nbds+unix', async (t) => {
+  t.equal(exportUri({ kind: 'unix', path: '/run/vblk.sock' }, 'disk', true), 'nbds+unix:///disk?socket=/run/vblk.sock');
+  t.equal(exportUri({ kind: 'tcp', host: '::1', port: 10809 }, '', true), 'nbds://[::1]:10809/');
+  t.equal(exportUri({ kind: 'tcp', host: '127.0.0.1', port: 40123 }, 'x', false), 'nbd://127.0.0.1:40123/x', 'plain unless asked');
+});
+
 t.test('claimSocketPath: a missing path is free', async (t) => {
   const dir = tempDir(t);
   await t.resolves(claimSocketPath(path.join(dir, 'none.sock')));

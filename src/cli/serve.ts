@@ -28,8 +28,9 @@ import { memorySize, openExports, type ExportSpec } from './open-exports.js';
 import { createLogger } from './logger.js';
 import { writePidFile } from './pid-file.js';
 import { parseSize } from './size.js';
+import { TLS_EXAMPLES, TLS_HELP, tlsFromOptions, type TlsValues } from './tls-options.js';
 
-interface ServeValues {
+interface ServeValues extends TlsValues {
   socket?: string;
   'vhost-user-blk'?: string[];
   'num-queues'?: string;
@@ -98,7 +99,7 @@ Options:
                            socket at PATH, mode 0600: exports, stats, filter
                            settings, power cuts, journal marks, dirty
                            bitmaps, live snapshots, shutdown
-  --read-only              serve every export read-only
+${TLS_HELP}  --read-only              serve every export read-only
   -U, --force-share        do not lock read-only images, so they can be
                            served while QEMU writes them (like qemu-nbd -U);
                            without it vblk locks images as QEMU does and
@@ -143,7 +144,7 @@ Examples:
       nbdinfo --list nbd+unix:///?socket=/tmp/vblk.sock
   vblk serve disk.img --listen 10809 --read-only
       nbdinfo nbd://127.0.0.1:10809
-  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --direct
+${TLS_EXAMPLES}  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --direct
   vblk serve disk.qcow2 --socket /tmp/vblk.sock --control /tmp/vblk.ctl
       vblk ctl /tmp/vblk.ctl snapshot create before-upgrade
   vblk serve top.qcow2 --socket /tmp/vblk.sock
@@ -262,6 +263,10 @@ export const serve: Command<ServeValues> = {
     control: { type: 'string' },
     stdio: { type: 'boolean' },
     'pid-file': { type: 'string' },
+    tls: { type: 'string' },
+    'tls-certs': { type: 'string' },
+    'tls-verify-peer': { type: 'boolean' },
+    'tls-psk': { type: 'string' },
   },
 
   async run(v, positionals, order) {
@@ -310,6 +315,7 @@ export const serve: Command<ServeValues> = {
         maxSkippedPayload: 128 << 20,
       },
       busyPoll: new BusyPoll(numberOption('poll-us', v['poll-us'], 50, 0, 10_000)),
+      tls: tlsFromOptions(v),
     };
     const log = createLogger(v['log-level'] ?? 'info');
 

@@ -43,6 +43,14 @@ export class RawClient extends Wire {
     this.timeoutMs = 5000;
   }
 
+  /**
+   * A client over a stream that is already connected: a TLS socket made
+   * with node:tls over this client's socket after STARTTLS's ACK, say.
+   */
+  static over(socket: Duplex): RawClient {
+    return new RawClient(socket);
+  }
+
   /** Connects to a UNIX socket path, or to an endpoint (UNIX or TCP). */
   static override connect<T extends Wire>(this: new (socket: Duplex) => T, to: string | Endpoint, timeoutMs = 5000): Promise<T> {
     return Wire.connect.call(this, to, timeoutMs) as Promise<T>;

@@ -115,15 +115,16 @@ export function listeningAddress(endpoint: Endpoint, server: net.Server): Addres
   return tcp && { kind: 'tcp', host: tcp.address, port: tcp.port };
 }
 
-/** An export's NBD URI at an address. */
-export function exportUri(address: Address, exportName: string): string {
+/** An export's NBD URI at an address; `tls` gives the nbds forms, which make libnbd and QEMU insist on TLS. */
+export function exportUri(address: Address, exportName: string, tls = false): string {
   const name = encodeURIComponent(exportName);
+  const scheme = tls ? 'nbds' : 'nbd';
   if (address.kind === 'unix') {
     const socket = path.resolve(address.path).split('/').map(encodeURIComponent).join('/');
-    return `nbd+unix:///${name}?socket=${socket}`;
+    return `${scheme}+unix:///${name}?socket=${socket}`;
   }
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  return `nbd://${host}:${address.port}/${name}`;
+  return `${scheme}://${host}:${address.port}/${name}`;
 }
 
 /** Parses HOST:PORT, [V6]:PORT or PORT (host 127.0.0.1). */

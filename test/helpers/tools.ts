@@ -25,6 +25,8 @@ const PACKAGES: Record<string, string> = {
   fio: 'fio',
   strace: 'strace',
   'systemd-socket-activate': 'systemd',
+  certtool: 'gnutls-bin',
+  psktool: 'gnutls-bin',
 };
 
 export function requireTool(name: string): void {

@@ -6,6 +6,17 @@
 // follows. No I/O happens here: the connection feeds
 // decoded frames in and writes out what comes back, so every transition
 // can be unit-tested with plain buffers.
+//
+// TLS (the protocol's "TLS support" section) is a policy: 'off' answers
+// STARTTLS with UNSUP (NOTLS mode); 'on' offers it and serves every
+// export either way (SELECTIVETLS with no TLS-only export); 'require'
+// answers every option but ABORT and STARTTLS with TLS_REQD until TLS is
+// up, and closes on EXPORT_NAME, so nothing about the exports leaks to
+// a client that has not upgraded (FORCEDTLS). The ACK to STARTTLS comes
+// in a step flagged `startTls`: the connection sends it and starts the
+// TLS handshake. From then on the table counts TLS as started (a failed
+// TLS handshake ends the connection) and has forgotten every option
+// state negotiated before it, as the spec asks.
 
 import {
   CLIENT_FLAGS_KNOWN,
@@ -57,6 +68,10 @@ export interface ExportCatalog {
 
 export type Phase = 'client-flags' | 'options' | 'transmission' | 'closed';
 
+/** Whether STARTTLS is refused ('off'), offered ('on') or required before anything else ('require'). */
+export type TlsPolicy = 'off' | 'on' | 'require';
+export const TLS_POLICIES: readonly TlsPolicy[] = ['off', 'on', 'require'];
+
 export interface MetaContext {
   id: number;
   name: string;
@@ -76,6 +91,8 @@ export interface Step {
   /** Why the handshake closed, for the log. */
   reason?: string;
   agreement?: Agreement;
+  /** Send `send` (the ACK to STARTTLS) in plain text, then run the TLS handshake as the server. */
+  startTls?: boolean;
 }
 
 /** The meta contexts an export offers: every export's two, then one per dirty bitmap it keeps. */
@@ -92,8 +109,15 @@ export class Handshake {
   /** The last SET_META_CONTEXT: which export it named and what it selected. */
   metaSelection: { exportName: string; contexts: MetaContext[] } | null = null;
   shuttingDown = false;
+  /** The client set FIXED_NEWSTYLE: without it the spec allows no TLS. */
+  fixedNewstyle = false;
+  /** STARTTLS was acknowledged: everything after it runs over TLS. */
+  tlsStarted = false;
 
-  constructor(readonly catalog: ExportCatalog) {}
+  constructor(
+    readonly catalog: ExportCatalog,
+    readonly tls: TlsPolicy = 'off',
+  ) {}
 
   greeting(): Buffer {
     return encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
@@ -106,6 +130,8 @@ export class Handshake {
     // A client without FIXED_NEWSTYLE gets fixed-newstyle replies anyway,
     // which the protocol allows; such clients only send EXPORT_NAME.
     this.noZeroes = (flags & FLAG_NO_ZEROES) !== 0;
+    this.fixedNewstyle = (flags & FLAG_FIXED_NEWSTYLE) !== 0;
+    if (this.tls === 'require' && !this.fixedNewstyle) return this.close('TLS is required and the client does not speak fixed newstyle');
     this.phase = 'options';
     return this.stay([]);
   }
@@ -116,6 +142,10 @@ export class Handshake {
    */
   receiveOption(option: number, payload: Buffer | null): Step {
     expectPhase(this, 'options');
+    if (this.tls === 'require' && !this.tlsStarted && option !== OPT.STARTTLS && option !== OPT.ABORT) {
+      if (option === OPT.EXPORT_NAME) return this.close('NBD_OPT_EXPORT_NAME before TLS, which is required');
+      return this.error(option, REP.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+    }
     // SET_META_CONTEXT replaces the earlier selection even when it fails, however it fails.
     if (option === OPT.SET_META_CONTEXT) this.metaSelection = null;
     if (payload === null) {
@@ -188,8 +218,16 @@ function list(hs: Handshake, option: number, payload: Buffer): Step {
   return hs.stay([...servers, encodeOptionReply(option, REP.ACK)]);
 }
 
-function startTls(hs: Handshake, option: number): Step {
-  return hs.error(option, REP.ERR_UNSUP, 'TLS is not supported by this server');
+function startTls(hs: Handshake, option: number, payload: Buffer): Step {
+  if (hs.tls === 'off') return hs.error(option, REP.ERR_UNSUP, 'TLS is not enabled on this server');
+  if (!hs.fixedNewstyle) return hs.error(option, REP.ERR_POLICY, 'TLS needs fixed newstyle negotiation');
+  if (hs.tlsStarted) return hs.error(option, REP.ERR_INVALID, 'TLS is already active');
+  if (payload.length !== 0) return hs.error(option, REP.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+  hs.tlsStarted = true;
+  // "The server MUST NOT preserve any negotiation state ... issued before this command."
+  hs.structuredReplies = false;
+  hs.metaSelection = null;
+  return { ...hs.stay([encodeOptionReply(option, REP.ACK)]), startTls: true };
 }
 
 function infoOrGo(hs: Handshake, option: number, payload: Buffer): Step {

@@ -12,6 +12,19 @@
 // MAX_HANDSHAKE_BACKLOG, so a client that sends options and never reads
 // the replies stalls itself instead of growing the server.
 //
+// STARTTLS: the table's step says so; the connection writes the ACK in
+// plain text and from then on speaks through a TLS stream over the same
+// socket (tls.ts): its listeners, the reply writer and back-pressure all
+// move to that stream, and the session's fast path (reading a WRITE
+// payload from the descriptor, socket-fd.ts) is off, since the
+// descriptor carries ciphertext. Bytes the client sent after STARTTLS
+// before it could have seen the ACK are a violation (it MUST wait for the
+// reply, and they are neither plain options nor TLS): hard disconnect. A
+// TLS handshake that fails ends the connection with the reason logged;
+// one that stalls is cut by the handshake timeout, which runs on until an
+// export is chosen. No option is read before the handshake is done (and
+// the client certificate checked).
+//
 // Closing gracefully (finish) ends the server's side and closes the socket
 // once the last reply is with the kernel, without waiting for the client
 // to close its end. At shutdown a connection closes once nothing is
@@ -32,6 +45,7 @@ import { readInto, socketFd, widenSendBuffer } from '../socket-fd.js';
 import type { Connection, FrontEnd } from '../connection.js';
 import { exportUri, isUnixEndpoint } from '../listeners.js';
 import { TransmissionSession, type ConnectionStats, type SessionHost, type SessionLimits } from './transmission-session.js';
+import type { NbdTls, TlsUpgrade } from './tls.js';
 
 export const MAX_OPTION_DATA = 64 << 10;
 export const MAX_OPTION_SKIP = 16 << 20;
@@ -68,6 +82,8 @@ export interface ConnectionOptions {
   limits: SessionLimits;
   /** Shared by every connection: keeps the event loop polling after activity. */
   busyPoll: BusyPoll;
+  /** STARTTLS: offered or required with these credentials; absent, TLS is off. */
+  tls?: NbdTls;
 }
 
 /** The NBD front end: a connection per accepted socket, one URI per export. */
@@ -78,15 +94,18 @@ export function nbdFrontEnd(registry: ExportRegistry, options: ConnectionOptions
       if (isUnixEndpoint(endpoint)) log.debug({ sendBuffer: widenSendBuffer(socket) }, 'send buffer');
       return new NbdConnection(socket, registry, options, log, closed);
     },
-    addresses: (address) => registry.list().map((e) => exportUri(address, e.name)),
+    addresses: (address) => registry.list().map((e) => exportUri(address, e.name, options.tls !== undefined)),
   };
 }
 
 export class NbdConnection implements SessionHost, Connection {
   readonly input = new ByteQueue();
-  readonly writer: ReplyWriter;
+  writer: ReplyWriter;
   readonly busyPoll: BusyPoll;
-  private readonly fd: number | null;
+  /** The socket's descriptor while it carries plain NBD; null once TLS runs over it. */
+  private fd: number | null;
+  /** Set at STARTTLS; `secure` once the TLS handshake is done and the client accepted. */
+  private tls: { upgrade: TlsUpgrade; secure: boolean } | null = null;
   private readonly handshake: Handshake;
   private session: TransmissionSession | null = null;
   private option: OptionHeader | null = null;
@@ -98,13 +117,14 @@ export class NbdConnection implements SessionHost, Connection {
   private graceEnds: number | null = null;
   private lastInput = 0;
   private closing = false;
+  private gone = false;
   private exportName: string | null = null;
   private readonly opened = Date.now();
   private readonly stats: ConnectionStats = { requests: {}, errors: 0, bytesRead: 0, bytesWritten: 0 };
   private closeReason = 'client disconnected';
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     private readonly registry: ExportRegistry,
     private readonly options: ConnectionOptions,
     private readonly log: Logger,
@@ -113,7 +133,7 @@ export class NbdConnection implements SessionHost, Connection {
     this.busyPoll = options.busyPoll;
     this.writer = new ReplyWriter(socket, options.busyPoll);
     this.fd = socketFd(socket);
-    this.handshake = new Handshake(registry);
+    this.handshake = new Handshake(registry, options.tls?.policy ?? 'off');
     this.maxOptions = maxOptions(registry.list().length);
   }
 
@@ -124,25 +144,51 @@ export class NbdConnection implements SessionHost, Connection {
   start(): void {
     const { socket } = this;
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => {
-      if (this.closing) return;
-      this.lastInput = Date.now();
-      this.busyPoll.touch();
-      this.input.push(chunk);
-      this.pump();
-    });
-    socket.on('end', () => {
-      if (this.session) this.session.endOfInput();
-      else this.finish('client closed during the handshake');
-    });
-    socket.on('drain', () => this.pump());
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      this.closeReason = `socket error: ${err.code ?? err.message}`;
-    });
-    socket.on('close', () => this.closed());
-    this.handshakeTimer = setTimeout(() => this.abort('handshake timed out'), this.options.handshakeTimeoutMs);
+    this.listen(socket);
+    this.handshakeTimer = setTimeout(
+      () => this.abort(this.tls && !this.tls.secure ? 'TLS handshake timed out' : 'handshake timed out'),
+      this.options.handshakeTimeoutMs,
+    );
     this.log.info({ remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
     socket.write(this.handshake.greeting());
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.closing) return;
+    this.lastInput = Date.now();
+    this.busyPoll.touch();
+    this.input.push(chunk);
+    // Nothing the client sends counts before its TLS handshake is done.
+    if (this.tls && !this.tls.secure) return;
+    this.pump();
+  };
+
+  private readonly onEnd = (): void => {
+    if (this.session) this.session.endOfInput();
+    else this.finish('client closed during the handshake');
+  };
+
+  private readonly onDrain = (): void => this.pump();
+
+  private readonly onError = (err: NodeJS.ErrnoException): void => {
+    if (this.tls && !this.tls.secure && !this.closing) {
+      this.closeReason = `TLS handshake failed: ${err.code ?? err.message}`;
+      const identity = this.tls.upgrade.pskIdentity;
+      this.log.warn({ reason: err.message, ...(identity === null ? {} : { pskIdentity: identity }) }, 'TLS handshake failed');
+      return;
+    }
+    this.closeReason = `socket error: ${err.code ?? err.message}`;
+  };
+
+  private readonly onClose = (): void => this.closed();
+
+  /** The listeners of whichever stream carries NBD now: the accepted socket, then the TLS stream over it. */
+  private listen(stream: Socket): void {
+    stream.on('data', this.onData);
+    stream.on('end', this.onEnd);
+    stream.on('drain', this.onDrain);
+    stream.on('error', this.onError);
+    stream.on('close', this.onClose);
   }
 
   beginShutdown(): void {
@@ -215,7 +261,7 @@ export class NbdConnection implements SessionHost, Connection {
 
   private pump(): void {
     if (this.session) return this.session.pump();
-    while (!this.closing && !this.session) {
+    while (!this.closing && !this.session && (!this.tls || this.tls.secure)) {
       if (this.socket.writableLength >= MAX_HANDSHAKE_BACKLOG) {
         // The client is not reading its replies; 'drain' brings us back.
         this.pauseInput();
@@ -270,6 +316,7 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   private apply(step: Step): void {
+    if (step.startTls) return this.startTls(step.send);
     // One write a step: a flood of small replies queues as few buffers as it can.
     if (step.send.length > 0) this.socket.write(step.send.length === 1 ? step.send[0] : Buffer.concat(step.send));
     if (step.phase === 'closed') {
@@ -284,9 +331,51 @@ export class NbdConnection implements SessionHost, Connection {
     const log = this.log.child({ export: served.name });
     this.session = new TransmissionSession(this, agreement, served.gateway, this.options.limits, this.stats, log);
     log.info(
-      { structured: agreement.structuredReplies, flags: agreement.flags, metaContexts: agreement.metaContexts.map((c) => c.name) },
+      {
+        tls: this.tls !== null,
+        structured: agreement.structuredReplies,
+        flags: agreement.flags,
+        metaContexts: agreement.metaContexts.map((c) => c.name),
+      },
       'transmission started',
     );
+  }
+
+  /** Sends STARTTLS's ACK in plain text and puts the TLS stream in the socket's place. */
+  private startTls(ack: Buffer[]): void {
+    const tls = this.options.tls!;
+    const plain = this.socket;
+    const early = this.input.length + plain.readableLength;
+    if (early > 0) {
+      // Sent before the client could have seen the ACK: neither options nor TLS.
+      this.abort(`${early} bytes sent after NBD_OPT_STARTTLS before its reply`);
+      return;
+    }
+    plain.write(Buffer.concat(ack));
+    for (const [event, fn] of [['data', this.onData], ['end', this.onEnd], ['drain', this.onDrain], ['close', this.onClose]] as const) {
+      plain.off(event, fn);
+    }
+    // The plain socket's own errors still name the reason; the TLS stream reports its close.
+    this.fd = null;
+    const upgrade = tls.upgrade(plain);
+    this.tls = { upgrade, secure: false };
+    this.socket = upgrade.socket;
+    this.writer = new ReplyWriter(upgrade.socket, this.busyPoll);
+    this.listen(upgrade.socket);
+    upgrade.socket.once('secure', () => this.tlsEstablished());
+  }
+
+  private tlsEstablished(): void {
+    const tls = this.tls!;
+    if (this.closing) return;
+    const verdict = this.options.tls!.established(tls.upgrade);
+    if (!verdict.ok) {
+      this.hangUp(verdict.reason, 'closing connection: TLS client refused');
+      return;
+    }
+    tls.secure = true;
+    this.log.info({ tls: this.options.tls!.kind, ...verdict.fields }, 'TLS established');
+    this.pump();
   }
 
   private clearHandshakeTimer(): void {
@@ -295,6 +384,8 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   private closed(): void {
+    if (this.gone) return;
+    this.gone = true;
     this.closing = true;
     this.clearHandshakeTimer();
     if (this.quietTimer) clearTimeout(this.quietTimer);

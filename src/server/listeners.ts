@@ -9,7 +9,7 @@
 // An inherited socket (socket activation, activation.ts) is already
 // bound and listening: vblk listens on its descriptor, and neither
 // claims nor removes its path, which belongs to the service manager;
-// listen(2) again with the system's backlog only raises its queue.
+// listening again sets its queue to the system's maximum, as for its own.
 
 import fs from 'node:fs';
 import net from 'node:net';

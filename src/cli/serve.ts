@@ -60,7 +60,8 @@ any named exports. Images may be raw or qcow2; a qcow2 image's backing
 chain is opened read-only below it. FILE may also be memory:SIZE, a disk
 in memory (sparse, gone when vblk exits; each export that names one gets
 its own). Prints one NBD URI per export and listener on stdout
-once it is accepting connections (nothing with --stdio); logs go to
+once it is accepting connections (nothing with --stdio or under socket
+activation, where the URIs are only logged); logs go to
 stderr as JSON lines. SIGINT or SIGTERM finishes the requests in flight,
 flushes, removes the sockets it made and exits 0. If an export's final flush or close fails, that is
 logged, the other exports are still flushed and closed, and the exit
@@ -131,7 +132,10 @@ Socket activation: started by systemd (or systemd-socket-activate) with
 LISTEN_PID set to its process id, vblk serves NBD on the listening sockets
 passed in LISTEN_FDS (descriptors 3, 4, ...) instead of --socket and
 --listen, which it then refuses; it leaves the sockets' files alone at
-exit. --vhost-user-blk still listens on its own socket.
+exit. --vhost-user-blk still listens on its own socket. With --stdio too,
+it serves the first connection on them and exits when that one ends: so
+libnbd's '[ vblk serve --stdio IMG ]', which starts its command by socket
+activation, gets one server for its one connection.
 
 ${FILTER_HELP}
 Examples:
@@ -171,9 +175,10 @@ ${TLS_EXAMPLES}  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --di
       nbdinfo nbd+unix:///?socket=/run/vblk.sock
       (as a systemd .socket unit with ListenStream=/run/vblk.sock and a
       .service running 'vblk serve disk.img' would)
-  nbdinfo -- [ vblk serve disk.img ]
-  nbdcopy -- [ vblk serve disk.img ] backup.raw
-      (libnbd starts vblk by socket activation, and stops it with SIGTERM)
+  nbdinfo -- [ vblk serve --stdio disk.img ]
+  nbdcopy -- [ vblk serve --stdio disk.img ] backup.raw
+      (libnbd starts vblk by socket activation; vblk serves that one
+      connection and exits; without --stdio libnbd stops it with SIGTERM)
   systemd-socket-activate --inetd -a -l /tmp/vblk.sock -- \\
         vblk serve --stdio --read-only disk.img
       (a vblk for each connection, as systemd's Accept=yes runs it)
@@ -293,9 +298,6 @@ export const serve: Command<ServeValues> = {
     }
     if (v['pid-file'] === '') throw new UsageError('--pid-file needs a file name');
     const inherited = inheritedSockets();
-    if (inherited && v.stdio) {
-      throw new UsageError("--stdio cannot be used with socket activation (LISTEN_FDS), which is how nbdinfo and nbdcopy '[ CMD ]' start CMD: leave out --stdio");
-    }
     if (inherited && endpoints.length > 0) {
       throw new UsageError(`the service manager passed ${inherited.length} listening socket${inherited.length === 1 ? '' : 's'} (LISTEN_FDS): leave out --socket and --listen`);
     }
@@ -304,7 +306,7 @@ export const serve: Command<ServeValues> = {
       throw new UsageError('nowhere to listen: give --socket PATH, --listen [HOST:]PORT, --vhost-user-blk PATH or --stdio, or start vblk by socket activation');
     }
     // Taken before the images are opened: nothing may reach stdout after this.
-    const stdio = v.stdio ? stdioConnection() : null;
+    const stdio = v.stdio && !inherited ? stdioConnection() : null;
     const options = {
       handshakeTimeoutMs: numberOption('handshake-timeout', v['handshake-timeout'], 10, 0.1, 3600) * 1000,
       shutdownTimeoutMs: numberOption('shutdown-timeout', v['shutdown-timeout'], 30, 0, 3600) * 1000,
@@ -372,20 +374,27 @@ export const serve: Command<ServeValues> = {
       engine.close();
       throw err;
     }
-    const served = stdio && server.serveOne(stdio.socket, stdio.endpoint, nbd);
+    // --stdio: one connection, then exit; under socket activation (libnbd's '[ CMD ]') the first one accepted.
+    const served = stdio ? server.serveOne(stdio.socket, stdio.endpoint, nbd) : v.stdio ? server.serveFirstOnly() : null;
     const uris = server.addresses();
-    if (!stdio) process.stdout.write(uris.map((u) => `${u}\n`).join(''));
+    // Under socket activation stdout may be the client's own (libnbd's '[ CMD ]'): the URIs go only to the log, as qemu-nbd and nbdkit print none.
+    if (!stdio && !inherited) process.stdout.write(uris.map((u) => `${u}\n`).join(''));
     log.info({ uris }, 'ready');
 
     return new Promise<number>((resolve) => {
       let signalled = false;
+      let stopping = false;
       const onSignal = (signal: NodeJS.Signals | 'control' | 'client gone'): void => {
-        if (signalled) {
-          if (signal === 'control' || signal === 'client gone') return;
+        // A second signal exits at once; a signal during a shutdown something else began (libnbd
+        // sends SIGTERM once its --stdio connection is gone) is the first one and lets it finish.
+        const isSignal = signal !== 'control' && signal !== 'client gone';
+        if (isSignal && signalled) {
           log.warn({ signal }, 'second signal: exiting without finishing');
           process.exit(1);
         }
-        signalled = true;
+        signalled ||= isSignal;
+        if (stopping) return;
+        stopping = true;
         log.info({ signal }, SHUTDOWN_CAUSES[signal] ?? 'signal received');
         (control?.close() ?? Promise.resolve())
           .then(() => server.shutdown())

@@ -6,7 +6,8 @@
 // still negotiating, then flushes and closes the exports and removes the
 // UNIX socket files it made (never an inherited socket's). A connection
 // that will not finish in time is cut. Besides listeners, the server can
-// serve a connection it did not accept (--stdio: serveOne).
+// serve a connection it did not accept (--stdio: serveOne), or only the
+// first one it accepts (--stdio under socket activation: serveFirstOnly).
 // Connections past what the open-file limit leaves room for are closed
 // as they come and logged (connection-limit.ts).
 // Every export is flushed and closed even if another one fails; each
@@ -41,6 +42,7 @@ export class Server {
   private shutdownStarted: Promise<void> | null = null;
   private connectionsGone: (() => void) | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
+  private onlyConnection: (() => void) | null = null;
   private maxConnections = Infinity;
   private readonly drops = new DropLog((dropped, total) =>
     this.log.warn({ dropped, total, maxConnections: this.maxConnections }, 'connections dropped: no descriptors left under the open-file limit'),
@@ -79,6 +81,15 @@ export class Server {
     });
   }
 
+  /**
+   * The next connection accepted on any listener is the only one: the
+   * listeners close behind it (--stdio under socket activation, as
+   * libnbd's '[ CMD ]' starts a server). Resolves once it has closed.
+   */
+  serveFirstOnly(): Promise<void> {
+    return new Promise((resolve) => (this.onlyConnection = resolve));
+  }
+
   shutdown(): Promise<void> {
     this.shutdownStarted ??= this.doShutdown();
     return this.shutdownStarted;
@@ -101,6 +112,12 @@ export class Server {
     }
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = null;
+    const only = this.onlyConnection;
+    if (only) {
+      this.onlyConnection = null;
+      for (const l of this.listening) l.server.close();
+      socket.once('close', () => only());
+    }
     const log = this.log.child({ conn: this.nextId++ });
     const conn = frontEnd.connect(socket, endpoint, log, (c) => this.forget(c));
     this.connections.add(conn);

@@ -69,7 +69,8 @@ t.test('a UNIX socket: qemu-io and nbdinfo connect to it, again and again; the s
   const read = await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 0x5a 0 1M', '-c', 'read -P 0 1M 1M', uri]);
   t.equal(read.code, 0, `the write reads back\n${read.stdout}${read.stderr}`);
 
-  t.equal(act.stdout(), `${uri}\n`, "the URI, with the socket's path (getsockname), is on stdout");
+  t.equal(act.stdout(), '', 'nothing on stdout, which may be a client’s (libnbd [ CMD ])');
+  t.ok(act.stderr().includes(`"uris":["${uri}"]`), "the URI, with the socket's path (getsockname), is logged");
   t.match(act.stderr(), /"listen":"fd 3 \/[^"]*vblk\.sock"/, 'the log names the descriptor and its path');
   t.equal(fs.readFileSync(pidFile, 'utf8'), `${act.proc.pid}\n`, 'the pid file holds the pid (systemd-socket-activate execs vblk)');
 
@@ -91,7 +92,8 @@ t.test('a TCP socket: the URI has the bound address, data written reads back', a
   const read = await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 0xc3 64k 128k', '-c', 'read -P 0 0 64k', uri]);
   t.equal(read.code, 0, `${read.stdout}${read.stderr}`);
   t.equal((await run('nbdinfo', ['--size', uri])).stdout.trim(), String(SIZE));
-  t.equal(act.stdout(), `${uri}\n`, 'the TCP URI on stdout');
+  t.equal(act.stdout(), '', 'nothing on stdout');
+  t.ok(act.stderr().includes(`"uris":["${uri}"]`), 'the TCP URI, with the bound address, is logged');
   t.same(await act.stop(), { code: 0, signal: null });
   t.ok(fs.readFileSync(file).subarray(64 << 10, 192 << 10).every((b) => b === 0xc3), 'the write is in the image');
 });
@@ -120,9 +122,19 @@ t.test("libnbd's '[ CMD ]' starts vblk by socket activation: nbdcopy in and out,
   t.match(info.stdout, new RegExp(`^${SIZE}$`, 'm'), 'nbdinfo reads the size');
   t.match(info.stderr, /"msg":"shutdown complete"/, 'libnbd stops vblk with SIGTERM: an orderly shutdown');
 
+  t.equal(info.stdout, `${SIZE}\n`, 'and nothing else reaches nbdinfo’s stdout');
+
+  // With --stdio, vblk serves the one connection libnbd makes and exits by itself.
   const stdio = await run('nbdinfo', ['--size', '--', '[', process.execPath, VBLK, 'serve', '--stdio', file, ']']);
-  t.not(stdio.code, 0, "'[ vblk serve --stdio ]' fails in nbdinfo");
-  t.match(stdio.stderr, /--stdio cannot be used with socket activation .*: leave out --stdio/, 'and vblk says why');
+  t.equal(stdio.code, 0, stdio.stderr);
+  t.equal(stdio.stdout, `${SIZE}\n`, "'nbdinfo [ vblk serve --stdio IMG ]' reads the size");
+  t.match(stdio.stderr, /"msg":"the --stdio client has gone"/, 'vblk ends when its one connection does');
+  t.match(stdio.stderr, /"msg":"shutdown complete"/, 'an orderly shutdown to the end');
+  t.notMatch(stdio.stderr, /second signal/, 'which the SIGTERM libnbd sends after the connection does not cut short');
+  const back = path.join(dir, 'back.raw');
+  const viaStdio = await run('nbdcopy', ['--', '[', process.execPath, VBLK, 'serve', '--stdio', file, ']', back]);
+  t.equal(viaStdio.code, 0, viaStdio.stderr);
+  t.ok(fs.readFileSync(back).equals(pattern), "nbdcopy out of '[ vblk serve --stdio ]': the source");
 });
 
 t.test('variables for another process are ignored: vblk then needs --socket', async (t) => {

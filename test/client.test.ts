@@ -1,16 +1,18 @@
 // vblk/client against vblk and against qemu-nbd: every command and flag,
 // many requests in flight, errors, listing and info, TLS (X.509 and PSK,
-// against qemu-nbd, whose TLS nobody here wrote), several connections.
+// against vblk and against qemu-nbd, whose TLS nobody here wrote; the fuzz
+// suite over TLS), several connections.
 // What the client writes is checked with qemu-img and nbdinfo, and what
 // it reads is compared with the image file itself.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { connect, connectMany, exportInfo, listExports, STATE_HOLE, STATE_ZERO, type BlockExtent, type NbdClient, type NbdError } from '../src/client/index.js';
-import { serve, tempDir } from './helpers/server.js';
+import { serve, tempDir, vblk } from './helpers/server.js';
+import { makeTlsCreds, type TlsCreds } from './helpers/tls-creds.js';
 import { requireTool, run } from './helpers/tools.js';
 
 const SIZE = 16 << 20;
@@ -163,64 +165,71 @@ t.test('connectMany: several connections when the export allows it', async (t) =
   await Promise.all(conns.map((c) => c.disconnect()));
 });
 
-/** A CA, a server certificate and a client certificate, made with openssl, in QEMU's layout. */
-function x509(t: Test, dir: string, cn = 'localhost'): { server: string; client: string } {
-  requireTool('openssl');
-  const server = path.join(dir, 'server');
-  const client = path.join(dir, 'client');
-  fs.mkdirSync(server);
-  fs.mkdirSync(client);
-  const ssl = (...args: string[]): void => {
-    const r = spawnSyncOk('openssl', args);
-    if (r) t.fail(r);
+interface TlsServer {
+  name: string;
+  /** Starts it on a fresh image; returns the socket and the image. */
+  start(t: Test): Promise<{ sock: string; file: string }>;
+  /** The query that authenticates a good client, and one that must be refused. */
+  good: string;
+  bad: string;
+}
+
+function tlsServers(creds: TlsCreds): TlsServer[] {
+  const pskDir = path.dirname(creds.pskFile);
+  const vblkServer = (args: string[]) => async (t: Test) => {
+    const file = image(t);
+    const srv = await serve(t, [file, '--tls', 'require', ...args]);
+    return { sock: srv.socket, file };
   };
-  const ca = path.join(dir, 'ca');
-  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=test CA', '-keyout', `${ca}-key.pem`, '-out', `${ca}-cert.pem`);
-  for (const [who, out, name] of [['server', server, cn], ['client', client, 'client']] as const) {
-    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`, '-keyout', path.join(out, `${who}-key.pem`), '-out', path.join(dir, `${who}.csr`));
-    const ext = path.join(dir, `${who}.ext`);
-    fs.writeFileSync(ext, who === 'server' ? `subjectAltName=DNS:${name}\nextendedKeyUsage=serverAuth\n` : 'extendedKeyUsage=clientAuth\n');
-    ssl('x509', '-req', '-in', path.join(dir, `${who}.csr`), '-CA', `${ca}-cert.pem`, '-CAkey', `${ca}-key.pem`, '-CAcreateserial', '-days', '2', '-extfile', ext, '-out', path.join(out, `${who}-cert.pem`));
-    fs.copyFileSync(`${ca}-cert.pem`, path.join(out, 'ca-cert.pem'));
+  const qemuServer = (object: string) => async (t: Test) => {
+    const file = image(t);
+    return { sock: await qemuNbd(t, ['--object', object, '--tls-creds', 'tls0'], file), file };
+  };
+  const x509 = { good: `tls-certificates=${creds.client}`, bad: `tls-certificates=${creds.stranger}` };
+  const psk = { good: `tls-psk-file=${creds.pskFile}&tls-username=${creds.pskUser}`, bad: `tls-psk-file=${creds.wrongPskFile}&tls-username=${creds.pskUser}` };
+  return [
+    { name: 'vblk --tls-certs --tls-verify-peer', start: vblkServer(['--tls-certs', creds.server, '--tls-verify-peer']), ...x509 },
+    { name: 'vblk --tls-psk', start: vblkServer(['--tls-psk', creds.pskFile]), ...psk },
+    { name: 'qemu-nbd tls-creds-x509 verify-peer', start: qemuServer(`tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir=${creds.server}`), ...x509 },
+    { name: 'qemu-nbd tls-creds-psk', start: qemuServer(`tls-creds-psk,id=tls0,endpoint=server,dir=${pskDir}`), ...psk },
+  ];
+}
+
+t.test('TLS: X.509 and PSK against vblk and qemu-nbd; refusals', async (t) => {
+  const creds = await makeTlsCreds(tempDir(t));
+  for (const server of tlsServers(creds)) {
+    await t.test(server.name, async (t) => {
+      const { sock, file } = await server.start(t);
+      const uri = `nbds+unix:///?socket=${sock}&${server.good}`;
+      const disk = await connect(uri);
+      t.ok(disk.info.tls?.protocol, `TLS: ${JSON.stringify(disk.info.tls)}`);
+      const data = crypto.randomBytes(1 << 20);
+      await disk.write(0, data, { fua: true });
+      t.same(await disk.read(0, data.length), data, 'a 1 MiB write reads back');
+      await disk.disconnect();
+      t.same(fs.readFileSync(file).subarray(0, data.length), data, 'and is in the file');
+      t.same((await listExports(uri)).map((e) => e.name), [''], 'listing over TLS');
+      await t.rejects(connect(`nbd+unix:///?socket=${sock}`), { name: 'OptionError', code: 'NBD_REP_ERR_TLS_REQD' }, 'plain text: TLS required');
+      await t.rejects(connect(`nbds+unix:///?socket=${sock}&${server.bad}`), /TLS|closed/, 'the wrong credentials are refused');
+    });
   }
-  return { server, client };
-}
-
-function spawnSyncOk(cmd: string, args: string[]): string | null {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  return r.status === 0 ? null : `${cmd} ${args.join(' ')}: ${r.stderr}`;
-}
-
-t.test('TLS with X.509 against qemu-nbd: nbds+unix with tls-certificates', async (t) => {
-  const dir = tempDir(t);
-  const certs = x509(t, dir);
-  const file = image(t);
-  const sock = await qemuNbd(t, ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${certs.server}`, '--tls-creds', 'tls0'], file);
-  const uri = `nbds+unix:///?socket=${sock}&tls-certificates=${certs.client}`;
-  const disk = await connect(uri);
-  t.ok(disk.info.tls, `TLS: ${JSON.stringify(disk.info.tls)}`);
-  await disk.write(0, Buffer.alloc(4096, 9), { fua: true });
-  t.same(await disk.read(0, 4096), Buffer.alloc(4096, 9));
-  await disk.disconnect();
-  t.equal(fs.readFileSync(file)[0], 9, 'the write reached the file');
-
-  await t.rejects(connect(`nbd+unix:///?socket=${sock}`), { name: 'OptionError', code: 'NBD_REP_ERR_TLS_REQD' }, 'plain text: TLS required');
-  const other = x509(t, tempDir(t));
-  await t.rejects(connect(`nbds+unix:///?socket=${sock}&tls-certificates=${other.client}`), /TLS handshake failed|certificate/, 'a server certificate from another CA is refused');
-  t.same((await listExports(uri)).map((e) => e.name), [''], 'listing over TLS: qemu-nbd’s one export');
 });
 
-t.test('TLS with PSK against qemu-nbd: tls-psk-file and tls-username', async (t) => {
-  const dir = tempDir(t);
-  const keys = path.join(dir, 'keys.psk');
-  fs.writeFileSync(keys, `alice:${crypto.randomBytes(32).toString('hex')}\n`);
-  const sock = await qemuNbd(t, ['--object', `tls-creds-psk,id=tls0,endpoint=server,dir=${dir}`, '--tls-creds', 'tls0'], image(t));
-  const disk = await connect(`nbds+unix:///?socket=${sock}&tls-psk-file=${keys}&tls-username=alice`);
-  t.ok(disk.info.tls, `TLS: ${JSON.stringify(disk.info.tls)}`);
-  await disk.write(0, Buffer.alloc(512, 3));
-  t.same(await disk.read(0, 512), Buffer.alloc(512, 3));
+t.test('the PSK username as the URI user, as libnbd writes it', async (t) => {
+  const creds = await makeTlsCreds(tempDir(t));
+  const srv = await serve(t, [image(t), '--tls', 'require', '--tls-psk', creds.pskFile]);
+  const disk = await connect(`nbds+unix://${creds.pskUser}@/?socket=${srv.socket}&tls-psk-file=${creds.pskFile}`);
+  t.ok(disk.info.tls);
   await disk.disconnect();
-  const wrong = path.join(dir, 'wrong.psk');
-  fs.writeFileSync(wrong, `alice:${crypto.randomBytes(32).toString('hex')}\n`);
-  await t.rejects(connect(`nbds+unix:///?socket=${sock}&tls-psk-file=${wrong}&tls-username=alice`), /TLS|closed/, 'a wrong key is refused');
+});
+
+t.test('vblk fuzz over TLS: the model suite through STARTTLS on every connection finds nothing in vblk', async (t) => {
+  const creds = await makeTlsCreds(tempDir(t));
+  const srv = await serve(t, [image(t), '--tls', 'require', '--tls-certs', creds.server, '--tls-verify-peer']);
+  const r = await vblk(['fuzz', `nbds+unix:///?socket=${srv.socket}&tls-certificates=${creds.client}`, '--destructive', '--seconds', '8', '--seed', '7']);
+  t.equal(r.code, 0, r.stdout.slice(-2000));
+  t.match(r.stdout, /fuzzing nbds\+unix:/, 'over TLS');
+  t.ok(srv.logs().filter((l) => l.msg === 'TLS established').length > 3, 'every fuzz connection upgraded');
+  const plain = await vblk(['fuzz', `nbds+unix:///?socket=${srv.socket}&tls-certificates=${creds.stranger}`, '--seconds', '2', '--seed', '7']);
+  t.not(plain.code, 0, 'a fuzzer with a certificate the server refuses gets nowhere');
 });

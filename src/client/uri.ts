@@ -5,7 +5,8 @@
 // The export name is the path without its leading slash, percent-decoded.
 // TLS credentials come as libnbd's query parameters: tls-certificates=DIR
 // (ca-cert.pem, client-cert.pem, client-key.pem), tls-psk-file=FILE with
-// tls-username=NAME, tls-hostname=NAME, tls-verify-peer=false.
+// the username as the URI's user (nbds://alice@host/) or tls-username=NAME,
+// tls-hostname=NAME, tls-verify-peer=false.
 
 export type Endpoint = { path: string } | { host: string; port: number };
 
@@ -34,22 +35,26 @@ const SCHEMES: Record<string, { unix: boolean; tls: boolean }> = {
 };
 
 export function parseNbdUri(uri: string): Target {
+  // WHATWG URLs refuse a user with no host (nbds+unix://alice@/...), which libnbd takes.
+  const unixUser = /^(nbds?\+unix:\/\/)([^@/]+)@\//i.exec(uri);
   let url: URL;
   try {
-    url = new URL(uri);
+    url = new URL(unixUser ? unixUser[1] + uri.slice(unixUser[0].length - 1) : uri);
   } catch {
     throw new Error(`'${uri}' is not a URI; expected nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH`);
   }
   const scheme = SCHEMES[url.protocol];
   if (!scheme) throw new Error(`${uri}: unsupported scheme ${url.protocol} (nbd:, nbds:, nbd+unix: and nbds+unix: are)`);
   const exportName = decodeURIComponent(url.pathname.replace(/^\//, ''));
+  const user = decodeURIComponent(unixUser ? unixUser[2] : url.username);
   const q = url.searchParams;
   const verify = q.get('tls-verify-peer');
   if (verify !== null && verify !== 'true' && verify !== 'false') throw new Error(`${uri}: tls-verify-peer must be true or false`);
   const tlsParams: TlsUriParams = {
     ...(q.has('tls-certificates') && { certificates: q.get('tls-certificates')! }),
     ...(q.has('tls-psk-file') && { pskFile: q.get('tls-psk-file')! }),
-    ...(q.has('tls-username') && { username: q.get('tls-username')! }),
+    // libnbd takes the PSK username from the URI's user part (nbds://alice@host/); tls-username too.
+    ...((user || q.has('tls-username')) && { username: q.get('tls-username') ?? user }),
     ...(q.has('tls-hostname') && { hostname: q.get('tls-hostname')! }),
     ...(verify !== null && { verifyPeer: verify === 'true' }),
   };

@@ -117,8 +117,13 @@ export class RawClient {
 
   /** True if the server closes the connection within the time given. */
   async closesWithin(timeoutMs: number): Promise<boolean> {
-    const timeout = new Promise<false>((resolve) => setTimeout(() => resolve(false), timeoutMs));
-    return Promise.race([this.closed.then(() => true as const), timeout]);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+    try {
+      return await Promise.race([this.closed.then(() => true as const), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   close(): void {

@@ -341,7 +341,7 @@ export class Session {
     }
     if (q.type === CMD.WRITE && q.payload) return { ...q, flags: q.flags | CMD_FLAG.PAYLOAD_LEN };
     if (q.type === CMD.BLOCK_STATUS && q.contextIds) {
-      return { ...q, flags: q.flags | CMD_FLAG.PAYLOAD_LEN, label: `${q.label} contexts=[${q.contextIds.join(',')}]` };
+      return { ...q, flags: q.flags | CMD_FLAG.PAYLOAD_LEN };
     }
     if (q.flags & CMD_FLAG.PAYLOAD_LEN && !q.payload) {
       const payload = Buffer.alloc(Math.min(q.length, 64), 0x5a);
@@ -417,8 +417,8 @@ export class Session {
     const cookie = rest.readBigUInt64BE(4);
     const length = extended ? readU64(rest, 20) : rest.readUInt32BE(12);
     const f = this.flight(flights, cookie);
-    if (extended && readU64(rest, 12) !== Number(f.req.offset)) {
-      throw new Violation('MUST', "extended replies echo the request's offset", `${readU64(rest, 12)} for ${f.req.label}`);
+    if (extended && rest.readBigUInt64BE(12) !== BigInt(f.req.offset)) {
+      throw new Violation('MUST', "extended replies echo the request's offset", `${rest.readBigUInt64BE(12)} for ${f.req.label}`);
     }
     if (length > (64 << 20) + 64) throw new Violation('MUST', 'chunks are no larger than the request allows', `${length} bytes`);
     const payload = decodeChunkPayload(type, length ? await this.read(length, 'chunk payload') : Buffer.alloc(0));

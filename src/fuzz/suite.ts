@@ -336,7 +336,7 @@ function extendedRequest(shape: ExportShape, destructive: boolean): fc.Arbitrary
     .map(({ type, range, wide, contextIds }) => {
       const length = wide ? 2 ** 32 + range.length : range.length;
       const ids = type === CMD.BLOCK_STATUS ? contextIds : undefined;
-      return { type, flags: 0, offset: range.offset, length, cookie: 0n, contextIds: ids, label: `${commandLabel(type)} offset=${range.offset} length=${length}` };
+      return { type, flags: 0, offset: range.offset, length, cookie: 0n, contextIds: ids, label: `${commandLabel(type)} offset=${range.offset} length=${length}${ids ? ` contexts=[${ids.join(',')}]` : ''}` };
     });
 }
 

@@ -42,7 +42,8 @@ export function simpleReply(cookie: bigint, error: number, data?: Buffer): Frame
 /** The request a chunk answers: its cookie and, echoed by extended headers, its offset. */
 export interface ReplyTo {
   cookie: bigint;
-  offset: number;
+  /** Exact: a bigint where a number cannot hold it. */
+  offset: number | bigint;
   extended: boolean;
 }
 

@@ -290,7 +290,7 @@ export class TransmissionSession {
   }
 
   private replyTo(h: RequestHeader): ReplyTo {
-    return { cookie: h.cookie, offset: h.offset, extended: this.extended };
+    return { cookie: h.cookie, offset: h.exactOffset ?? h.offset, extended: this.extended };
   }
 
   private replyResult(h: RequestHeader, result: Result, contexts: MetaContext[]): void {

@@ -39,7 +39,7 @@ const requestDecoder: Target = {
   covers: ['src/protocol/nbd/transmission-codec.js', 'src/protocol/nbd/commands.js', 'src/protocol/nbd/u64.js'],
   run(data) {
     if (data.length < 3) return;
-    const terms = { flags: data.readUInt16BE(0), structuredReplies: (data[2] & 1) === 1, metaContextCount: data[2] >> 1 };
+    const terms = { flags: data.readUInt16BE(0), structuredReplies: (data[2] & 1) === 1, extendedHeaders: (data[2] & 2) === 2, metaContextCount: data[2] >> 2 };
     for (let p = 3; p + REQUEST_SIZE <= data.length; p += REQUEST_SIZE) {
       const h = decodeRequest(data, p)!;
       if (!h) fail('decodeRequest returned null for a whole frame');

@@ -5,16 +5,16 @@
 import fc from 'fast-check';
 import t from 'tap';
 import { CMD, CMD_FLAG, NBD_ERR, TF } from '../src/protocol/nbd/constants.js';
-import { checkRequest, commandName, transmissionFlags, type Checked, type TransmissionTerms } from '../src/protocol/nbd/commands.js';
-import type { RequestHeader } from '../src/protocol/nbd/transmission-codec.js';
+import { blockStatusPayload, checkRequest, commandName, transmissionFlags, type Checked, type TransmissionTerms } from '../src/protocol/nbd/commands.js';
+import { blockStatusPayloadSize, encodeBlockStatusPayload, type RequestHeader } from '../src/protocol/nbd/transmission-codec.js';
 import type { Request } from '../src/device/types.js';
 
 const ALL_CAPS = { readOnly: false, trim: true, fastZero: true, cache: true, multiConn: true };
 const RO_CAPS = { readOnly: true, trim: false, fastZero: false, cache: true, multiConn: true };
 
 /** A writable export with everything advertised, structured replies and one context. */
-const FULL: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, true), structuredReplies: true, metaContextCount: 1 };
-const READ_ONLY: TransmissionTerms = { flags: transmissionFlags(RO_CAPS, true), structuredReplies: true, metaContextCount: 1 };
+const FULL: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, true), structuredReplies: true, extendedHeaders: false, metaContextCount: 1 };
+const READ_ONLY: TransmissionTerms = { flags: transmissionFlags(RO_CAPS, true), structuredReplies: true, extendedHeaders: false, metaContextCount: 1 };
 
 const COMMANDS = [CMD.READ, CMD.WRITE, CMD.FLUSH, CMD.TRIM, CMD.CACHE, CMD.WRITE_ZEROES, CMD.BLOCK_STATUS];
 /** Flags each command takes besides FUA. */
@@ -87,7 +87,7 @@ t.test('FUA is accepted on every command', async (t) => {
 });
 
 t.test('DF needs SEND_DF', async (t) => {
-  const plain: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, false), structuredReplies: false, metaContextCount: 0 };
+  const plain: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, false), structuredReplies: false, extendedHeaders: false, metaContextCount: 0 };
   t.notOk(plain.flags & TF.SEND_DF, 'no DF advertised without structured replies');
   t.equal(errno(checkRequest(header(CMD.READ, CMD_FLAG.DF), plain)), NBD_ERR.EINVAL, 'DF without SEND_DF');
   t.equal(request(checkRequest(header(CMD.READ, CMD_FLAG.DF), FULL)).df, true, 'DF with SEND_DF');
@@ -170,7 +170,7 @@ t.test('the Request it builds', async (t) => {
   t.equal(one.df, false);
   t.equal(request(checkRequest(header(CMD.READ, CMD_FLAG.DF), FULL)).df, true, 'DF');
 
-  const simple: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, false), structuredReplies: false, metaContextCount: 0 };
+  const simple: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, false), structuredReplies: false, extendedHeaders: false, metaContextCount: 0 };
   t.equal(request(checkRequest(header(CMD.READ), simple)).df, true, 'without structured replies every read is DF');
   t.equal(request(checkRequest(header(CMD.READ), FULL)).df, false, 'with them only when asked');
 
@@ -228,6 +228,54 @@ t.test('transmissionFlags', async (t) => {
     }),
     { seed: 42, numRuns: 200 },
   );
+});
+
+t.test('transmissionFlags: BLOCK_STATUS_PAYLOAD only with extended headers', async (t) => {
+  t.notOk(transmissionFlags(ALL_CAPS, true) & TF.BLOCK_STATUS_PAYLOAD, 'structured replies alone');
+  const ext = transmissionFlags(ALL_CAPS, true, true);
+  t.ok(ext & TF.BLOCK_STATUS_PAYLOAD, 'extended headers');
+  t.ok(ext & TF.SEND_DF, 'extended headers imply structured replies, so DF');
+  t.equal(ext & ~TF.BLOCK_STATUS_PAYLOAD, transmissionFlags(ALL_CAPS, true), 'nothing else changes');
+});
+
+const EXTENDED: TransmissionTerms = { flags: transmissionFlags(ALL_CAPS, true, true), structuredReplies: true, extendedHeaders: true, metaContextCount: 2 };
+
+t.test('PAYLOAD_LEN: only with extended headers, required on WRITE, allowed on BLOCK_STATUS', async (t) => {
+  const P = CMD_FLAG.PAYLOAD_LEN;
+  for (const type of COMMANDS) {
+    t.equal(errno(checkRequest(header(type, P), FULL)), NBD_ERR.EINVAL, `${commandName(type)} with PAYLOAD_LEN, compact headers`);
+  }
+  t.notOk(errno(checkRequest(header(CMD.WRITE, P), EXTENDED)), 'WRITE with PAYLOAD_LEN');
+  t.notOk(errno(checkRequest(header(CMD.WRITE, P | CMD_FLAG.FUA), EXTENDED)), 'and FUA');
+  t.equal(errno(checkRequest(header(CMD.WRITE), EXTENDED)), NBD_ERR.EINVAL, 'WRITE without PAYLOAD_LEN');
+  t.notOk(errno(checkRequest(header(CMD.BLOCK_STATUS, P), EXTENDED)), 'BLOCK_STATUS with PAYLOAD_LEN');
+  t.notOk(errno(checkRequest(header(CMD.BLOCK_STATUS), EXTENDED)), 'and without');
+  const noPayloadForm = { ...EXTENDED, flags: EXTENDED.flags & ~TF.BLOCK_STATUS_PAYLOAD };
+  t.equal(errno(checkRequest(header(CMD.BLOCK_STATUS, P), noPayloadForm)), NBD_ERR.EINVAL, 'BLOCK_STATUS payload form not advertised');
+  for (const type of [CMD.READ, CMD.FLUSH, CMD.TRIM, CMD.CACHE, CMD.WRITE_ZEROES]) {
+    t.equal(errno(checkRequest(header(type, P), EXTENDED)), NBD_ERR.EINVAL, `${commandName(type)} takes no payload`);
+    t.notOk(errno(checkRequest(header(type), EXTENDED)), `${commandName(type)} without one is fine`);
+  }
+  const big = request(checkRequest(header(CMD.WRITE_ZEROES, 0, 0, 5 * 2 ** 30), EXTENDED));
+  t.equal(big.length, 5 * 2 ** 30, 'a 64-bit effect length reaches the device unchanged');
+  t.equal(request(checkRequest(header(CMD.READ), EXTENDED)).df, false, 'DF only when asked, as with structured replies');
+});
+
+function bsPayload(length: number | bigint, contextIds: number[]): Buffer {
+  const buf = Buffer.alloc(blockStatusPayloadSize(contextIds.length));
+  encodeBlockStatusPayload(buf, 0, { length, contextIds });
+  return buf;
+}
+
+t.test('blockStatusPayload: effect length and the negotiated contexts it names', async (t) => {
+  const negotiated = [{ id: 1, name: 'base:allocation' }, { id: 2, name: 'qemu:allocation-depth' }];
+  t.same(blockStatusPayload(bsPayload(5 * 2 ** 30, [2]), negotiated), { length: 5 * 2 ** 30, contexts: [negotiated[1]] }, 'one of two');
+  t.same(blockStatusPayload(bsPayload(512, [2, 1]), negotiated), { length: 512, contexts: [negotiated[1], negotiated[0]] }, 'both, in the order asked');
+  t.equal(errno(blockStatusPayload(bsPayload(512, [3]), negotiated) as Checked), NBD_ERR.EINVAL, 'an id never negotiated');
+  t.equal(errno(blockStatusPayload(bsPayload(512, [1, 1]), negotiated) as Checked), NBD_ERR.EINVAL, 'an id twice');
+  t.equal(errno(blockStatusPayload(bsPayload(512, []), negotiated) as Checked), NBD_ERR.EINVAL, 'no id at all');
+  t.equal(errno(blockStatusPayload(Buffer.alloc(13), negotiated) as Checked), NBD_ERR.EINVAL, 'a partial id');
+  t.equal(errno(blockStatusPayload(bsPayload(512, [1]), []) as Checked), NBD_ERR.EINVAL, 'nothing negotiated');
 });
 
 t.test('commandName', async (t) => {

@@ -23,21 +23,21 @@ async function image(t: Test, format: 'raw' | 'qcow2'): Promise<string> {
   return file;
 }
 
-async function suite(t: Test, format: 'raw' | 'qcow2', engineArgs: string[], seeds: [number, number][]): Promise<void> {
+async function suite(t: Test, format: 'raw' | 'qcow2', engineArgs: string[], seeds: [number, number][], extended = false): Promise<void> {
   const file = await image(t, format);
   const srv = await serve(t, [file, ...engineArgs]);
   let alive = true;
   void srv.exited.then(() => (alive = false));
   for (const [seed, numRuns] of seeds) {
     const r = await runModelSuite(
-      { endpoint: { path: srv.socket }, exportName: '', destructive: true, resetToZero: true, alive: () => alive },
+      { endpoint: { path: srv.socket }, exportName: '', destructive: true, resetToZero: true, alive: () => alive, extended },
       { seed, numRuns },
     );
     const f = r.finding;
     t.equal(
       f ? `${f.violation.message}\n${f.reproduction.join('\n')}\nseed ${f.seed} path ${f.path}` : null,
       null,
-      `${format}${engineArgs.length ? ` ${engineArgs.join(' ')}` : ''}: ${r.runs} sequences, seed ${seed}, no violation`,
+      `${format}${engineArgs.length ? ` ${engineArgs.join(' ')}` : ''}${extended ? ' (extended headers mixed in)' : ''}: ${r.runs} sequences, seed ${seed}, no violation`,
     );
   }
   t.ok(alive, 'the server is still running');
@@ -49,6 +49,10 @@ t.comment(`model suite seeds: fixed ${FIXED_SEED}, random ${RANDOM_SEED} (VBLK_F
 for (const format of ['raw', 'qcow2'] as const) {
   t.test(`${format} export, default engine`, (t) => suite(t, format, [], [[FIXED_SEED, RUNS], [RANDOM_SEED, RUNS]]));
 }
+
+// Half the connections negotiate NBD_OPT_EXTENDED_HEADERS; both kinds share the export.
+t.test('raw export, extended headers mixed in', (t) => suite(t, 'raw', [], [[FIXED_SEED + 3, Math.ceil(RUNS / 2)], [RANDOM_SEED, Math.ceil(RUNS / 4)]], true));
+t.test('qcow2 export, extended headers mixed in', (t) => suite(t, 'qcow2', [], [[FIXED_SEED + 4, Math.ceil(RUNS / 4)]], true));
 
 const engines = engineReports().filter((r) => r.available).map((r) => r.name);
 for (const engine of engines) {

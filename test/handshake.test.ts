@@ -224,10 +224,9 @@ t.test('LIST with data is INVALID', async (t) => {
   expectError(t, options().receiveOption(OPT.LIST, Buffer.from([0])), OPT.LIST, REP.ERR_INVALID, 'LIST with data');
 });
 
-t.test('with TLS off, STARTTLS, EXTENDED_HEADERS and unknown options are UNSUP', async (t) => {
+t.test('with TLS off, STARTTLS and unknown options are UNSUP', async (t) => {
   const hs = options();
   expectError(t, hs.receiveOption(OPT.STARTTLS, Buffer.alloc(0)), OPT.STARTTLS, REP.ERR_UNSUP, 'STARTTLS');
-  expectError(t, hs.receiveOption(OPT.EXTENDED_HEADERS, Buffer.alloc(0)), OPT.EXTENDED_HEADERS, REP.ERR_UNSUP, 'EXTENDED_HEADERS');
   expectError(t, hs.receiveOption(OPT.PEEK_EXPORT, Buffer.alloc(0)), OPT.PEEK_EXPORT, REP.ERR_UNSUP, 'PEEK_EXPORT');
   expectError(t, hs.receiveOption(999, Buffer.from('payload')), 999, REP.ERR_UNSUP, 'option 999');
   expectError(t, hs.receiveOption(0, Buffer.alloc(0)), 0, REP.ERR_UNSUP, 'option 0');
@@ -332,6 +331,66 @@ t.test('STRUCTURED_REPLY: ACK once, INVALID with data or twice', async (t) => {
   t.equal(hs.structuredReplies, true);
   expectError(t, hs.receiveOption(OPT.STRUCTURED_REPLY, Buffer.alloc(0)), OPT.STRUCTURED_REPLY, REP.ERR_INVALID, 'twice');
   t.equal(hs.receiveOption(OPT.GO, infoReq('')).agreement?.structuredReplies, true, 'agreement says so');
+});
+
+/** ...and with extended headers negotiated. */
+function extended(hs = options()): Handshake {
+  const [r] = replies(hs.receiveOption(OPT.EXTENDED_HEADERS, Buffer.alloc(0)));
+  if (r.type !== REP.ACK) throw new Error('extended headers refused');
+  return hs;
+}
+
+t.test('EXTENDED_HEADERS: ACK once, INVALID with data or twice; implies structured replies', async (t) => {
+  const hs = options();
+  expectError(t, hs.receiveOption(OPT.EXTENDED_HEADERS, Buffer.from([0])), OPT.EXTENDED_HEADERS, REP.ERR_INVALID, 'with data');
+  t.equal(hs.extendedHeaders, false, 'not negotiated by the refused request');
+  const first = replies(hs.receiveOption(OPT.EXTENDED_HEADERS, Buffer.alloc(0)));
+  t.same(first.map((r) => [r.option, r.type]), [[OPT.EXTENDED_HEADERS, REP.ACK]]);
+  t.equal(first[0].payload.length, 0, 'the ACK has no data');
+  t.equal(hs.extendedHeaders, true);
+  t.equal(hs.structuredReplies, true, 'structured replies come with it');
+  expectError(t, hs.receiveOption(OPT.EXTENDED_HEADERS, Buffer.alloc(0)), OPT.EXTENDED_HEADERS, REP.ERR_INVALID, 'twice');
+  expectError(t, hs.receiveOption(OPT.STRUCTURED_REPLY, Buffer.alloc(0)), OPT.STRUCTURED_REPLY, REP.ERR_EXT_HEADER_REQD, 'STRUCTURED_REPLY after it');
+  const go = hs.receiveOption(OPT.GO, infoReq(''));
+  t.equal(go.phase, 'transmission');
+  t.equal(go.agreement?.extendedHeaders, true, 'the agreement says so');
+  t.equal(go.agreement?.structuredReplies, true);
+  t.ok(flagsOf(go) & TF.BLOCK_STATUS_PAYLOAD, 'BLOCK_STATUS_PAYLOAD advertised');
+  t.ok(flagsOf(go) & TF.SEND_DF, 'and DF');
+  t.equal(flagsOf(go), go.agreement?.flags, 'the flags sent are the agreed ones');
+});
+
+t.test('EXTENDED_HEADERS after STRUCTURED_REPLY takes precedence', async (t) => {
+  const hs = extended(structured());
+  t.equal(hs.extendedHeaders, true);
+  const go = hs.receiveOption(OPT.GO, infoReq(''));
+  t.equal(go.agreement?.extendedHeaders, true);
+});
+
+t.test('without EXTENDED_HEADERS nothing changes: no BLOCK_STATUS_PAYLOAD, extendedHeaders false', async (t) => {
+  for (const hs of [options(), structured()]) {
+    const go = hs.receiveOption(OPT.GO, infoReq(''));
+    t.notOk(flagsOf(go) & TF.BLOCK_STATUS_PAYLOAD);
+    t.equal(go.agreement?.extendedHeaders, false);
+  }
+  t.equal(options().receiveOption(OPT.EXPORT_NAME, Buffer.alloc(0)).agreement?.extendedHeaders, false, 'EXPORT_NAME too');
+});
+
+t.test('EXPORT_NAME after EXTENDED_HEADERS closes (the client MUST NOT send it)', async (t) => {
+  const step = extended().receiveOption(OPT.EXPORT_NAME, Buffer.alloc(0));
+  t.equal(step.phase, 'closed');
+  t.same(step.send, []);
+  t.match(step.reason, /EXTENDED_HEADERS/);
+});
+
+t.test('meta contexts with extended headers alone, and INFO then GO agree', async (t) => {
+  const hs = extended();
+  const rs = replies(hs.receiveOption(OPT.SET_META_CONTEXT, metaReq('', [META_BASE_ALLOCATION])));
+  t.same(rs.map((r) => r.type), [REP.META_CONTEXT, REP.ACK], 'SET works without STRUCTURED_REPLY');
+  const info = hs.receiveOption(OPT.INFO, infoReq(''));
+  const go = hs.receiveOption(OPT.GO, infoReq(''));
+  t.same(infos(replies(go)), infos(replies(info)), 'the same answer');
+  t.equal(go.agreement?.metaContexts.length, 1);
 });
 
 t.test('DF only with structured replies', async (t) => {

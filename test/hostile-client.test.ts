@@ -52,10 +52,12 @@ t.test('an unknown option gets UNSUP and the handshake goes on', async (t) => {
   t.equal(peek.type, REP.ERR_UNSUP, 'the withdrawn PEEK_EXPORT is unknown too');
   const [tls] = await c.option(OPT.STARTTLS);
   t.equal(tls.type, REP.ERR_UNSUP, 'STARTTLS is unsupported');
-  const [ext] = await c.option(OPT.EXTENDED_HEADERS);
-  t.equal(ext.type, REP.ERR_UNSUP, 'EXTENDED_HEADERS is unsupported');
   const [sr] = await c.option(OPT.STRUCTURED_REPLY);
   t.equal(sr.type, REP.ACK, 'a known option still works afterwards');
+  const [ext] = await c.option(OPT.EXTENDED_HEADERS);
+  t.equal(ext.type, REP.ACK, 'EXTENDED_HEADERS is supported (and may follow STRUCTURED_REPLY)');
+  const [again] = await c.option(OPT.STRUCTURED_REPLY);
+  t.equal(again.type, REP.ERR_EXT_HEADER_REQD, 'STRUCTURED_REPLY after it: EXT_HEADER_REQD');
   c.close();
 });
 

@@ -230,6 +230,13 @@ t.test('extended request wire layout', async (t) => {
   t.equal(decodeExtendedRequest(big)!.length, 5 * 2 ** 30, 'and back');
   const top = decodeExtendedRequest(extendedRequest({ flags: 0, type: 0, cookie: 0n, offset: 0, length: 2n ** 64n - 1n }))!;
   t.equal(top.length, 2 ** 64, '2^64-1 decodes rounded, beyond any export');
+  t.equal(top.exactOffset, undefined, 'an offset a number holds needs no exact copy');
+  const far = decodeExtendedRequest(extendedRequest({ flags: 0, type: 0, cookie: 0n, offset: 2n ** 64n - 1n, length: 1 }))!;
+  t.equal(far.offset, 2 ** 64, 'an offset past 2^53 decodes rounded');
+  t.equal(far.exactOffset, 2n ** 64n - 1n, 'and exactly beside it, for the reply to echo');
+  const echo = Buffer.alloc(EXTENDED_REPLY_SIZE);
+  encodeExtendedReplyHeader(echo, 0, 0, CHUNK.NONE, 0n, far.exactOffset!, 0);
+  t.equal(echo.readBigUInt64BE(16), 2n ** 64n - 1n, 'the reply header takes it as a bigint');
   t.equal(EXTENDED_REQUEST_MAGIC, 0x21e41c71);
 });
 

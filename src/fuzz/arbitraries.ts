@@ -300,6 +300,11 @@ export interface RequestCase extends RequestFields {
   length: number;
   /** Payload sent after the header (a WRITE's data, possibly the wrong size). */
   payload?: Buffer;
+  /**
+   * BLOCK_STATUS with extended headers: send it with PAYLOAD_LEN and a
+   * payload naming these contexts (and `length` as the effect length).
+   */
+  contextIds?: number[];
   label: string;
 }
 

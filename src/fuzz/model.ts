@@ -140,6 +140,8 @@ export interface Terms {
   size: number;
   flags: number;
   structured: boolean;
+  /** NBD_OPT_EXTENDED_HEADERS agreed: 64-bit effect lengths, PAYLOAD_LEN. */
+  extended?: boolean;
   /** Meta contexts selected: id and name. */
   contexts: { id: number; name: string }[];
   /** Largest payload the server said it takes (32 MiB when it did not say). */
@@ -167,7 +169,10 @@ export interface RequestShape {
   type: number;
   flags: number;
   offset: number | bigint;
+  /** The payload length under PAYLOAD_LEN, except for BLOCK_STATUS with contextIds: its effect length. */
   length: number;
+  /** BLOCK_STATUS with PAYLOAD_LEN: the contexts its payload names. */
+  contextIds?: number[];
 }
 
 const KNOWN_FLAGS = 0x3f;
@@ -212,12 +217,28 @@ export function expectFor(r: RequestShape, t: Terms): Expectation {
   const name = commandLabel(r.type);
   if (!(r.type in COMMAND_FLAGS)) return err(NBD_ERR.EINVAL, `${name} is unknown: EINVAL`);
   if (r.flags & ~KNOWN_FLAGS) return err(NBD_ERR.EINVAL, 'undefined command flags: EINVAL');
-  const stray = r.flags & ~(CMD_FLAG.FUA | COMMAND_FLAGS[r.type]);
+  // PAYLOAD_LEN exists only with extended headers.
+  const payloadLen = t.extended ? CMD_FLAG.PAYLOAD_LEN : 0;
+  const stray = r.flags & ~(CMD_FLAG.FUA | payloadLen | COMMAND_FLAGS[r.type]);
   // Several errors may apply at once; a server may report any of them.
   const others: number[] = [];
   if (mutating && readOnly) others.push(NBD_ERR.EPERM);
   if (end > size && r.type !== CMD.FLUSH) others.push(NBD_ERR.EINVAL, NBD_ERR.ENOSPC);
   if (stray) return err(NBD_ERR.EINVAL, 'flags that do not apply to the command: EINVAL', 'SHOULD', others, `${flagList(stray)} on ${name}`);
+  if (t.extended) {
+    const hasPayload = (r.flags & CMD_FLAG.PAYLOAD_LEN) !== 0;
+    if (r.type === CMD.WRITE && !hasPayload) return err(NBD_ERR.EINVAL, 'with extended headers WRITE carries PAYLOAD_LEN: EINVAL', 'SHOULD', others);
+    if (hasPayload && r.type !== CMD.WRITE) {
+      if (r.type !== CMD.BLOCK_STATUS || !(t.flags & TF.BLOCK_STATUS_PAYLOAD)) {
+        return err(NBD_ERR.EINVAL, 'a payload the command does not take: consumed, then EINVAL', 'SHOULD', others, name);
+      }
+      const ids = r.contextIds ?? [];
+      const known = ids.every((id) => t.contexts.some((c) => c.id === id));
+      if (ids.length === 0 || !known || new Set(ids).size !== ids.length) {
+        return err(NBD_ERR.EINVAL, 'BLOCK_STATUS naming no, unknown or duplicate contexts: EINVAL', 'MUST', others, `contexts [${ids.join(',')}]`);
+      }
+    }
+  }
   if (r.flags & CMD_FLAG.FUA && !(t.flags & TF.SEND_FUA)) return err(NBD_ERR.EINVAL, 'flags not advertised: EINVAL', 'SHOULD', others, 'FUA');
   if (r.flags & CMD_FLAG.DF && !(t.flags & TF.SEND_DF)) return err(NBD_ERR.EINVAL, 'flags not advertised: EINVAL', 'SHOULD', others, 'DF');
   if (r.flags & CMD_FLAG.FAST_ZERO && !(t.flags & TF.SEND_FAST_ZERO)) {

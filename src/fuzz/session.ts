@@ -5,6 +5,12 @@
 // belong to the command, read chunks that tile the request, DONE last,
 // one BLOCK_STATUS chunk per context with non-empty extents). Anything
 // else is thrown as a Violation.
+//
+// With extended headers (NBD_OPT_EXTENDED_HEADERS) requests go out in the
+// 32-byte form, a WRITE flagged PAYLOAD_LEN, and every reply must be an
+// extended chunk echoing the request's offset: a simple reply, a compact
+// chunk or a compact BLOCK_STATUS is then a violation, as is an extended
+// chunk or BLOCK_STATUS_EXT when they were not negotiated.
 
 import type tls from 'node:tls';
 import {
@@ -21,6 +27,8 @@ import {
   OPT,
   OPTION_REPLY_MAGIC,
   REP,
+  EXTENDED_REPLY_MAGIC,
+  EXTENDED_REQUEST_SIZE,
   REPLY_FLAG_DONE,
   REQUEST_SIZE,
   SIMPLE_REPLY_MAGIC,
@@ -41,7 +49,15 @@ import {
   encodeOption,
   isMalformed,
 } from '../protocol/nbd/handshake-codec.js';
-import { decodeChunkPayload, encodeRequest, type BlockDescriptor } from '../protocol/nbd/transmission-codec.js';
+import {
+  blockStatusPayloadSize,
+  decodeChunkPayload,
+  encodeBlockStatusPayload,
+  encodeExtendedRequest,
+  encodeRequest,
+  type BlockDescriptor,
+} from '../protocol/nbd/transmission-codec.js';
+import { readU64 } from '../protocol/nbd/u64.js';
 import type { OptionCase, RequestCase } from './arbitraries.js';
 import { commandLabel, type Terms } from './model.js';
 import { RawClient } from './nbd-client.js';
@@ -52,6 +68,8 @@ export interface HandshakeVariant {
   /** Client flags; bits beyond FIXED_NEWSTYLE|NO_ZEROES must make the server close. */
   clientFlags: number;
   structured: boolean;
+  /** Ask NBD_OPT_EXTENDED_HEADERS (after STRUCTURED_REPLY when both). */
+  extended?: boolean;
   /** Meta contexts to ask for. */
   meta: 'none' | 'base' | 'all';
   /** Ask NBD_OPT_INFO first and compare with what GO says. */
@@ -67,6 +85,7 @@ export interface HandshakeVariant {
 export const PLAIN_HANDSHAKE: HandshakeVariant = {
   clientFlags: 3,
   structured: true,
+  extended: false,
   meta: 'base',
   infoFirst: false,
   list: false,
@@ -79,6 +98,7 @@ export function describeHandshake(v: HandshakeVariant): string {
   if (v.junk.length) parts.push(`first ${v.junk.map((j) => j.label).join('; ')}`);
   if (v.list) parts.push('LIST');
   if (v.structured) parts.push('STRUCTURED_REPLY');
+  if (v.extended) parts.push('EXTENDED_HEADERS');
   if (v.meta !== 'none') parts.push(`SET_META_CONTEXT ${v.meta === 'base' ? META_BASE_ALLOCATION : 'base:allocation+qemu:allocation-depth'}`);
   if (v.infoFirst) parts.push('INFO');
   parts.push(v.exportName ? 'EXPORT_NAME' : 'GO');
@@ -195,6 +215,13 @@ export class Session {
       const replies = await this.option(OPT.STRUCTURED_REPLY, Buffer.alloc(0), 'STRUCTURED_REPLY');
       structured = replies.at(-1)!.type === REP.ACK;
     }
+    let extended = false;
+    if (v.extended) {
+      const replies = await this.option(OPT.EXTENDED_HEADERS, Buffer.alloc(0), 'EXTENDED_HEADERS');
+      extended = replies.at(-1)!.type === REP.ACK;
+      if (extended && replies.at(-1)!.payload.length) throw new Violation('MUST', 'NBD_REP_ACK to EXTENDED_HEADERS has no data', `${replies.at(-1)!.payload.length} bytes`);
+      if (extended) structured = true;
+    }
     if (v.meta !== 'none' && structured) {
       const queries = v.meta === 'base' ? [META_BASE_ALLOCATION] : [META_BASE_ALLOCATION, META_ALLOCATION_DEPTH];
       const replies = await this.option(OPT.SET_META_CONTEXT, encodeMetaContextRequest({ name: this.exportName, queries }), 'SET_META_CONTEXT');
@@ -212,7 +239,7 @@ export class Session {
     let info: ExportInfo | null = null;
     if (v.infoFirst) info = await this.info(OPT.INFO);
     let exp: ExportInfo;
-    if (v.exportName) {
+    if (v.exportName && !extended) {
       this.client.send(encodeOption(OPT.EXPORT_NAME, Buffer.from(this.exportName)));
       const reply = decodeExportNameReply(await this.read(10, 'EXPORT_NAME reply'))!;
       if (!(flags & 2)) {
@@ -231,7 +258,10 @@ export class Session {
       );
     }
     if (!(exp.flags & TF.HAS_FLAGS)) throw new Violation('MUST', 'transmission flags have HAS_FLAGS', `0x${exp.flags.toString(16)}`);
-    this.terms = { size: exp.size, flags: exp.flags, structured, contexts, maxPayload: exp.maxPayload ?? 32 << 20, maxPayloadAdvertised: exp.maxPayload !== null };
+    if (!extended && exp.flags & TF.BLOCK_STATUS_PAYLOAD) {
+      throw new Violation('SHOULD', 'BLOCK_STATUS_PAYLOAD only with extended headers', `0x${exp.flags.toString(16)}`);
+    }
+    this.terms = { size: exp.size, flags: exp.flags, structured, extended, contexts, maxPayload: exp.maxPayload ?? 32 << 20, maxPayloadAdvertised: exp.maxPayload !== null };
     return this;
   }
 
@@ -312,6 +342,47 @@ export class Session {
     return ++this.cookie;
   }
 
+  /**
+   * The request as this connection sends it. With extended headers a WRITE
+   * carries PAYLOAD_LEN, a BLOCK_STATUS with `contextIds` its payload, and
+   * another command flagged PAYLOAD_LEN a small payload (which the server
+   * must take and refuse); without them `contextIds` means nothing.
+   */
+  adapt(q: RequestCase): RequestCase {
+    if (!this.terms.extended) {
+      // A compact header carries 32 bits of length; say what is sent.
+      const length = q.length > 0xffffffff ? q.length % 2 ** 32 : q.length;
+      return q.contextIds || length !== q.length ? { ...q, length, contextIds: undefined } : q;
+    }
+    if (q.type === CMD.WRITE && q.payload) return { ...q, flags: q.flags | CMD_FLAG.PAYLOAD_LEN };
+    if (q.type === CMD.BLOCK_STATUS && q.contextIds) {
+      return { ...q, flags: q.flags | CMD_FLAG.PAYLOAD_LEN };
+    }
+    if (q.flags & CMD_FLAG.PAYLOAD_LEN && !q.payload) {
+      const payload = Buffer.alloc(Math.min(q.length, 64), 0x5a);
+      return { ...q, length: payload.length, payload, label: `${q.label} with a ${payload.length}-byte payload` };
+    }
+    return q;
+  }
+
+  /** Header and payload of a request as the negotiated headers put them. */
+  private frames(req: RequestCase): Buffer[] {
+    if (!this.terms.extended) {
+      const header = Buffer.alloc(REQUEST_SIZE);
+      encodeRequest(header, 0, req);
+      return req.payload ? [header, req.payload] : [header];
+    }
+    let payload = req.payload;
+    if (req.contextIds && req.flags & CMD_FLAG.PAYLOAD_LEN) {
+      payload = Buffer.alloc(blockStatusPayloadSize(req.contextIds.length));
+      encodeBlockStatusPayload(payload, 0, { length: req.length, contextIds: req.contextIds });
+    }
+    const header = Buffer.alloc(EXTENDED_REQUEST_SIZE);
+    const length = req.flags & CMD_FLAG.PAYLOAD_LEN ? (payload?.length ?? 0) : req.length;
+    encodeExtendedRequest(header, 0, { ...req, length });
+    return req.flags & CMD_FLAG.PAYLOAD_LEN && payload ? [header, payload] : [header];
+  }
+
   /** Sends the requests at once, then reads until each has its final reply. */
   async exchange(reqs: RequestCase[]): Promise<Outcome[]> {
     const flights = new Map<bigint, InFlight>();
@@ -319,10 +390,7 @@ export class Session {
     for (const req of reqs) {
       if (flights.has(req.cookie)) throw new Error('duplicate cookie in one exchange');
       flights.set(req.cookie, { req, outcome: { errno: 0 }, pieces: [], contentChunks: 0, done: false });
-      const header = Buffer.alloc(REQUEST_SIZE);
-      encodeRequest(header, 0, req);
-      frames.push(header);
-      if (req.payload) frames.push(req.payload);
+      frames.push(...this.frames(req));
     }
     this.client.send(Buffer.concat(frames));
     let left = reqs.length;
@@ -336,6 +404,7 @@ export class Session {
   /** Reads one reply or chunk after its magic; 'done' when a request has its final reply. */
   private async readReply(flights: Map<bigint, InFlight>, magic: number): Promise<'done' | 'more'> {
     if (magic === SIMPLE_REPLY_MAGIC) {
+      if (this.terms.extended) throw new Violation('MUST', 'no simple replies with extended headers', 'got a simple reply');
       const rest = await this.read(12, 'simple reply');
       const errno = rest.readUInt32BE(0);
       const cookie = rest.readBigUInt64BE(4);
@@ -352,14 +421,20 @@ export class Session {
       f.done = true;
       return 'done';
     }
-    if (magic !== STRUCTURED_REPLY_MAGIC) throw new Violation('MUST', 'replies have a reply magic', `0x${magic.toString(16)}`);
+    if (magic === EXTENDED_REPLY_MAGIC && !this.terms.extended) throw new Violation('MUST', 'no extended replies unless negotiated', 'got an extended chunk');
+    if (magic !== STRUCTURED_REPLY_MAGIC && magic !== EXTENDED_REPLY_MAGIC) throw new Violation('MUST', 'replies have a reply magic', `0x${magic.toString(16)}`);
     if (!this.terms.structured) throw new Violation('MUST', 'no structured replies unless negotiated', 'got a chunk');
-    const rest = await this.read(16, 'chunk header');
+    if (magic === STRUCTURED_REPLY_MAGIC && this.terms.extended) throw new Violation('MUST', 'with extended headers every reply is an extended chunk', 'got a structured chunk');
+    const extended = magic === EXTENDED_REPLY_MAGIC;
+    const rest = await this.read(extended ? 28 : 16, 'chunk header');
     const flags = rest.readUInt16BE(0);
     const type = rest.readUInt16BE(2);
     const cookie = rest.readBigUInt64BE(4);
-    const length = rest.readUInt32BE(12);
+    const length = extended ? readU64(rest, 20) : rest.readUInt32BE(12);
     const f = this.flight(flights, cookie);
+    if (extended && rest.readBigUInt64BE(12) !== BigInt(f.req.offset)) {
+      throw new Violation('MUST', "extended replies echo the request's offset", `${rest.readBigUInt64BE(12)} for ${f.req.label}`);
+    }
     if (length > (64 << 20) + 64) throw new Violation('MUST', 'chunks are no larger than the request allows', `${length} bytes`);
     const payload = decodeChunkPayload(type, length ? await this.read(length, 'chunk payload') : Buffer.alloc(0));
     if (isMalformed(payload)) throw new Violation('MUST', 'chunk payloads are well formed', `${payload.malformed} (${f.req.label})`);
@@ -416,10 +491,13 @@ export class Session {
       if ('data' in p) (p as { data: Buffer }).data.copy(f.outcome.data, start);
       return;
     }
-    if (type === CHUNK.BLOCK_STATUS) {
+    if (type === CHUNK.BLOCK_STATUS || type === CHUNK.BLOCK_STATUS_EXT) {
       if (req.type !== CMD.BLOCK_STATUS) throw new Violation('MUST', 'only BLOCK_STATUS gets status chunks', req.label);
+      if ((type === CHUNK.BLOCK_STATUS_EXT) !== !!this.terms.extended) {
+        throw new Violation('MUST', 'BLOCK_STATUS_EXT exactly when extended headers are in use', `chunk type ${type} (${req.label})`);
+      }
       const s = p as { contextId: number; extents: BlockDescriptor[] };
-      if (!this.terms.contexts.some((c) => c.id === s.contextId)) throw new Violation('MUST', 'status chunks name a selected context', `id ${s.contextId}`);
+      if (!this.answered(req).some((c) => c.id === s.contextId)) throw new Violation('MUST', 'status chunks name a selected context', `id ${s.contextId}`);
       f.outcome.extents ??= new Map();
       if (f.outcome.extents.has(s.contextId)) throw new Violation('MUST', 'one status chunk per context', `id ${s.contextId} twice`);
       f.outcome.extents.set(s.contextId, s.extents);
@@ -445,7 +523,7 @@ export class Session {
     }
     if (req.type === CMD.BLOCK_STATUS) {
       const got = f.outcome.extents ?? new Map<number, BlockDescriptor[]>();
-      for (const c of this.terms.contexts) {
+      for (const c of this.answered(req)) {
         const list = got.get(c.id);
         if (!list) throw new Violation('MUST', 'BLOCK_STATUS answers for every selected context', `${c.name} missing (${req.label})`);
         if (list.some((e) => e.length === 0)) throw new Violation('MUST', 'no zero-length extents', `${c.name} (${req.label})`);
@@ -462,11 +540,15 @@ export class Session {
     }
   }
 
+  /** The contexts a BLOCK_STATUS must answer: those its payload names, or all selected. */
+  private answered(req: RequestCase): { id: number; name: string }[] {
+    if (!(req.contextIds && req.flags & CMD_FLAG.PAYLOAD_LEN)) return this.terms.contexts;
+    return this.terms.contexts.filter((c) => req.contextIds!.includes(c.id));
+  }
+
   /** NBD_CMD_DISC: nothing comes back and the server closes. */
   async disconnect(timeoutMs: number): Promise<void> {
-    const header = Buffer.alloc(REQUEST_SIZE);
-    encodeRequest(header, 0, { type: CMD.DISC, flags: 0, cookie: this.nextCookie(), offset: 0, length: 0 });
-    this.client.send(header);
+    this.client.send(...this.frames({ type: CMD.DISC, flags: 0, cookie: this.nextCookie(), offset: 0, length: 0, label: 'DISC' }));
     const closed = await this.client.closesWithin(timeoutMs);
     const extra = this.client.buffered;
     this.client.close();

@@ -33,6 +33,12 @@ export interface SuiteOptions {
   resetToZero?: boolean;
   /** Fuzz over TLS: STARTTLS with these options on every connection. */
   tls?: () => tls.ConnectionOptions;
+  /**
+   * Also connect with NBD_OPT_EXTENDED_HEADERS (half the connections) and
+   * send what only they allow: 64-bit effect lengths, BLOCK_STATUS naming
+   * contexts, payloads on commands that take none.
+   */
+  extended?: boolean;
 }
 
 /** What a first connection learnt about the export, which the generators need. */
@@ -184,7 +190,7 @@ class RequestCmd implements Cmd {
   }
   async run(m: Model, r: Real): Promise<void> {
     const s = r.sessions[this.slot]!;
-    const reqs = this.reqs.map((q) => ({ ...q, cookie: s.nextCookie() }));
+    const reqs = this.reqs.map((q) => s.adapt({ ...q, cookie: s.nextCookie() }));
     let outcomes: Outcome[];
     try {
       outcomes = await s.exchange(reqs);
@@ -271,7 +277,7 @@ function rangeOf(q: RequestCase, size: number): [number, number] {
 
 // --- generators -----------------------------------------------------------------
 
-function handshakeVariant(shape: ExportShape): fc.Arbitrary<HandshakeVariant> {
+function handshakeVariant(shape: ExportShape, extended: boolean): fc.Arbitrary<HandshakeVariant> {
   // Junk options are those that cannot change what the handshake agrees.
   const junk = optionRequest(shape, { ending: false }).filter(
     (o) => ![4, 5, 8, 10, 11].includes(o.option) && !(o.option === 1 || o.option === 2 || o.option === 7),
@@ -279,6 +285,7 @@ function handshakeVariant(shape: ExportShape): fc.Arbitrary<HandshakeVariant> {
   return fc.record({
     clientFlags: fc.oneof({ weight: 12, arbitrary: fc.constantFrom(3, 1) }, { weight: 1, arbitrary: fc.integer({ min: 2, max: 31 }).map((b) => (3 | (1 << b)) >>> 0) }),
     structured: fc.boolean(),
+    extended: extended ? fc.boolean() : fc.constant(false),
     meta: fc.constantFrom('none' as const, 'base' as const, 'all' as const),
     infoFirst: fc.boolean(),
     list: fc.boolean(),
@@ -286,6 +293,9 @@ function handshakeVariant(shape: ExportShape): fc.Arbitrary<HandshakeVariant> {
     junk: fc.array(junk, { maxLength: 2 }),
   });
 }
+
+/** Contexts a BLOCK_STATUS may name (SET_META_CONTEXT numbers them from 1): some valid, some not. */
+const contextChoice = fc.constantFrom<number[] | undefined>(undefined, undefined, [1], [1], [2], [1, 2], [2, 1], [3], [1, 1], []);
 
 /** A valid request on a range inside the export, with flags that apply to it. */
 function validRequest(shape: ExportShape, destructive: boolean): fc.Arbitrary<RequestCase> {
@@ -317,6 +327,22 @@ function validRequest(shape: ExportShape, destructive: boolean): fc.Arbitrary<Re
     });
 }
 
+/**
+ * What extended headers add: BLOCK_STATUS naming contexts, and effect
+ * lengths past 2^32 (past the end of a test export, so refused; a server
+ * that cut them to 32 bits would act on them instead).
+ */
+function extendedRequest(shape: ExportShape, destructive: boolean): fc.Arbitrary<RequestCase> {
+  const types = destructive ? [CMD.BLOCK_STATUS, CMD.TRIM, CMD.WRITE_ZEROES, CMD.CACHE] : [CMD.BLOCK_STATUS, CMD.CACHE];
+  return fc
+    .record({ type: fc.constantFrom(...types), range: rangeInside(shape, 64 << 10), wide: fc.boolean(), contextIds: contextChoice })
+    .map(({ type, range, wide, contextIds }) => {
+      const length = wide ? 2 ** 32 + range.length : range.length;
+      const ids = type === CMD.BLOCK_STATUS ? contextIds : undefined;
+      return { type, flags: 0, offset: range.offset, length, cookie: 0n, contextIds: ids, label: `${commandLabel(type)} offset=${range.offset} length=${length}${ids ? ` contexts=[${ids.join(',')}]` : ''}` };
+    });
+}
+
 /** Anything: every command and flag, boundary offsets and lengths (writes only when destructive). */
 function anyRequest(shape: ExportShape, destructive: boolean): fc.Arbitrary<RequestCase> {
   return nbdRequest(shape, { maxWritePayload: 64 << 10 }).filter(
@@ -324,17 +350,24 @@ function anyRequest(shape: ExportShape, destructive: boolean): fc.Arbitrary<Requ
   );
 }
 
-export function commandsArbitrary(shape: ExportShape, opts: { destructive: boolean; connections: number }): fc.Arbitrary<Iterable<Cmd>> {
+export function commandsArbitrary(shape: ExportShape, opts: { destructive: boolean; connections: number; extended?: boolean }): fc.Arbitrary<Iterable<Cmd>> {
+  const extended = opts.extended ?? false;
   // Most traffic goes to the first connection, so sequences do not wait long for a connect.
   const slot = fc.oneof(
     { weight: 6, arbitrary: fc.constant(0) },
     { weight: 3, arbitrary: fc.integer({ min: 0, max: opts.connections - 1 }) },
   );
-  const request = fc.oneof({ weight: 5, arbitrary: validRequest(shape, opts.destructive) }, { weight: 2, arbitrary: anyRequest(shape, opts.destructive) });
+  const request = extended
+    ? fc.oneof(
+        { weight: 5, arbitrary: validRequest(shape, opts.destructive) },
+        { weight: 2, arbitrary: anyRequest(shape, opts.destructive) },
+        { weight: 2, arbitrary: extendedRequest(shape, opts.destructive) },
+      )
+    : fc.oneof({ weight: 5, arbitrary: validRequest(shape, opts.destructive) }, { weight: 2, arbitrary: anyRequest(shape, opts.destructive) });
   return fc.commands(
     [
-      fc.tuple(slot, handshakeVariant(shape)).map(([s, v]) => new ConnectCmd(s, v)),
-      fc.tuple(slot, handshakeVariant(shape)).map(([s, v]) => new ConnectCmd(s, v)),
+      fc.tuple(slot, handshakeVariant(shape, extended)).map(([s, v]) => new ConnectCmd(s, v)),
+      fc.tuple(slot, handshakeVariant(shape, extended)).map(([s, v]) => new ConnectCmd(s, v)),
       fc.tuple(slot, request).map(([s, q]) => new RequestCmd(s, [q])),
       fc.tuple(slot, request).map(([s, q]) => new RequestCmd(s, [q])),
       fc.tuple(slot, request).map(([s, q]) => new RequestCmd(s, [q])),
@@ -370,7 +403,7 @@ export interface SuiteResult {
 }
 
 export async function runModelSuite(opts: SuiteOptions, run: SuiteRun['params']): Promise<SuiteResult> {
-  const full = { connections: 3, timeoutMs: 5000, resetToZero: false, ...opts };
+  const full = { connections: 3, timeoutMs: 5000, resetToZero: false, extended: false, ...opts };
   const info = await probe(full.endpoint, full.exportName, full.timeoutMs, full.tls);
   const shape: ExportShape = { size: info.size, maxPayload: info.maxPayload, names: [full.exportName] };
   const ignored: Violation[] = [];
@@ -378,7 +411,7 @@ export async function runModelSuite(opts: SuiteOptions, run: SuiteRun['params'])
   // Once the server died, nothing shorter can be tried: every later run
   // passes, so fast-check keeps the sequence that killed it.
   let dead = false;
-  const property = fc.asyncProperty(commandsArbitrary(shape, { destructive: full.destructive, connections: full.connections }), async (cmds) => {
+  const property = fc.asyncProperty(commandsArbitrary(shape, { destructive: full.destructive, connections: full.connections, extended: full.extended }), async (cmds) => {
     if (dead) return;
     const real = new Real(full, info.size);
     try {

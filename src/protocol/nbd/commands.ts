@@ -3,19 +3,28 @@
 // unknown, do not apply to the command or were not advertised, and
 // commands the handshake did not enable. Range, size and read-only checks
 // belong to the gateway, which applies them to every front end alike.
+//
+// With extended headers a request's length is an effect length of up to
+// 64 bits, except under NBD_CMD_FLAG_PAYLOAD_LEN, where it counts the
+// payload that follows: WRITE must carry the flag; BLOCK_STATUS may, and
+// its payload then names the effect length and the contexts to answer.
 
 import type { Request } from '../../device/types.js';
 import { CMD, CMD_FLAG, NBD_ERR, TF } from './constants.js';
-import type { RequestHeader } from './transmission-codec.js';
+import type { MetaContext } from './handshake.js';
+import { isMalformed } from './handshake-codec.js';
+import { decodeBlockStatusPayload, type RequestHeader } from './transmission-codec.js';
 
 /** What the handshake settled that decides which requests are valid. */
 export interface TransmissionTerms {
   flags: number;
   structuredReplies: boolean;
+  extendedHeaders: boolean;
   metaContextCount: number;
 }
 
-export type Checked = { request: Request } | { errno: number; message: string };
+export type Refusal = { errno: number; message: string };
+export type Checked = { request: Request } | Refusal;
 
 const COMMAND_NAMES: Record<number, string> = {
   [CMD.READ]: 'READ',
@@ -68,16 +77,29 @@ const COMMAND_NEEDS: Record<number, number> = {
   [CMD.WRITE_ZEROES]: TF.SEND_WRITE_ZEROES,
 };
 
-function invalid(message: string): Checked {
+function invalid(message: string): Refusal {
   return { errno: NBD_ERR.EINVAL, message };
 }
 
+/**
+ * Checks a request header. With extended headers and PAYLOAD_LEN on a
+ * BLOCK_STATUS, `h.length` must already be the effect length from the
+ * payload (see blockStatusPayload).
+ */
 export function checkRequest(h: RequestHeader, terms: TransmissionTerms): Checked {
   const op = OPS[h.type];
   if (op === undefined) return invalid(`unknown command ${h.type}`);
   const name = commandName(h.type);
-  const stray = h.flags & ~(CMD_FLAG.FUA | COMMAND_FLAGS[h.type]);
+  const payloadLen = terms.extendedHeaders ? CMD_FLAG.PAYLOAD_LEN : 0;
+  const stray = h.flags & ~(CMD_FLAG.FUA | payloadLen | COMMAND_FLAGS[h.type]);
   if (stray) return invalid(`flags 0x${stray.toString(16)} are not valid on ${name}`);
+  if (terms.extendedHeaders) {
+    const hasPayload = (h.flags & CMD_FLAG.PAYLOAD_LEN) !== 0;
+    if (op === 'write' && !hasPayload) return invalid('NBD_CMD_WRITE needs NBD_CMD_FLAG_PAYLOAD_LEN with extended headers');
+    if (hasPayload && op !== 'write' && !(op === 'blockStatus' && terms.flags & TF.BLOCK_STATUS_PAYLOAD)) {
+      return invalid(`${name} takes no payload`);
+    }
+  }
   for (const [flag, needs, flagName] of FLAG_NEEDS) {
     if (h.flags & flag && !(terms.flags & needs)) return invalid(`${flagName} was not advertised`);
   }
@@ -107,10 +129,28 @@ export function checkRequest(h: RequestHeader, terms: TransmissionTerms): Checke
   };
 }
 
+/**
+ * The payload of a BLOCK_STATUS sent with PAYLOAD_LEN: its effect length
+ * and the negotiated contexts it names, each once.
+ */
+export function blockStatusPayload(payload: Buffer, negotiated: MetaContext[]): { length: number; contexts: MetaContext[] } | Refusal {
+  const decoded = decodeBlockStatusPayload(payload);
+  if (isMalformed(decoded)) return invalid(decoded.malformed);
+  const contexts: MetaContext[] = [];
+  for (const id of decoded.contextIds) {
+    const c = negotiated.find((m) => m.id === id);
+    if (!c) return invalid(`metadata context ${id} was not negotiated`);
+    if (contexts.includes(c)) return invalid(`metadata context ${id} named twice`);
+    contexts.push(c);
+  }
+  return { length: decoded.length, contexts };
+}
+
 /** Transmission flags for an export with these capabilities. */
 export function transmissionFlags(
   caps: { readOnly: boolean; trim: boolean; fastZero: boolean; cache: boolean; multiConn: boolean },
   structuredReplies: boolean,
+  extendedHeaders = false,
 ): number {
   let flags = TF.HAS_FLAGS | TF.SEND_FLUSH | TF.SEND_FUA;
   if (caps.readOnly) flags |= TF.READ_ONLY;
@@ -121,6 +161,7 @@ export function transmissionFlags(
   }
   if (caps.cache) flags |= TF.SEND_CACHE;
   if (caps.multiConn) flags |= TF.CAN_MULTI_CONN;
-  if (structuredReplies) flags |= TF.SEND_DF;
+  if (structuredReplies || extendedHeaders) flags |= TF.SEND_DF;
+  if (extendedHeaders) flags |= TF.BLOCK_STATUS_PAYLOAD;
   return flags;
 }

@@ -82,6 +82,8 @@ export interface Agreement {
   export: ExportSummary;
   flags: number;
   structuredReplies: boolean;
+  /** NBD_OPT_EXTENDED_HEADERS was agreed: 32-byte headers both ways (structured replies implied). */
+  extendedHeaders: boolean;
   metaContexts: MetaContext[];
 }
 
@@ -105,7 +107,9 @@ type OptionHandler = (hs: Handshake, option: number, payload: Buffer) => Step;
 export class Handshake {
   phase: Phase = 'client-flags';
   noZeroes = false;
+  /** Set by NBD_OPT_STRUCTURED_REPLY or NBD_OPT_EXTENDED_HEADERS. */
   structuredReplies = false;
+  extendedHeaders = false;
   /** The last SET_META_CONTEXT: which export it named and what it selected. */
   metaSelection: { exportName: string; contexts: MetaContext[] } | null = null;
   shuttingDown = false;
@@ -180,8 +184,9 @@ export class Handshake {
     const sel = this.metaSelection;
     const agreement: Agreement = {
       export: exp,
-      flags: transmissionFlags(exp.capabilities, this.structuredReplies),
+      flags: transmissionFlags(exp.capabilities, this.structuredReplies, this.extendedHeaders),
       structuredReplies: this.structuredReplies,
+      extendedHeaders: this.extendedHeaders,
       // BLOCK_STATUS needs the last SET_META_CONTEXT to have named this export.
       metaContexts: sel && sel.exportName === exp.name ? sel.contexts : [],
     };
@@ -198,6 +203,8 @@ function expectPhase(hs: Handshake, phase: Phase): void {
 
 function exportName(hs: Handshake, _option: number, payload: Buffer): Step {
   if (payload.length > MAX_STRING) return hs.close('NBD_OPT_EXPORT_NAME longer than 4096 bytes');
+  // It has no way to refuse, and extended headers forbid it.
+  if (hs.extendedHeaders) return hs.close('NBD_OPT_EXPORT_NAME after NBD_OPT_EXTENDED_HEADERS');
   const name = payload.toString('utf8');
   const exp = hs.catalog.find(name);
   if (!exp) return hs.close(`NBD_OPT_EXPORT_NAME for unknown export '${name}'`);
@@ -235,7 +242,7 @@ function infoOrGo(hs: Handshake, option: number, payload: Buffer): Step {
   if (isMalformed(req)) return hs.error(option, REP.ERR_INVALID, req.malformed);
   const exp = hs.catalog.find(req.name);
   if (!exp) return hs.error(option, REP.ERR_UNKNOWN, `export '${req.name}' not found`);
-  const flags = transmissionFlags(exp.capabilities, hs.structuredReplies);
+  const flags = transmissionFlags(exp.capabilities, hs.structuredReplies, hs.extendedHeaders);
   const info = (i: Parameters<typeof encodeInfoReply>[0]): Buffer => encodeOptionReply(option, REP.INFO, encodeInfoReply(i));
   const send = [info({ type: INFO.EXPORT, size: exp.size, flags })];
   if (req.requests.includes(INFO.NAME)) send.push(info({ type: INFO.NAME, name: exp.name }));
@@ -250,6 +257,7 @@ function infoOrGo(hs: Handshake, option: number, payload: Buffer): Step {
 
 function structuredReply(hs: Handshake, option: number, payload: Buffer): Step {
   if (payload.length !== 0) return hs.error(option, REP.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+  if (hs.extendedHeaders) return hs.error(option, REP.ERR_EXT_HEADER_REQD, 'extended headers are negotiated and take precedence');
   if (hs.structuredReplies) return hs.error(option, REP.ERR_INVALID, 'structured replies are already negotiated');
   hs.structuredReplies = true;
   return hs.stay([encodeOptionReply(option, REP.ACK)]);
@@ -294,8 +302,13 @@ function metaContext(hs: Handshake, option: number, payload: Buffer): Step {
   ]);
 }
 
-function extendedHeaders(hs: Handshake, option: number): Step {
-  return hs.error(option, REP.ERR_UNSUP, 'extended headers are not supported yet');
+/** Extended headers imply structured replies and may follow them. */
+function extendedHeaders(hs: Handshake, option: number, payload: Buffer): Step {
+  if (payload.length !== 0) return hs.error(option, REP.ERR_INVALID, 'NBD_OPT_EXTENDED_HEADERS takes no data');
+  if (hs.extendedHeaders) return hs.error(option, REP.ERR_INVALID, 'extended headers are already negotiated');
+  hs.extendedHeaders = true;
+  hs.structuredReplies = true;
+  return hs.stay([encodeOptionReply(option, REP.ACK)]);
 }
 
 export const OPTION_HANDLERS: Record<number, OptionHandler> = {

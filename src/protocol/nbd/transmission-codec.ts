@@ -33,6 +33,11 @@ export interface RequestHeader {
   offset: number;
   /** 32 bits in a compact request; 64 bits (exact below 2^53) in an extended one. */
   length: number;
+  /**
+   * An extended request's offset when `offset` cannot hold it exactly
+   * (past 2^53): every extended reply echoes the offset as sent.
+   */
+  exactOffset?: bigint;
 }
 
 export interface RequestFields {
@@ -82,7 +87,7 @@ export function decodeRequest(buf: Buffer, off = 0): RequestHeader | null {
 
 export function decodeExtendedRequest(buf: Buffer, off = 0): RequestHeader | null {
   if (buf.length - off < EXTENDED_REQUEST_SIZE) return null;
-  return {
+  const h: RequestHeader = {
     magic: buf.readUInt32BE(off),
     flags: buf.readUInt16BE(off + 4),
     type: buf.readUInt16BE(off + 6),
@@ -90,6 +95,8 @@ export function decodeExtendedRequest(buf: Buffer, off = 0): RequestHeader | nul
     offset: readU64(buf, off + 16),
     length: readU64(buf, off + 24),
   };
+  if (h.offset > Number.MAX_SAFE_INTEGER) h.exactOffset = buf.readBigUInt64BE(off + 16);
+  return h;
 }
 
 // --- replies ----------------------------------------------------------------
@@ -148,7 +155,7 @@ export function encodeExtendedReplyHeader(
   flags: number,
   type: number,
   cookie: bigint,
-  offset: number,
+  offset: number | bigint,
   length: number,
 ): number {
   buf.writeUInt32BE(EXTENDED_REPLY_MAGIC, off);

@@ -9,6 +9,12 @@
 // and payload buffers go back to the device once used (the read's once
 // its reply is written). An oversized WRITE payload is skipped without
 // being stored and answered EINVAL; an absurd one ends the connection.
+//
+// With extended headers requests are 32 bytes and a payload follows any
+// request flagged PAYLOAD_LEN (taken the same way as a WRITE's; one past
+// the maximum payload ends the connection, as the protocol asks); every
+// reply is a chunk with the 32-byte header, a success without data a
+// NONE chunk.
 
 import type { Logger } from 'pino';
 import type { Gateway } from '../../device/gateway.js';
@@ -16,12 +22,12 @@ import { DeviceError, toDeviceError } from '../../device/errors.js';
 import type { DirtyRun } from '../../device/dirty-bitmap.js';
 import { findDirtyBitmap, type NamedBitmap } from '../../device/filters/dirty.js';
 import type { Result } from '../../device/types.js';
-import { checkRequest, commandName, type TransmissionTerms } from '../../protocol/nbd/commands.js';
-import { CMD, CMD_FLAG, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../../protocol/nbd/constants.js';
+import { blockStatusPayload, checkRequest, commandName, type TransmissionTerms } from '../../protocol/nbd/commands.js';
+import { CMD, CMD_FLAG, EXTENDED_REQUEST_MAGIC, EXTENDED_REQUEST_SIZE, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../../protocol/nbd/constants.js';
 import { nbdErrno } from '../../protocol/nbd/errors.js';
-import type { Agreement } from '../../protocol/nbd/handshake.js';
-import { blockStatusChunks, dirtyBitmapOf, errorChunk, readChunks, simpleReply, type Frame } from '../../protocol/nbd/replies.js';
-import { decodeRequest, type RequestHeader } from '../../protocol/nbd/transmission-codec.js';
+import type { Agreement, MetaContext } from '../../protocol/nbd/handshake.js';
+import { blockStatusChunks, dirtyBitmapOf, errorChunk, noneChunk, readChunks, simpleReply, type Frame, type ReplyTo } from '../../protocol/nbd/replies.js';
+import { decodeExtendedRequest, decodeRequest, type RequestHeader } from '../../protocol/nbd/transmission-codec.js';
 import type { BusyPoll } from '../busy-poll.js';
 import type { ByteQueue } from '../byte-queue.js';
 import type { ReplyWriter } from './reply-writer.js';
@@ -82,6 +88,8 @@ interface SkippedWrite {
 
 export class TransmissionSession {
   private readonly terms: TransmissionTerms;
+  private readonly extended: boolean;
+  private readonly headerSize: number;
   private readonly maxPayload: number;
   private readonly debug: boolean;
   private inflight = 0;
@@ -111,8 +119,11 @@ export class TransmissionSession {
     this.terms = {
       flags: agreement.flags,
       structuredReplies: agreement.structuredReplies,
+      extendedHeaders: agreement.extendedHeaders,
       metaContextCount: agreement.metaContexts.length,
     };
+    this.extended = agreement.extendedHeaders;
+    this.headerSize = this.extended ? EXTENDED_REQUEST_SIZE : REQUEST_SIZE;
     this.maxPayload = agreement.export.capabilities.blockSizes.maximum;
     this.dirtyContexts = agreement.metaContexts.flatMap((c) => {
       const name = dirtyBitmapOf(c.name);
@@ -136,9 +147,9 @@ export class TransmissionSession {
           continue;
         }
         if (this.atBound()) break;
-        const bytes = this.host.input.take(REQUEST_SIZE);
+        const bytes = this.host.input.take(this.headerSize);
         if (!bytes) break;
-        this.onHeader(decodeRequest(bytes)!);
+        this.onHeader(this.extended ? decodeExtendedRequest(bytes)! : decodeRequest(bytes)!);
       }
     } finally {
       this.pumping = false;
@@ -185,8 +196,8 @@ export class TransmissionSession {
   }
 
   private onHeader(h: RequestHeader): void {
-    if (h.magic !== REQUEST_MAGIC) {
-      this.host.abort(`bad request magic 0x${(h.magic >>> 0).toString(16)}`);
+    if (h.magic !== (this.extended ? EXTENDED_REQUEST_MAGIC : REQUEST_MAGIC)) {
+      this.host.abort(`bad request magic 0x${(h.magic >>> 0).toString(16)}${this.extended ? ' (extended headers were negotiated)' : ''}`);
       this.stopped = true;
       return;
     }
@@ -197,10 +208,11 @@ export class TransmissionSession {
       this.draining = 'client sent NBD_CMD_DISC';
       return;
     }
-    if (h.type !== CMD.WRITE) return this.dispatch(h);
+    const hasPayload = this.extended ? (h.flags & CMD_FLAG.PAYLOAD_LEN) !== 0 : h.type === CMD.WRITE;
+    if (!hasPayload) return this.dispatch(h);
     if (h.length > this.maxPayload) {
-      if (h.length > this.limits.maxSkippedPayload) {
-        this.host.abort(`write payload of ${h.length} bytes is beyond any limit`);
+      if (this.extended || h.length > this.limits.maxSkippedPayload) {
+        this.host.abort(`payload of ${h.length} bytes is beyond ${this.extended ? 'the maximum' : 'any limit'}`);
         this.stopped = true;
         return;
       }
@@ -240,24 +252,36 @@ export class TransmissionSession {
 
   private dispatch(h: RequestHeader, payload?: Buffer): void {
     if (this.shuttingDown) return this.replyError(h, NBD_ERR.ESHUTDOWN, 'the server is shutting down');
+    let contexts = this.agreement.metaContexts;
+    if (payload && h.type !== CMD.WRITE) {
+      // Only BLOCK_STATUS takes a payload other than data: the effect length and the contexts to answer.
+      const form = h.type === CMD.BLOCK_STATUS ? blockStatusPayload(payload, contexts) : null;
+      this.gateway.recycle(payload);
+      payload = undefined;
+      if (form && 'errno' in form) return this.replyError(h, form.errno, form.message);
+      if (form) {
+        h = { ...h, length: form.length };
+        contexts = form.contexts;
+      }
+    }
     const checked = checkRequest(h, this.terms);
     if ('errno' in checked) return this.replyError(h, checked.errno, checked.message);
     const req = checked.request;
     if (payload) req.data = payload;
-    const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? h.length : 0;
+    const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? Math.min(h.length, this.maxPayload) : 0;
     this.inflight++;
     this.host.busyPoll.begin();
     this.inflightBytes += bytes;
     this.gateway.execute(req).then(
-      (result) => this.complete(h, bytes, result, payload),
-      (err: unknown) => this.complete(h, bytes, toDeviceError(err), payload),
+      (result) => this.complete(h, bytes, result, contexts, payload),
+      (err: unknown) => this.complete(h, bytes, toDeviceError(err), contexts, payload),
     );
   }
 
-  private complete(h: RequestHeader, bytes: number, outcome: Result | DeviceError, payload?: Buffer): void {
+  private complete(h: RequestHeader, bytes: number, outcome: Result | DeviceError, contexts: MetaContext[], payload?: Buffer): void {
     if (payload) this.gateway.recycle(payload);
     if (outcome instanceof DeviceError) this.replyError(h, nbdErrno(outcome.code), outcome.message);
-    else this.replyResult(h, outcome);
+    else this.replyResult(h, outcome, contexts);
     this.inflight--;
     this.host.busyPoll.end();
     this.inflightBytes -= bytes;
@@ -265,7 +289,11 @@ export class TransmissionSession {
     else this.pump();
   }
 
-  private replyResult(h: RequestHeader, result: Result): void {
+  private replyTo(h: RequestHeader): ReplyTo {
+    return { cookie: h.cookie, offset: h.exactOffset ?? h.offset, extended: this.extended };
+  }
+
+  private replyResult(h: RequestHeader, result: Result, contexts: MetaContext[]): void {
     if (result.op === 'read') {
       this.stats.bytesRead += h.length;
       // Once the last frame is written, the read's buffers may be reused.
@@ -275,27 +303,28 @@ export class TransmissionSession {
       if (!this.agreement.structuredReplies) {
         return this.send(simpleReply(h.cookie, 0, result.segments[0]?.data ?? undefined), written);
       }
-      const frames = readChunks(h.cookie, result.segments);
+      const frames = readChunks(this.replyTo(h), result.segments);
       frames.forEach((frame, i) => this.send(frame, i === frames.length - 1 ? written : undefined));
       return;
     }
     if (result.op === 'blockStatus') {
       const dirty = new Map<number, DirtyRun[]>();
       for (const c of this.dirtyContexts) {
+        if (!contexts.some((s) => s.id === c.id)) continue;
         if (!c.bitmap || c.bitmap.dropped) return this.replyError(h, NBD_ERR.EINVAL, `dirty bitmap '${c.name}' was dropped`);
         dirty.set(c.id, c.bitmap.runs(h.offset, h.length, h.flags & CMD_FLAG.REQ_ONE ? 1 : MAX_DIRTY_RUNS));
       }
-      for (const frame of blockStatusChunks(h.cookie, this.agreement.metaContexts, result.extents, dirty)) this.send(frame);
+      for (const frame of blockStatusChunks(this.replyTo(h), contexts, result.extents, dirty)) this.send(frame);
       return;
     }
     if (result.op === 'write') this.stats.bytesWritten += h.length;
-    this.send(simpleReply(h.cookie, 0));
+    this.send(this.extended ? noneChunk(this.replyTo(h)) : simpleReply(h.cookie, 0));
   }
 
   private replyError(h: RequestHeader, errno: number, message: string): void {
     this.stats.errors++;
     if (this.debug) this.log.debug({ cmd: commandName(h.type), errno, message }, 'request failed');
-    if (this.agreement.structuredReplies) this.send(errorChunk(h.cookie, errno, message));
+    if (this.agreement.structuredReplies) this.send(errorChunk(this.replyTo(h), errno, message));
     else this.send(simpleReply(h.cookie, errno));
   }
 

@@ -108,8 +108,37 @@ t.test('against vblk: every command, flags, errors, data checked on disk', async
   const file = image(t);
   const srv = await serve(t, [file]);
   const disk = await connect(srv.uri());
-  t.ok(disk.info.structuredReplies, 'structured replies');
+  t.ok(disk.info.extendedHeaders, 'extended headers negotiated');
   await exercise(t, disk, file, srv.uri());
+});
+
+t.test('against vblk with compact headers (extendedHeaders: false): structured replies, the same results', async (t) => {
+  const file = image(t);
+  const srv = await serve(t, [file]);
+  const disk = await connect(srv.uri(), { extendedHeaders: false });
+  t.ok(disk.info.structuredReplies && !disk.info.extendedHeaders, 'structured replies, compact headers');
+  await exercise(t, disk, file, srv.uri());
+});
+
+t.test('extended headers: 64-bit lengths and BLOCK_STATUS filtered to one context on an 8 GiB sparse export', async (t) => {
+  const GiB = 2 ** 30;
+  const srv = await serve(t, ['memory:8G']);
+  const disk = await connect(srv.uri(), { metaContexts: ['base:allocation', 'qemu:allocation-depth'] });
+  t.ok(disk.info.extendedHeaders);
+  await disk.write(5 * GiB, Buffer.alloc(65536, 1));
+  await disk.zero(0, 5 * GiB, { noHole: false });
+  const status = await disk.blockStatus(0, 6 * GiB);
+  const base = status.get('base:allocation')!;
+  t.ok(base[0].length >= 5 * GiB && base[0].flags & STATE_ZERO, `one zero extent of ${base[0].length} bytes, past 2^32`);
+  t.same([...status.keys()].sort(), ['base:allocation', 'qemu:allocation-depth'], 'both contexts');
+  const filtered = await disk.blockStatus(0, 6 * GiB, { contexts: ['qemu:allocation-depth'] });
+  t.same([...filtered.keys()], ['qemu:allocation-depth'], 'PAYLOAD_LEN: only the context asked for');
+  await t.rejects(disk.read(0, 2 ** 32 + 512), { name: 'NbdError' }, 'a read beyond any payload is refused by the server');
+  t.same(await disk.read(5 * GiB, 512), Buffer.alloc(512, 1), 'and the connection goes on');
+  await disk.disconnect();
+  const compact = await connect(srv.uri(), { extendedHeaders: false });
+  await t.rejects(compact.zero(0, 5 * GiB), /needs extended headers/, 'a compact client cannot even ask');
+  await compact.disconnect();
 });
 
 t.test('against qemu-nbd: the same', async (t) => {

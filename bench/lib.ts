@@ -10,6 +10,12 @@ export function progress(text: string): void {
 }
 
 /** Runs a command to completion; throws with its stderr when it fails. */
+/** A mistake on a bench's command line: one line, exit 2. */
+export function usageError(text: string): never {
+  process.stderr.write(`bench: ${text}; see --help\n`);
+  process.exit(2);
+}
+
 export function must(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.error?.message ?? r.status ?? r.signal}): ${r.stderr}`);

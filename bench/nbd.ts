@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fio, have, median, must, peakRss, progress, randomFile, stop, waitForSocket, warm, writeBack, type FioResult } from './lib.js';
+import { fio, have, median, must, peakRss, progress, randomFile, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/nbd.js [options]
 
@@ -65,11 +65,6 @@ const { values } = parseArgs({
 if (values.help) {
   process.stdout.write(HELP);
   process.exit(0);
-}
-
-function usageError(text: string): never {
-  process.stderr.write(`bench: ${text}; see --help\n`);
-  process.exit(2);
 }
 
 const SECONDS = Number(values.seconds ?? (values.quick ? 2 : 5));

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { makeTlsCreds, type TlsCreds } from '../test/helpers/tls-creds.js';
-import { cpuUs, have, median, progress, randomFile, stop, waitForSocket, warm } from './lib.js';
+import { cpuUs, have, median, progress, randomFile, stop, waitForSocket, warm, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/tls.js [options]
 
@@ -61,11 +61,6 @@ const { values } = parseArgs({
 if (values.help) {
   process.stdout.write(HELP);
   process.exit(0);
-}
-
-function usageError(text: string): never {
-  process.stderr.write(`bench: ${text}; see --help\n`);
-  process.exit(2);
 }
 
 const SIZE = Number(values.size ?? (values.quick ? 64 : 256)) * 2 ** 20;

@@ -284,7 +284,7 @@ export class NbdConnection implements SessionHost, Connection {
     const log = this.log.child({ export: served.name });
     this.session = new TransmissionSession(this, agreement, served.gateway, this.options.limits, this.stats, log);
     log.info(
-      { structured: agreement.structuredReplies, flags: agreement.flags, metaContexts: agreement.metaContexts.map((c) => c.name) },
+      { structured: agreement.structuredReplies, extended: agreement.extendedHeaders, flags: agreement.flags, metaContexts: agreement.metaContexts.map((c) => c.name) },
       'transmission started',
     );
   }

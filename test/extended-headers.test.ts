@@ -37,13 +37,15 @@ async function one(s: Session, fields: Partial<RequestCase> & Pick<RequestCase, 
 }
 
 async function exports(t: Test): Promise<[string, string[]][]> {
-  const file = path.join(tempDir(t), 'disk.img');
-  const r = await vblk(['create', file, '--size', String(SIZE), '--format', 'raw']);
-  if (r.code !== 0) throw new Error(r.stderr);
-  return [
-    ['memory', [`memory:${SIZE}`]],
-    ['sparse raw', [file]],
-  ];
+  const dir = tempDir(t);
+  const found: [string, string[]][] = [['memory', [`memory:${SIZE}`]]];
+  for (const format of ['raw', 'qcow2']) {
+    const file = path.join(dir, `disk.${format}`);
+    const r = await vblk(['create', file, '--size', String(SIZE), '--format', format]);
+    if (r.code !== 0) throw new Error(r.stderr);
+    found.push([format === 'raw' ? 'sparse raw' : 'qcow2', [file]]);
+  }
+  return found;
 }
 
 t.test('extended headers: 64-bit WRITE_ZEROES and BLOCK_STATUS, context filtering, compact clients unchanged', async (t) => {
@@ -63,6 +65,12 @@ t.test('extended headers: 64-bit WRITE_ZEROES and BLOCK_STATUS, context filterin
         t.same((await one(s, { type: CMD.READ, offset, length: data.length })).data, data, 'reads back');
       }
 
+      // 16 MiB arrive in pieces: the payload is put together from the queue and the socket.
+      const large = Buffer.alloc(16 << 20);
+      for (let i = 0; i < large.length; i += 4096) large[i] = (i >> 12) & 0xff;
+      t.equal((await one(s, { type: CMD.WRITE, offset: 5 * GiB, length: large.length, payload: large })).errno, 0, 'a 16 MiB WRITE');
+      t.ok((await one(s, { type: CMD.READ, offset: 5 * GiB, length: large.length })).data?.equals(large), 'reads back');
+
       const zeroed = await one(s, { type: CMD.WRITE_ZEROES, offset: 2 * GiB, length: 5 * GiB });
       t.equal(zeroed.errno, 0, 'one WRITE_ZEROES of 5 GiB');
       for (const offset of [4 * GiB - 32768, 6 * GiB]) {
@@ -74,6 +82,11 @@ t.test('extended headers: 64-bit WRITE_ZEROES and BLOCK_STATUS, context filterin
       const extents = status.extents!.get(base.id)!;
       t.same(extents[0], { length: 5 * GiB, flags: STATE_HOLE | STATE_ZERO }, 'one BLOCK_STATUS_EXT extent for the whole 5 GiB hole');
       t.ok(status.extents!.has(depth.id), 'and the depth context answers too');
+
+      const cache = s.terms.flags & TF.SEND_CACHE;
+      t.equal((await one(s, { type: CMD.CACHE, offset: GiB, length: 6 * GiB })).errno, cache ? 0 : NBD_ERR.EINVAL, `CACHE of 6 GiB (${cache ? 'advertised' : 'not advertised: EINVAL'})`);
+      t.equal((await one(s, { type: CMD.TRIM, offset: 2 * GiB, length: 5 * GiB })).errno, 0, 'TRIM of 5 GiB');
+      t.same((await one(s, { type: CMD.READ, offset: 7 * GiB - 4096, length: 8192 })).data?.subarray(4096), Buffer.alloc(4096), 'the bytes past it are untouched (zero)');
 
       const onlyDepth = await one(s, { type: CMD.BLOCK_STATUS, offset: 2 * GiB, length: 5 * GiB, contextIds: [depth.id] });
       t.equal(onlyDepth.errno, 0, 'BLOCK_STATUS with PAYLOAD_LEN naming one context');

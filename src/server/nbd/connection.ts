@@ -334,6 +334,7 @@ export class NbdConnection implements SessionHost, Connection {
       {
         tls: this.tls !== null,
         structured: agreement.structuredReplies,
+        extended: agreement.extendedHeaders,
         flags: agreement.flags,
         metaContexts: agreement.metaContexts.map((c) => c.name),
       },

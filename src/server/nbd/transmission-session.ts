@@ -268,7 +268,7 @@ export class TransmissionSession {
     if ('errno' in checked) return this.replyError(h, checked.errno, checked.message);
     const req = checked.request;
     if (payload) req.data = payload;
-    const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? Math.min(h.length, this.maxPayload) : 0;
+    const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? h.length : 0;
     this.inflight++;
     this.host.busyPoll.begin();
     this.inflightBytes += bytes;

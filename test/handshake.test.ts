@@ -752,6 +752,17 @@ t.test('STARTTLS forgets structured replies and the meta-context selection made 
   t.equal(go2.agreement?.metaContexts.length, 1, 'a selection made after TLS counts');
 });
 
+t.test('STARTTLS forgets extended headers negotiated before it', async (t) => {
+  const hs = options(undefined, 'on');
+  t.equal(replies(hs.receiveOption(OPT.EXTENDED_HEADERS, NO_DATA))[0].type, REP.ACK);
+  startTls(t, hs);
+  t.equal(hs.extendedHeaders, false);
+  t.equal(replies(hs.receiveOption(OPT.STRUCTURED_REPLY, NO_DATA))[0].type, REP.ACK, 'structured replies may be chosen instead');
+  const go = hs.receiveOption(OPT.GO, infoReq(''));
+  t.equal(go.agreement?.extendedHeaders, false, 'GO: compact headers');
+  t.equal(flagsOf(go) & TF.BLOCK_STATUS_PAYLOAD, 0, 'BLOCK_STATUS_PAYLOAD is not offered');
+});
+
 t.test('STARTTLS during shutdown is SHUTDOWN', async (t) => {
   const hs = options(undefined, 'on');
   hs.shuttingDown = true;

@@ -233,6 +233,7 @@ function startTls(hs: Handshake, option: number, payload: Buffer): Step {
   hs.tlsStarted = true;
   // "The server MUST NOT preserve any negotiation state ... issued before this command."
   hs.structuredReplies = false;
+  hs.extendedHeaders = false;
   hs.metaSelection = null;
   return { ...hs.stay([encodeOptionReply(option, REP.ACK)]), startTls: true };
 }

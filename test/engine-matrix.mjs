@@ -27,6 +27,9 @@ const ONCE = new Set([
   'vhost-user-reconnect.test.js', // a QEMU guest, run once
   'journal-ext4.test.js', // an in-process server with its own engine; mkfs and e2fsck, run once
   'journal-durability.test.js', // a memory: disk under strace; the log's own writes, run once
+  'tls.test.js', // the transport under TLS, whatever engine is below it; run once
+  'socket-activation.test.js', // started by systemd-socket-activate and libnbd, default engine
+  'stdio.test.js', // started by libnbd and by hand on a socketpair, default engine
 ]);
 const files = [
   ...fs

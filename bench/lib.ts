@@ -119,12 +119,14 @@ export interface FioResult {
   p99Us: number;
   /** CPU fio itself used, in percent of one core (all its jobs together). */
   clientCpu: number;
+  /** Requests completed. */
+  requests: number;
 }
 
 /** Runs fio with `args` (plus JSON output) and sums the reads and writes of its one reported group. */
-export function fio(args: string[]): FioResult {
+export function fio(args: string[], env: NodeJS.ProcessEnv = process.env): FioResult {
   const full = [...args, '--output-format=json', '--group_reporting'];
-  const r = spawnSync('fio', full, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync('fio', full, { encoding: 'utf8', maxBuffer: 64 << 20, env });
   if (r.status !== 0) throw new Error(`fio ${full.join(' ')} failed: ${r.stderr}${r.stdout.slice(0, 300)}`);
   // The nbd engine prints "fio: connected to NBD server" lines before the JSON.
   const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{\n')));
@@ -140,5 +142,6 @@ export function fio(args: string[]): FioResult {
     meanUs: sides.reduce((n, s) => n + (s.clat_ns.mean * s.total_ios) / 1000, 0) / ios,
     p99Us: Math.max(...sides.map((s) => (s.clat_ns.percentile?.['99.000000'] ?? 0) / 1000)),
     clientCpu: (job.usr_cpu + job.sys_cpu) * jobs,
+    requests: ios,
   };
 }

@@ -1,16 +1,16 @@
 // bench/tls: NBD over TLS, vblk against qemu-nbd with the same X.509
-// certificates (client certificates verified by both) on the same raw
-// image of random data in the page cache, with plain-text vblk beside
-// them for what TLS costs. fio's nbd engine cannot speak TLS, so the
-// load is nbdcopy (libnbd, GnuTLS): its C event loop keeps exactly
-// --requests requests in flight on one connection and discards what it
-// reads (null:), so the client costs little beside the server; one
-// thread, one connection, no extent queries. nbdcopy reads in order:
-// with the image in the page cache a 4K read at a sequential offset
-// costs a server what a random one does (one pread from the cache), and
-// a Python client that could pick random offsets (nbdsh) would be slower
-// than the servers it measures. Server CPU per request is utime + stime
-// from /proc over the copy, divided by the requests it made.
+// certificates on the same raw image of random data in the page cache,
+// with plain-text vblk beside them for what TLS costs. 4K random reads
+// come from fio's nbd engine (libnbd, GnuTLS). libnbd refuses
+// tls-certificates= in a URI unless the program allows local files, which
+// fio does not, so fio finds the client's directory where libnbd looks by
+// default ($HOME/.pki/libnbd, with HOME pointed at a directory made for
+// the run); libnbd sends no client certificate from there, so neither
+// server asks for one (the client still checks the server's). Sequential
+// 1M reads come from nbdcopy to null: (its C event loop keeps exactly
+// --requests requests in flight on one connection). Server CPU per
+// request is utime + stime from /proc over the run, divided by the
+// requests completed.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -19,22 +19,22 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { makeTlsCreds, type TlsCreds } from '../test/helpers/tls-creds.js';
-import { cpuUs, have, median, progress, randomFile, stop, waitForSocket, warm, usageError } from './lib.js';
+import { cpuUs, fio, have, median, progress, randomFile, stop, waitForSocket, warm, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/tls.js [options]
 
-Reads a raw image of random data with nbdcopy over NBD with TLS (X.509,
-client certificates verified) from vblk and from qemu-nbd with the same
-certificates, and from plain-text vblk for comparison: 4K requests 32 in
-flight, and 1M requests 8 in flight, each on one connection. Prints
+Reads a raw image of random data over NBD with TLS (X.509) from vblk and
+from qemu-nbd with the same certificates, and from plain-text vblk for
+comparison: 4K random reads 32 in flight (fio, 10 s) and sequential 1M
+reads 8 in flight (nbdcopy), each on one connection. Prints
 IOPS or MB/s and the server's CPU per request (µs, utime + stime from
 /proc), medians over rounds that interleave the servers. Needs nbdcopy,
-qemu-nbd, certtool and psktool (gnutls-bin). Progress goes to stderr,
+qemu-nbd, fio, certtool and psktool (gnutls-bin). Progress goes to stderr,
 the table to stdout.
 
 Options:
-  --size MB         image size in MiB (default 256); the 4K row reads it
-                    once, the 1M row four times
+  --size MB         image size in MiB (default 256); the 1M row reads it
+                    four times
   --rounds N        rounds (default 3)
   --quick           one round on a 64 MiB image, for checking it works
   --servers LIST    only these (default: vblk,qemu-nbd,vblk-plain)
@@ -74,60 +74,93 @@ const VBLK = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 interface Row {
   id: string;
   title: string;
-  requestSize: number;
-  requests: number;
-  passes: number;
+  /** Runs the load; returns the seconds it took and the requests it completed. */
+  run(server: Started): { seconds: number; requests: number };
   unit: 'IOPS' | 'MB/s';
 }
 
+interface Started {
+  proc: ChildProcess;
+  /** For nbdcopy, credentials in the URI. */
+  uri: string;
+  /** For fio, credentials where libnbd looks by default (HOME below). */
+  fioUri: string;
+}
+
+const FIO_SECONDS = values.quick ? 3 : 10;
+
 const ROWS: Row[] = [
-  { id: '4k', title: 'read 4K, 32 in flight', requestSize: 4096, requests: 32, passes: 1, unit: 'IOPS' },
-  { id: '1m', title: 'sequential read 1M, 8 in flight', requestSize: 1 << 20, requests: 8, passes: 4, unit: 'MB/s' },
+  {
+    id: '4k',
+    title: 'random read 4K, 32 in flight (fio)',
+    unit: 'IOPS',
+    run(server) {
+      const args = ['--name=tls', '--ioengine=nbd', `--uri=${server.fioUri}`, '--rw=randread', '--bs=4k', '--iodepth=32'];
+      const r = fio([...args, `--size=${SIZE}`, `--runtime=${FIO_SECONDS}`, '--time_based'], { ...process.env, HOME: fioHome });
+      return { seconds: r.requests / r.iops, requests: r.requests };
+    },
+  },
+  {
+    id: '1m',
+    title: 'sequential read 1M, 8 in flight (nbdcopy)',
+    unit: 'MB/s',
+    run(server) {
+      const passes = 4;
+      return { seconds: copy(server.uri, 1 << 20, 8, passes), requests: (SIZE >> 20) * passes };
+    },
+  },
 ];
 
 interface Server {
   name: string;
   program: string;
-  start(socket: string, creds: TlsCreds): { proc: ChildProcess; uri: string };
+  start(socket: string, creds: TlsCreds): Started;
 }
 
+/** HOME for fio: .pki/libnbd holds the client's credentials. */
+let fioHome = '';
+
 const spawned = (cmd: string, args: string[]): ChildProcess => spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-const tlsUri = (socket: string, creds: TlsCreds): string => `nbds+unix:///?socket=${socket}&tls-certificates=${creds.client}`;
+const tls = (proc: ChildProcess, socket: string, creds: TlsCreds): Started => ({
+  proc,
+  uri: `nbds+unix:///?socket=${socket}&tls-certificates=${creds.client}`,
+  fioUri: `nbds+unix:///?socket=${socket}`,
+});
 
 const SERVERS: Server[] = [
   {
     name: 'vblk',
     program: 'node',
-    start: (socket, creds) => ({
-      proc: spawned(process.execPath, [VBLK, 'serve', IMAGE, '--socket', socket, '--log-level', 'warn', '--tls', 'require', '--tls-certs', creds.server, '--tls-verify-peer']),
-      uri: tlsUri(socket, creds),
-    }),
+    start: (socket, creds) =>
+      tls(spawned(process.execPath, [VBLK, 'serve', IMAGE, '--socket', socket, '--log-level', 'warn', '--tls', 'require', '--tls-certs', creds.server]), socket, creds),
   },
   {
     name: 'qemu-nbd',
     program: 'qemu-nbd',
-    start: (socket, creds) => ({
-      proc: spawned('qemu-nbd', [
-        '--object', `tls-creds-x509,id=tls0,dir=${creds.server},endpoint=server,verify-peer=on`,
-        '--tls-creds', 'tls0', '-t', '--shared=8', '-f', 'raw', '-k', socket, IMAGE,
-      ]),
-      uri: tlsUri(socket, creds),
-    }),
+    start: (socket, creds) =>
+      tls(
+        spawned('qemu-nbd', [
+          '--object', `tls-creds-x509,id=tls0,dir=${creds.server},endpoint=server,verify-peer=off`,
+          '--tls-creds', 'tls0', '-t', '--shared=8', '-f', 'raw', '-k', socket, IMAGE,
+        ]),
+        socket,
+        creds,
+      ),
   },
   {
     name: 'vblk-plain',
     program: 'node',
-    start: (socket) => ({
-      proc: spawned(process.execPath, [VBLK, 'serve', IMAGE, '--socket', socket, '--log-level', 'warn']),
-      uri: `nbd+unix:///?socket=${socket}`,
-    }),
+    start: (socket) => {
+      const uri = `nbd+unix:///?socket=${socket}`;
+      return { proc: spawned(process.execPath, [VBLK, 'serve', IMAGE, '--socket', socket, '--log-level', 'warn']), uri, fioUri: uri };
+    },
   },
 ];
 
 const names = values.servers ? values.servers.split(',') : SERVERS.map((s) => s.name);
 for (const n of names) if (!SERVERS.some((s) => s.name === n)) usageError(`unknown server '${n}'`);
 const servers = SERVERS.filter((s) => names.includes(s.name));
-for (const tool of ['nbdcopy', 'certtool', 'psktool', ...servers.map((s) => s.program)]) {
+for (const tool of ['nbdcopy', 'fio', 'certtool', 'psktool', ...servers.map((s) => s.program)]) {
   if (!have(tool)) usageError(`${tool} is not installed`);
 }
 
@@ -139,10 +172,11 @@ interface Sample {
 
 const samples = new Map<string, Sample[]>();
 
-function copy(uri: string, row: Row): number {
+/** nbdcopy reads the export `passes` times to null:; returns the seconds it took. */
+function copy(uri: string, requestSize: number, requests: number, passes: number): number {
   const started = process.hrtime.bigint();
-  for (let pass = 0; pass < row.passes; pass++) {
-    const args = ['--no-extents', '--connections=1', '--threads=1', `--request-size=${row.requestSize}`, `--requests=${row.requests}`, uri, 'null:'];
+  for (let pass = 0; pass < passes; pass++) {
+    const args = ['--no-extents', '--connections=1', '--threads=1', `--request-size=${requestSize}`, `--requests=${requests}`, uri, 'null:'];
     const r = spawnSync('nbdcopy', args, { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`nbdcopy ${args.join(' ')} failed: ${r.stderr}`);
   }
@@ -153,15 +187,15 @@ async function measure(server: Server, creds: TlsCreds, round: number): Promise<
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vblk-bench-tls-'));
   const socket = path.join(work, 's.sock');
   warm(IMAGE);
-  const { proc, uri } = server.start(socket, creds);
+  const started = server.start(socket, creds);
+  const { proc } = started;
   try {
     await waitForSocket(socket, proc);
     for (const row of ROWS) {
       const before = cpuUs(proc.pid!);
-      const seconds = copy(uri, row);
-      const requests = (SIZE / row.requestSize) * row.passes;
+      const { seconds, requests } = row.run(started);
       const sample: Sample = {
-        rate: row.unit === 'IOPS' ? requests / seconds : (SIZE * row.passes) / seconds / 1e6,
+        rate: row.unit === 'IOPS' ? requests / seconds : (requests * (1 << 20)) / seconds / 1e6,
         cpuUsPerRequest: (cpuUs(proc.pid!) - before) / requests,
       };
       const key = `${row.id}|${server.name}`;
@@ -182,6 +216,9 @@ async function main(): Promise<void> {
   const credsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vblk-bench-tls-creds-'));
   try {
     const creds = await makeTlsCreds(credsDir);
+    fioHome = path.join(credsDir, 'home');
+    fs.mkdirSync(path.join(fioHome, '.pki'), { recursive: true });
+    fs.cpSync(creds.client, path.join(fioHome, '.pki', 'libnbd'), { recursive: true });
     for (let round = 1; round <= ROUNDS; round++) {
       // Rotate the order so that no server always runs first.
       const order = servers.map((_, i) => servers[(i + round - 1) % servers.length]);
@@ -201,7 +238,7 @@ async function main(): Promise<void> {
     lines.push(`| ${row.title} | ${cells.join(' | ')} |`);
   }
   process.stdout.write(
-    `NBD over TLS (X.509, client certificates verified), nbdcopy, ${SIZE >> 20} MiB image in the page cache, ` +
+    `NBD over TLS (X.509; the client checks the server's certificate), ${SIZE >> 20} MiB image in the page cache, ` +
       `median of ${ROUNDS} round${ROUNDS === 1 ? '' : 's'}; ${os.cpus().length} CPUs, ${os.cpus()[0]?.model ?? ''}\n\n${lines.join('\n')}\n`,
   );
 }

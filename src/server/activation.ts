@@ -8,7 +8,8 @@
 // Every descriptor must be a listening UNIX or TCP stream socket: a
 // connected one means a service with Accept=yes, which wants --stdio.
 
-import { setCloseOnExec, socketInfo, type SocketInfo } from '../sys/socket-info.js';
+import { socketInfo, type SocketInfo } from '../sys/socket-info.js';
+import { setCloseOnExec } from '../sys/syscalls.js';
 
 /** The first descriptor a service manager passes (after stdin, stdout, stderr). */
 export const LISTEN_FDS_START = 3;

@@ -1,22 +1,19 @@
 // What a descriptor vblk did not open itself is (a listening socket a
 // service manager passed, the socket a client started vblk on): its
 // family, whether it is a listening stream socket, the path a UNIX
-// socket is bound to (getsockname), and the two calls that make such a
-// descriptor vblk's own: close-on-exec, and dup2 (to put /dev/null on
-// stdout once the connection on it is taken). Linux's constants; where
-// a call is missing (not Linux, no koffi) it throws ENOSYS.
+// socket is bound to (getsockname), and dup2 (to put /dev/null on stdout
+// once the connection on it is taken); getsockopt and close-on-exec are
+// syscalls.ts's. Linux's constants; where a call is missing (not Linux,
+// no koffi) it throws ENOSYS.
 
 import { errno, optionalFunc, systemError, unavailable } from './libc.js';
+import { socketOption } from './syscalls.js';
 
-const SOL_SOCKET = 1;
 const SO_TYPE = 3;
 const SO_ACCEPTCONN = 30;
 const SO_DOMAIN = 39;
 const SOCK_STREAM = 1;
 const FAMILIES: Record<number, SocketFamily> = { 1: 'unix', 2: 'inet', 10: 'inet6' };
-const F_GETFD = 1;
-const F_SETFD = 2;
-const FD_CLOEXEC = 1;
 /** sizeof(struct sockaddr_un): the family, then up to 108 bytes of path. */
 const SOCKADDR_UN_SIZE = 110;
 
@@ -30,22 +27,11 @@ export interface SocketInfo {
   path: string | null;
 }
 
-type GetSockOpt = (fd: number, level: number, name: number, value: number[], size: number[]) => number;
 type GetSockName = (fd: number, addr: Buffer, size: number[]) => number;
-type Fcntl = (fd: number, cmd: number, arg: number) => number;
 type Dup2 = (from: number, to: number) => number;
 
-const getsockopt = optionalFunc<GetSockOpt>('int getsockopt(int fd, int level, int name, _Out_ int *value, _Inout_ uint32_t *size)');
 const getsockname = optionalFunc<GetSockName>('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *size)');
-const fcntl = optionalFunc<Fcntl>('int fcntl(int fd, int cmd, int arg)');
 const dup2 = optionalFunc<Dup2>('int dup2(int oldfd, int newfd)');
-
-function option(fd: number, name: number): number {
-  if (!getsockopt) throw unavailable('getsockopt');
-  const value = [0];
-  if (getsockopt(fd, SOL_SOCKET, name, value, [4]) !== 0) throw systemError('getsockopt', errno());
-  return value[0];
-}
 
 function unixPath(fd: number): string | null {
   if (!getsockname) throw unavailable('getsockname');
@@ -60,20 +46,13 @@ function unixPath(fd: number): string | null {
 
 /** What socket `fd` is; throws ENOTSOCK for a descriptor that is not a socket, EBADF for one not open. */
 export function socketInfo(fd: number): SocketInfo {
-  const family = FAMILIES[option(fd, SO_DOMAIN)] ?? 'other';
+  const family = FAMILIES[socketOption(fd, SO_DOMAIN)] ?? 'other';
   return {
     family,
-    stream: option(fd, SO_TYPE) === SOCK_STREAM,
-    listening: option(fd, SO_ACCEPTCONN) !== 0,
+    stream: socketOption(fd, SO_TYPE) === SOCK_STREAM,
+    listening: socketOption(fd, SO_ACCEPTCONN) !== 0,
     path: family === 'unix' ? unixPath(fd) : null,
   };
-}
-
-/** Keeps `fd` from being inherited by programs this process starts. */
-export function setCloseOnExec(fd: number): void {
-  if (!fcntl) throw unavailable('fcntl');
-  const flags = fcntl(fd, F_GETFD, 0);
-  if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) throw systemError('fcntl', errno());
 }
 
 /** Makes `to` a copy of `from` (closing what `to` was). */

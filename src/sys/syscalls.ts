@@ -2,7 +2,8 @@
 // SEEK_DATA/SEEK_HOLE (sparse maps), fallocate (punch holes, zero ranges),
 // posix_fadvise (read-ahead for CACHE), fcntl(F_NOCACHE) (macOS's
 // direct I/O), ioctl(FICLONE) and copy_file_range (vblk clone),
-// setsockopt(SO_SNDBUF) (Node sets no socket buffer sizes),
+// setsockopt(SO_SNDBUF) (Node sets no socket buffer sizes), getsockopt
+// and fcntl(FD_CLOEXEC) for sockets vblk inherits (sys/socket-info.ts),
 // getrlimit(RLIMIT_NOFILE) (how many connections fit). They
 // are synchronous: each is a metadata operation of microseconds (a
 // copy goes in bounded chunks), cheaper than a hop to a
@@ -150,6 +151,17 @@ export function duplicateFd(fd: number): number {
   return copy;
 }
 
+const F_GETFD = 1;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+/** Keeps `fd` from being inherited by programs this process starts. */
+export function setCloseOnExec(fd: number): void {
+  if (!bindings?.fcntl) throw unavailable('fcntl(F_SETFD)');
+  const flags = bindings.fcntl(fd, F_GETFD, 0);
+  if (flags < 0 || bindings.fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) throw systemError('fcntl', bindings.errno());
+}
+
 /** macOS: bypass the unified buffer cache for this descriptor. */
 export function setNoCache(fd: number): void {
   if (process.platform !== 'darwin' || !bindings?.fcntl) throw unavailable('fcntl(F_NOCACHE)');
@@ -234,11 +246,17 @@ const SO_SNDBUF = process.platform === 'darwin' ? 0x1001 : 7;
  * Returns the size the socket has afterwards.
  */
 export function setSendBuffer(fd: number, bytes: number): number {
-  if (!bindings?.setsockopt || !bindings.getsockopt) throw unavailable('setsockopt');
+  if (!bindings?.setsockopt) throw unavailable('setsockopt');
   if (bindings.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, [bytes], 4) !== 0) throw systemError('setsockopt', bindings.errno());
-  const size = [0];
-  if (bindings.getsockopt(fd, SOL_SOCKET, SO_SNDBUF, size, [4]) !== 0) throw systemError('getsockopt', bindings.errno());
-  return size[0];
+  return socketOption(fd, SO_SNDBUF);
+}
+
+/** An integer socket option at the SOL_SOCKET level (SO_SNDBUF, SO_TYPE, ...). */
+export function socketOption(fd: number, name: number): number {
+  if (!bindings?.getsockopt) throw unavailable('getsockopt');
+  const value = [0];
+  if (bindings.getsockopt(fd, SOL_SOCKET, name, value, [4]) !== 0) throw systemError('getsockopt', bindings.errno());
+  return value[0];
 }
 
 // glibc malloc: allocations above M_MMAP_THRESHOLD (128 KiB at first)

@@ -10,6 +10,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
+import { loadPskFile } from '../server/tls-credentials.js';
 import type { Endpoint } from './uri.js';
 
 export interface TlsOptions {
@@ -25,17 +26,11 @@ export interface TlsOptions {
   verifyPeer?: boolean;
 }
 
-/** Reads the key for `username` from a psktool file. */
+/** Reads the key for `username` from a psktool file (parsed as the server parses it). */
 export function readPskFile(file: string, username: string): Buffer {
-  const text = fs.readFileSync(file, 'utf8');
-  for (const [i, line] of text.split('\n').entries()) {
-    if (line.trim() === '') continue;
-    const colon = line.indexOf(':');
-    const hex = line.slice(colon + 1).trim();
-    if (colon <= 0 || !/^([0-9a-fA-F]{2})+$/.test(hex)) throw new Error(`${file}:${i + 1}: expected username:hexkey`);
-    if (line.slice(0, colon) === username) return Buffer.from(hex, 'hex');
-  }
-  throw new Error(`${file}: no key for user '${username}'`);
+  const key = loadPskFile(file).get(username);
+  if (!key) throw new Error(`${file}: no key for user '${username}'`);
+  return key;
 }
 
 function readIfExists(file: string): Buffer | undefined {

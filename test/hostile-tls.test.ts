@@ -67,7 +67,7 @@ async function startTls(t: Test, c: RawClient, options: tls.ConnectionOptions): 
   t.equal(ack.type, REP.ACK, 'STARTTLS is acknowledged');
   const secure = tls.connect({ socket: c.socket, ...options });
   await once(secure, 'secureConnect');
-  return RawClient.over(secure);
+  return new RawClient(secure);
 }
 
 const go = (c: RawClient): Promise<{ type: number }[]> => c.option(OPT.GO, encodeInfoRequest({ name: '', requests: [] }));

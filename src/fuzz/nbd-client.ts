@@ -38,17 +38,10 @@ export type Reply =
   | { kind: 'chunk'; flags: number; type: number; cookie: bigint; payload: ChunkPayload };
 
 export class RawClient extends Wire {
+  /** Over a stream already connected (a TLS socket made with node:tls after STARTTLS's ACK, say) or, by connect(), a new one. */
   constructor(socket: Duplex) {
     super(socket);
     this.timeoutMs = 5000;
-  }
-
-  /**
-   * A client over a stream that is already connected: a TLS socket made
-   * with node:tls over this client's socket after STARTTLS's ACK, say.
-   */
-  static over(socket: Duplex): RawClient {
-    return new RawClient(socket);
   }
 
   /** Connects to a UNIX socket path, or to an endpoint (UNIX or TCP). */

@@ -73,28 +73,26 @@ export function encodeExtendedRequest(buf: Buffer, off: number, req: RequestFiel
   return off + EXTENDED_REQUEST_SIZE;
 }
 
-export function decodeRequest(buf: Buffer, off = 0): RequestHeader | null {
-  if (buf.length - off < REQUEST_SIZE) return null;
+/** The fields both request forms share, with the length each reads its own way. */
+function decodeRequestFields(buf: Buffer, off: number, length: number): RequestHeader {
   return {
     magic: buf.readUInt32BE(off),
     flags: buf.readUInt16BE(off + 4),
     type: buf.readUInt16BE(off + 6),
     cookie: buf.readBigUInt64BE(off + 8),
     offset: readU64(buf, off + 16),
-    length: buf.readUInt32BE(off + 24),
+    length,
   };
+}
+
+export function decodeRequest(buf: Buffer, off = 0): RequestHeader | null {
+  if (buf.length - off < REQUEST_SIZE) return null;
+  return decodeRequestFields(buf, off, buf.readUInt32BE(off + 24));
 }
 
 export function decodeExtendedRequest(buf: Buffer, off = 0): RequestHeader | null {
   if (buf.length - off < EXTENDED_REQUEST_SIZE) return null;
-  const h: RequestHeader = {
-    magic: buf.readUInt32BE(off),
-    flags: buf.readUInt16BE(off + 4),
-    type: buf.readUInt16BE(off + 6),
-    cookie: buf.readBigUInt64BE(off + 8),
-    offset: readU64(buf, off + 16),
-    length: readU64(buf, off + 24),
-  };
+  const h = decodeRequestFields(buf, off, readU64(buf, off + 24));
   if (h.offset > Number.MAX_SAFE_INTEGER) h.exactOffset = buf.readBigUInt64BE(off + 16);
   return h;
 }

@@ -161,6 +161,22 @@ t.test('without structured replies: simple replies, no block status', async (t) 
   await disk.disconnect();
 });
 
+t.test('disconnect() with requests in flight: every one is answered and in the file, then DISC', async (t) => {
+  const file = image(t);
+  const srv = await serve(t, [file]);
+  const disk = await connect(srv.uri());
+  const writes = Array.from({ length: 32 }, (_, i) => disk.write(i * 65536, Buffer.alloc(65536, i + 1)));
+  await disk.disconnect();
+  const settled = await Promise.allSettled(writes);
+  t.ok(settled.every((r) => r.status === 'fulfilled'), 'all 32 writes succeeded');
+  await t.rejects(disk.read(0, 512), /disconnecting|closed/, 'nothing is sent after');
+  const sawDisc = (): boolean => srv.logs().some((l) => l.msg === 'connection closed' && l.reason === 'client sent NBD_CMD_DISC');
+  for (let i = 0; i < 100 && !sawDisc(); i++) await new Promise((r) => setTimeout(r, 20));
+  t.ok(sawDisc(), 'the server saw DISC');
+  const data = fs.readFileSync(file);
+  t.ok(Array.from({ length: 32 }, (_, i) => data[i * 65536] === i + 1).every(Boolean), 'every write is in the file');
+});
+
 t.test('read-only export: EPERM on writes', async (t) => {
   const srv = await serve(t, [image(t), '--read-only']);
   const disk = await connect(srv.uri());

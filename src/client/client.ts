@@ -30,6 +30,7 @@ import { nbdErrorName } from '../protocol/nbd/errors.js';
 import {
   decodeChunkPayload,
   decodeReplyHeader,
+  blockStatusPayloadSize,
   encodeBlockStatusPayload,
   encodeExtendedRequest,
   encodeRequest,
@@ -103,8 +104,8 @@ const MAX_REPLY_PAYLOAD = (64 << 20) + 64;
 export class NbdClient {
   private cookie = 0n;
   private readonly pending = new Map<bigint, Pending>();
-  /** The promises of the requests in flight, for disconnect() to wait on. */
-  private readonly outstanding = new Set<Promise<unknown>>();
+  /** disconnect() waiting for the last request in flight to settle. */
+  private drained: (() => void) | null = null;
   private header: Header | null = null;
   private magic: Buffer | null = null;
   private broken: Error | null = null;
@@ -179,15 +180,15 @@ export class NbdClient {
   /** Extents per selected meta context, by context name. */
   blockStatus(offset: number, length: number, options: BlockStatusOptions = {}): Promise<Map<string, BlockExtent[]>> {
     if (this.info.metaContexts.size === 0) return Promise.reject(new Error('no meta context was selected: connect with metaContexts'));
-    let flags = options.reqOne ? CMD_FLAG.REQ_ONE : 0;
+    const flags = options.reqOne ? CMD_FLAG.REQ_ONE : 0;
     let payload: Buffer | undefined;
     if (options.contexts) {
       if (!(this.info.flags & TF.BLOCK_STATUS_PAYLOAD)) return Promise.reject(new Error('the server does not take context lists with BLOCK_STATUS'));
       const ids = options.contexts.map((name) => this.info.metaContexts.get(name));
       if (ids.some((id) => id === undefined)) return Promise.reject(new Error(`not a selected context: ${options.contexts.join(', ')}`));
-      payload = Buffer.alloc(8 + 4 * ids.length);
+      // request() flags it PAYLOAD_LEN, as every payload under extended headers.
+      payload = Buffer.alloc(blockStatusPayloadSize(ids.length));
       encodeBlockStatusPayload(payload, 0, { length, contextIds: ids as number[] });
-      flags |= CMD_FLAG.PAYLOAD_LEN;
     }
     return this.request(CMD.BLOCK_STATUS, flags, offset, length, payload) as Promise<Map<string, BlockExtent[]>>;
   }
@@ -196,7 +197,7 @@ export class NbdClient {
   async disconnect(): Promise<void> {
     if (this.disconnecting) return;
     this.disconnecting = true;
-    await Promise.allSettled(this.outstanding);
+    if (this.pending.size > 0) await new Promise<void>((resolve) => (this.drained = resolve));
     if (!this.broken && !this.wire.isClosed) {
       this.wire.send(this.encode(CMD.DISC, 0, 0, 0));
       this.wire.end();
@@ -223,16 +224,12 @@ export class NbdClient {
     // With extended headers a payload's length is what the header carries (PAYLOAD_LEN).
     const withPayload = this.info.extendedHeaders && payload ? flags | CMD_FLAG.PAYLOAD_LEN : flags;
     const wireLength = this.info.extendedHeaders && payload ? payload.length : length;
-    const promise = new Promise((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       this.pending.set(cookie, { type, offset, length, resolve, reject });
       const header = this.encode(type, withPayload, offset, wireLength, cookie);
       if (payload) this.wire.send(header, payload);
       else this.wire.send(header);
     });
-    this.outstanding.add(promise);
-    const forget = (): void => void this.outstanding.delete(promise);
-    promise.then(forget, forget);
-    return promise;
   }
 
   private encode(type: number, flags: number, offset: number, length: number, cookie = ++this.cookie): Buffer {
@@ -358,6 +355,7 @@ export class NbdClient {
     this.pending.delete(cookie);
     if (outcome instanceof Error) p.reject(outcome);
     else p.resolve(outcome);
+    if (this.pending.size === 0) this.drained?.();
   }
 
   private fail(err: Error): void {
@@ -365,6 +363,7 @@ export class NbdClient {
     this.broken = err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+    this.drained?.();
     this.wire.destroy();
   }
 }

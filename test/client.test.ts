@@ -260,6 +260,20 @@ t.test('TLS: X.509 and PSK against vblk and qemu-nbd; refusals', async (t) => {
   }
 });
 
+t.test("tls: 'allow' upgrades where the server offers TLS and goes on in plain text where it does not", async (t) => {
+  const creds = await makeTlsCreds(tempDir(t));
+  const plain = await serve(t, [image(t)]);
+  const offered = await serve(t, [image(t), '--tls', 'on', '--tls-certs', creds.server]);
+  const tlsOptions = { certificates: creds.client };
+  const a = await connect(plain.uri(), { tls: 'allow', tlsOptions });
+  t.equal(a.info.tls, null, 'STARTTLS refused (UNSUP): plain text');
+  await a.disconnect();
+  const b = await connect(offered.uri(), { tls: 'allow', tlsOptions });
+  t.ok(b.info.tls, 'STARTTLS offered: TLS');
+  await b.disconnect();
+  await t.rejects(connect(plain.uri(), { tls: 'require', tlsOptions }), { name: 'OptionError', code: 'NBD_REP_ERR_UNSUP' }, "'require' does not fall back");
+});
+
 t.test('the PSK username as the URI user, as libnbd writes it', async (t) => {
   const creds = await makeTlsCreds(tempDir(t));
   const srv = await serve(t, [image(t), '--tls', 'require', '--tls-psk', creds.pskFile]);

@@ -133,11 +133,10 @@ export async function option(wire: Wire, opt: number, payload: Buffer = Buffer.a
 /** STARTTLS as the mode asks; returns whether the connection is now TLS. */
 export async function startTls(wire: Wire, mode: TlsMode, options: () => tls.ConnectionOptions): Promise<boolean> {
   if (mode === 'off') return false;
-  try {
+  if (mode === 'allow') {
+    if (!(await optional(wire, OPT.STARTTLS))) return false;
+  } else {
     await option(wire, OPT.STARTTLS);
-  } catch (err) {
-    if (mode === 'allow' && err instanceof OptionError && (err.reply === REP.ERR_UNSUP || err.reply === REP.ERR_POLICY)) return false;
-    throw err;
   }
   await wire.startTls(options());
   return true;

@@ -32,7 +32,7 @@ export function stdioConnection(): { socket: net.Socket; endpoint: Endpoint } {
   if (stdout.dev !== stdin.dev || stdout.ino !== stdin.ino) throw new Error(`${NEEDS}; stdout is not the socket on stdin`);
   const info = socketInfo(0);
   if (!info.stream || info.listening || info.family === 'other') {
-    throw new Error(`${NEEDS}; stdin is ${info.listening ? 'a listening socket (for socket activation leave out --stdio)' : 'not a stream socket'}`);
+    throw new Error(`${NEEDS}; stdin is ${info.listening ? 'a listening socket (vblk takes those by socket activation, LISTEN_FDS)' : 'not a stream socket'}`);
   }
   const socket = new net.Socket({ fd: 0, readable: true, writable: true, allowHalfOpen: true });
   const devNull = fs.openSync('/dev/null', 'w');

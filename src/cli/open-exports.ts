@@ -6,8 +6,11 @@
 // the first one's lock. The image is opened writable when any export of
 // it is; read-only exports see it through a read-only view. `memory:SIZE`
 // is a disk in memory instead of a file, its own for each export that
-// names one. With `live` (a server with a control socket) each image file
-// sits in a LiveImage, so a snapshot can switch it under its exports.
+// names one. An rbd: name is an image in a Ceph cluster, identified by its
+// pool, namespace, image and snapshot. With `live` (a server with a
+// control socket) each image file sits in a LiveImage, so a snapshot can
+// switch it under its exports; RBD images do not (their snapshots are the
+// cluster's, taken with vblk snapshot or rbd snap).
 
 import fs from 'node:fs';
 import type { Logger } from 'pino';
@@ -15,6 +18,7 @@ import { readOnlyView } from '../device/filters/read-only.js';
 import { LiveImage } from '../device/images/live.js';
 import { MemoryImage } from '../device/images/memory.js';
 import { openImage, type OpenOptions } from '../device/images/open.js';
+import { imageSpec, isRbdName, parseRbdName } from '../device/images/rbd-name.js';
 import type { BlockDevice } from '../device/types.js';
 import type { ExportRegistry } from '../server/exports.js';
 import { applyFilters, type FilterSpec } from './filters.js';
@@ -41,6 +45,7 @@ export function memorySize(file: string): number | null {
 
 function identity(spec: ExportSpec, index: number): string {
   if (memorySize(spec.file) !== null) return `memory #${index}`;
+  if (isRbdName(spec.file)) return `rbd:${imageSpec(parseRbdName(spec.file))}`;
   const st = fs.statSync(spec.file);
   return `${st.dev}:${st.ino}`;
 }
@@ -60,7 +65,8 @@ export async function openExports(specs: ExportSpec[], options: ImageOptions, re
     const memory = memorySize(group[0].file);
     const open = (file: string): Promise<BlockDevice> => openImage(file, { ...options, readOnly, onWritebackError });
     const file = group[0].file;
-    const device: BlockDevice = memory !== null ? new MemoryImage(memory) : options.live ? new LiveImage(file, await open(file), open) : await open(file);
+    const live = options.live && !isRbdName(file);
+    const device: BlockDevice = memory !== null ? new MemoryImage(memory) : live ? new LiveImage(file, await open(file), open) : await open(file);
     for (const s of group) {
       const view = s.readOnly && !readOnly ? readOnlyView(device) : device;
       registry.add(s.name, applyFilters(view, s.filters ?? []), s.description ?? '');

@@ -29,8 +29,9 @@ import { createLogger } from './logger.js';
 import { writePidFile } from './pid-file.js';
 import { parseSize } from './size.js';
 import { TLS_EXAMPLES, TLS_HELP, tlsFromOptions, type TlsValues } from './tls-options.js';
+import { checkRbdName, RBD_NAME_HELP, RBD_SERVE_HELP, RBD_SERVE_OPTIONS, rbdServeOptions, type RbdServeValues } from './ceph-options.js';
 
-interface ServeValues extends TlsValues {
+interface ServeValues extends TlsValues, RbdServeValues {
   socket?: string;
   'vhost-user-blk'?: string[];
   'num-queues'?: string;
@@ -59,7 +60,7 @@ Serve FILE over NBD (and vhost-user-blk) as the default export (the empty name),
 any named exports. Images may be raw or qcow2; a qcow2 image's backing
 chain is opened read-only below it. FILE may also be memory:SIZE, a disk
 in memory (sparse, gone when vblk exits; each export that names one gets
-its own). Prints one NBD URI per export and listener on stdout
+its own), or an RBD image in a Ceph cluster (see RBD images below). Prints one NBD URI per export and listener on stdout
 once it is accepting connections (nothing with --stdio or under socket
 activation, where the URIs are only logged); logs go to
 stderr as JSON lines. SIGINT or SIGTERM finishes the requests in flight,
@@ -100,7 +101,7 @@ Options:
                            socket at PATH, mode 0600: exports, stats, filter
                            settings, power cuts, journal marks, dirty
                            bitmaps, live snapshots, shutdown
-${TLS_HELP}  --read-only              serve every export read-only
+${TLS_HELP}${RBD_SERVE_HELP}  --read-only              serve every export read-only
   -U, --force-share        do not lock read-only images, so they can be
                            served while QEMU writes them (like qemu-nbd -U);
                            without it vblk locks images as QEMU does and
@@ -137,6 +138,7 @@ it serves the first connection on them and exits when that one ends: so
 libnbd's '[ vblk serve --stdio IMG ]', which starts its command by socket
 activation, gets one server for its one connection.
 
+${RBD_NAME_HELP}
 ${FILTER_HELP}
 Examples:
   vblk serve disk.img --socket /tmp/vblk.sock
@@ -266,6 +268,7 @@ export const serve: Command<ServeValues> = {
     direct: { type: 'boolean' },
     'log-level': { type: 'string' },
     control: { type: 'string' },
+    ...RBD_SERVE_OPTIONS,
     stdio: { type: 'boolean' },
     'pid-file': { type: 'string' },
     tls: { type: 'string' },
@@ -282,6 +285,8 @@ export const serve: Command<ServeValues> = {
     if (specs.length === 0) throw new UsageError('nothing to serve: give FILE or --export NAME=FILE');
     for (const s of specs) s.readOnly ||= v['read-only'] === true;
     for (const s of specs) usage(() => memorySize(s.file));
+    for (const s of specs) checkRbdName(s.file);
+    const rbd = rbdServeOptions(v);
     for (const d of v.description ?? []) describe(specs, d);
     if (v.create !== undefined) {
       if (!positionals[0] || memorySize(positionals[0]) !== null) throw new UsageError('--create needs FILE');
@@ -330,7 +335,8 @@ export const serve: Command<ServeValues> = {
     const direct = v.direct === true;
     const registry = new ExportRegistry();
     const forceShare = v['force-share'] === true;
-    const imageOptions = { engine, direct, forceShare, live: v.control !== undefined };
+    const onRbdLockWait = (image: string, owners: string[]): void => log.warn({ image, owners }, 'waiting for the RBD image\'s exclusive lock');
+    const imageOptions = { engine, direct, forceShare, live: v.control !== undefined, ...rbd, onRbdLockWait };
     const imageLog = log.child({ engine: engine.name, direct, reason });
     try {
       const writable = specs.find((s) => !s.readOnly);

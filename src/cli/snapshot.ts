@@ -1,4 +1,5 @@
-// vblk snapshot: external snapshots of an image chain.
+// vblk snapshot: external snapshots of an image chain, or the cluster's
+// own snapshots of an RBD image (rbd-snapshot.ts).
 
 import {
   createSnapshot,
@@ -11,6 +12,9 @@ import { SyncEngine } from '../io/sync-engine.js';
 import { UsageError, type Command } from './command.js';
 import { progressLine } from './progress.js';
 import { formatSize } from './size.js';
+import { CEPH_HELP, CEPH_OPTIONS, cephFromOptions, checkRbdName, type CephValues } from './ceph-options.js';
+import { isRbdName } from '../device/images/rbd-name.js';
+import { rbdSnapshot } from './rbd-snapshot.js';
 
 const HELP = `Usage: vblk snapshot create IMAGE NAME
        vblk snapshot list IMAGE [--json]
@@ -35,9 +39,16 @@ Stop anything that uses IMAGE first (vblk serve, QEMU). Overlays made
 with fork depend on their snapshot: reverting past it or deleting it
 breaks them.
 
+IMAGE may be an RBD image, rbd:POOL/IMAGE: its snapshots are then RBD
+snapshots, which the rbd CLI lists too (rbd snap ls). create, list,
+revert (rbd snap rollback: the image's content goes back to NAME; NAME
+and newer snapshots stay) and delete work on them; fork is vblk clone
+rbd:POOL/IMAGE@NAME rbd:POOL/NEW. Stop anything that writes the image
+before a revert.
+
 Options:
   --json       (list) print JSON
-  -h, --help   show this help
+${CEPH_HELP}  -h, --help   show this help
 
 Examples:
   vblk snapshot create disk.qcow2 before-upgrade
@@ -45,18 +56,23 @@ Examples:
   vblk snapshot revert disk.qcow2 before-upgrade
   vblk snapshot fork disk.qcow2 before-upgrade experiment.qcow2
   vblk snapshot delete disk.qcow2 before-upgrade
+  vblk snapshot create rbd:vms/disk1 before-upgrade --ceph-conf /etc/ceph/lab.conf
 `;
 
-export const snapshot: Command<{ json?: boolean }> = {
+export const snapshot: Command<{ json?: boolean } & CephValues> = {
   name: 'snapshot',
   summary: 'create, list, revert, delete and fork external snapshots',
   help: HELP,
-  options: { json: { type: 'boolean' } },
+  options: { json: { type: 'boolean' }, ...CEPH_OPTIONS },
   async run(v, positionals) {
     const [action, image, name, newTop] = positionals;
     const want = (n: number): void => {
       if (positionals.length !== n) throw new UsageError(`snapshot ${action} takes ${n - 1} arguments`);
     };
+    if (image !== undefined && isRbdName(image)) {
+      checkRbdName(image);
+      return rbdSnapshot(action, positionals, cephFromOptions(v), v.json === true);
+    }
     const engine = new SyncEngine();
     switch (action) {
       case 'create': {

@@ -10,6 +10,7 @@ import type { IoEngine } from '../../io/engine.js';
 import { joinSegments, request, type BlockDevice } from '../types.js';
 import { imageMap, type MapEntry } from './map.js';
 import { backingChain, openImage, openLayer, type Format } from './open.js';
+import type { CephOptions } from './rbd-cluster.js';
 import { decodeHeader, encodeHeader } from './qcow2/format.js';
 
 export type Progress = (done: number, total: number) => void;
@@ -86,15 +87,15 @@ export async function streamOut(top: string, layer: string, engine: IoEngine, pr
  * written into the backing image. Returns the backing file and the bytes
  * moved. The caller decides whether to empty `top` afterwards.
  */
-export async function commitDown(top: string, engine: IoEngine, progress?: Progress): Promise<{ backing: string; bytes: number }> {
+export async function commitDown(top: string, engine: IoEngine, progress?: Progress, ceph?: CephOptions): Promise<{ backing: string; bytes: number }> {
   const chain = backingChain(top);
   if (chain.length < 2) throw new Error(`${top} has no backing file to commit into`);
-  const whole = await openImage(top, { readOnly: true, engine });
+  const whole = await openImage(top, { readOnly: true, engine, ceph });
   const map = await imageMap(whole).finally(() => whole.close());
   // top alone, so that its backing file is not open read-only while it is written.
   const source = await openLayer(top, engine);
   try {
-    const target = await openImage(chain[1].file, { readOnly: false, engine });
+    const target = await openImage(chain[1].file, { readOnly: false, engine, ceph });
     try {
       return { backing: chain[1].file, bytes: await copyLayer(source, target, map, 0, progress) };
     } finally {

@@ -2,7 +2,9 @@
 // A qcow2 image's backing file is found relative to the image's own
 // directory, in the format its header names (or, as QEMU does when the
 // header says nothing, the format it looks like). Backing files open
-// read-only. Chains deeper than MAX_CHAIN are refused as loops.
+// read-only. Chains deeper than MAX_CHAIN are refused as loops. An rbd:
+// name (an image in a Ceph cluster, rbd-name.ts) is a raw image wherever
+// a file could be, a backing file of a qcow2 overlay included.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,11 +14,15 @@ import { decodeHeader, QCOW2_MAGIC } from './qcow2/format.js';
 import { Qcow2Image } from './qcow2/qcow2-image.js';
 import { lockFor } from './lock.js';
 import { openImageFile, RawImage } from './raw.js';
+import { openRbd, type RbdLockMode } from './rbd.js';
+import type { CephOptions } from './rbd-cluster.js';
+import { isRbdName } from './rbd-name.js';
 
 export type Format = 'raw' | 'qcow2';
 const MAX_CHAIN = 64;
 
 export function detectFormat(file: string): Format {
+  if (isRbdName(file)) return 'raw';
   const fd = fs.openSync(file, 'r');
   try {
     const head = Buffer.alloc(4);
@@ -34,6 +40,12 @@ export interface OpenOptions {
   forceShare?: boolean;
   /** Told when write-back to the image file first fails (see image-file.ts). */
   onWritebackError?: (file: string, err: Error) => void;
+  /** How rbd: images reach their cluster. */
+  ceph?: CephOptions;
+  /** What a writable rbd: image does when another client holds its lock (default fail). */
+  rbdLock?: RbdLockMode;
+  /** Told when rbdLock 'wait' starts waiting. */
+  onRbdLockWait?: (image: string, owners: string[]) => void;
 }
 
 /** The layers of a chain, top first: each file and its format. */
@@ -58,6 +70,10 @@ function backingOf(file: string): { file: string; format: Format } | null {
     fs.closeSync(fd);
   }
   if (!header.backingFile) return null;
+  if (isRbdName(header.backingFile)) {
+    if (header.backingFormat && header.backingFormat !== 'raw') throw new Error(`${file}: backing format '${header.backingFormat}' of ${header.backingFile} is not supported (RBD images are raw)`);
+    return { file: header.backingFile, format: 'raw' };
+  }
   const below = path.resolve(path.dirname(file), header.backingFile);
   const format = header.backingFormat ?? detectFormat(below);
   if (format !== 'raw' && format !== 'qcow2') throw new Error(`${file}: backing format '${format}' is not supported`);
@@ -71,7 +87,9 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
     for (let i = chain.length - 1; i >= 0; i--) {
       const layer = chain[i];
       const readOnly = i > 0 || options.readOnly;
-      if (layer.format === 'raw') {
+      if (isRbdName(layer.file)) {
+        below = await openRbd(layer.file, rbdOptions(layer.file, { ...options, readOnly }));
+      } else if (layer.format === 'raw') {
         below = RawImage.open(layer.file, { ...options, readOnly });
       } else {
         below = await openQcow2(layer.file, { ...options, readOnly }, below);
@@ -82,6 +100,11 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
     throw err;
   }
   return below!;
+}
+
+function rbdOptions(name: string, options: OpenOptions): Parameters<typeof openRbd>[1] {
+  const { readOnly, ceph, rbdLock: lock, onRbdLockWait } = options;
+  return { readOnly, ceph, lock, onLockWait: onRbdLockWait && ((owners) => onRbdLockWait(name, owners)) };
 }
 
 async function openQcow2(file: string, options: OpenOptions, backing: BlockDevice | null): Promise<Qcow2Image> {
@@ -97,7 +120,8 @@ async function openQcow2(file: string, options: OpenOptions, backing: BlockDevic
 }
 
 /** One layer alone, read-only, without its backing file (reads of what it lacks are zeroes). */
-export async function openLayer(file: string, engine: IoEngine, forceShare = false): Promise<BlockDevice> {
+export async function openLayer(file: string, engine: IoEngine, forceShare = false, ceph?: CephOptions): Promise<BlockDevice> {
+  if (isRbdName(file)) return openRbd(file, { readOnly: true, ceph });
   if (detectFormat(file) === 'raw') return RawImage.open(file, { readOnly: true, engine, forceShare });
   return openQcow2(file, { readOnly: true, engine, forceShare }, null);
 }

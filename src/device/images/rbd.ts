@@ -63,7 +63,7 @@ export async function openRbd(spec: string | RbdName, options: RbdOpenOptions): 
   try {
     const readOnly = options.readOnly || name.snapshot !== null;
     image = await cluster.open(name.pool, name.namespace, name.image, name.snapshot, readOnly).catch((err) => {
-      throw described(err, `rbd:${imageSpec(name)}`);
+      throw described(err, `rbd:${imageSpec(name)}`, name.snapshot === null ? 'pool or image' : 'pool, image or snapshot');
     });
     const info = await image.info();
     if (!readOnly && options.lock !== 'off') await takeLock(image, info, name, options);
@@ -76,9 +76,9 @@ export async function openRbd(spec: string | RbdName, options: RbdOpenOptions): 
 }
 
 /** An addon error with what it was about, and a hint for the common ones. */
-function described(err: unknown, what: string): Error {
+function described(err: unknown, what: string, missing = 'pool or image'): Error {
   const e = rbdError(err) as NodeJS.ErrnoException;
-  const hint = e.code === 'ENOENT' ? ' (no such pool or image)' : e.code === 'EACCES' || e.code === 'EPERM' ? ' (the client is not allowed to)' : '';
+  const hint = e.code === 'ENOENT' ? ` (no such ${missing})` : e.code === 'EACCES' || e.code === 'EPERM' ? ' (the client is not allowed to)' : '';
   e.message = `${what}: ${e.message}${hint}`;
   return e;
 }

@@ -54,7 +54,10 @@ export interface NativeRbdImage {
   children(): Promise<{ pool: string; namespace: string; image: string }[]>;
   /** Takes the exclusive lock and keeps it (no hand-over on request) until close. */
   lockAcquire(): Promise<void>;
+  /** The lock holders' addresses. */
   lockOwners(): Promise<string[]>;
+  /** The clients with the image open: a lock holder not among them has died (its watch expired). */
+  watchers(): Promise<{ address: string; client: string }[]>;
   /** No request may be in flight. */
   close(): Promise<void>;
 }

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "blocking-call.h"
@@ -63,7 +64,8 @@ class Image : public Napi::ObjectWrap<Image> {
          InstanceMethod<&Image::SnapRemove>("snapRemove"), InstanceMethod<&Image::SnapRollback>("snapRollback"),
          InstanceMethod<&Image::SnapProtect>("snapProtect"), InstanceMethod<&Image::SnapUnprotect>("snapUnprotect"),
          InstanceMethod<&Image::Children>("children"), InstanceMethod<&Image::LockAcquire>("lockAcquire"),
-         InstanceMethod<&Image::LockOwners>("lockOwners"), InstanceMethod<&Image::Close>("close")});
+         InstanceMethod<&Image::LockOwners>("lockOwners"), InstanceMethod<&Image::Watchers>("watchers"),
+         InstanceMethod<&Image::Close>("close")});
   }
 
   explicit Image(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Image>(info) {
@@ -435,6 +437,36 @@ class Image : public Napi::ObjectWrap<Image> {
         [=](Napi::Env env) -> Napi::Value {
           Napi::Array out = Napi::Array::New(env, owners->size());
           for (uint32_t i = 0; i < owners->size(); i++) out.Set(i, (*owners)[i]);
+          return out;
+        });
+  }
+
+  // watchers(): Promise<{ address, client }[]>, the clients with the image open (a lock owner not among them is gone)
+  Napi::Value Watchers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env)) return env.Undefined();
+    auto list = std::make_shared<std::vector<std::pair<std::string, int64_t>>>();
+    rbd_image_t image = image_;
+    return BlockingCall::Run(
+        env, "listing the image's watchers", {Value()},
+        [=](std::string&) {
+          std::vector<rbd_image_watcher_t> watchers(8);
+          size_t max = watchers.size();
+          int rc;
+          while ((rc = rbd_watchers_list(image, watchers.data(), &max)) == -ERANGE) watchers.resize(max);
+          if (rc < 0) return rc;
+          for (size_t i = 0; i < max; i++) list->emplace_back(watchers[i].addr, watchers[i].id);
+          rbd_watchers_list_cleanup(watchers.data(), max);
+          return 0;
+        },
+        [=](Napi::Env env) -> Napi::Value {
+          Napi::Array out = Napi::Array::New(env, list->size());
+          for (uint32_t i = 0; i < list->size(); i++) {
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("address", (*list)[i].first);
+            o.Set("client", "client." + std::to_string((*list)[i].second));
+            out.Set(i, o);
+          }
           return out;
         });
   }

@@ -9,7 +9,7 @@
 import { rbdError, type NativeRbdCluster, type NativeRbdImage, type RbdImageInfo, type RbdSnapshot } from '../../io/rbd-native.js';
 import { connectCluster, type CephOptions } from './rbd-cluster.js';
 import { imageSpec, parseRbdName, type RbdName } from './rbd-name.js';
-import { RBD_FEATURE_EXCLUSIVE_LOCK, RBD_FEATURE_FAST_DIFF, RBD_FEATURE_LAYERING, RBD_FEATURE_OBJECT_MAP } from './rbd.js';
+import { lockHolders, RBD_FEATURE_EXCLUSIVE_LOCK, RBD_FEATURE_FAST_DIFF, RBD_FEATURE_LAYERING, RBD_FEATURE_OBJECT_MAP } from './rbd.js';
 
 const FEATURE_NAMES: [number, string][] = [
   [RBD_FEATURE_LAYERING, 'layering'],
@@ -99,7 +99,7 @@ export async function describeRbd(spec: string | RbdName, ceph: CephOptions): Pr
       ...info,
       featureNames: featureNames(info.features),
       snapshots: await image.snapshots(),
-      lockOwners: locking ? await image.lockOwners() : [],
+      lockOwners: locking ? (await lockHolders(image)).map((h) => (h.alive ? h.holder : `${h.holder} (gone: its watch expired)`)) : [],
     };
   });
 }

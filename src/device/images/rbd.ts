@@ -83,6 +83,27 @@ function described(err: unknown, what: string, missing = 'pool or image'): Error
   return e;
 }
 
+/**
+ * Who holds the image's lock: "client.ID (ADDRESS)" for a holder still
+ * watching the image (alive), the bare address for one whose watch has
+ * expired (it died without releasing the lock: librbd breaks such a
+ * lock, blocklisting the dead client, when asked for it, which is how a
+ * disk moves off a failed host).
+ */
+export async function lockHolders(image: NativeRbdImage): Promise<{ holder: string; alive: boolean }[]> {
+  const owners = await image.lockOwners();
+  if (owners.length === 0) return [];
+  const watchers = await image.watchers();
+  return owners.map((owner) => {
+    const w = watchers.find((x) => x.address === owner);
+    return w ? { holder: `${w.client} (${owner})`, alive: true } : { holder: owner, alive: false };
+  });
+}
+
+async function liveHolders(image: NativeRbdImage): Promise<string[]> {
+  return (await lockHolders(image)).filter((h) => h.alive).map((h) => h.holder);
+}
+
 async function takeLock(image: NativeRbdImage, info: RbdImageInfo, name: RbdName, options: RbdOpenOptions): Promise<void> {
   const what = `rbd:${imageSpec(name)}`;
   if ((info.features & RBD_FEATURE_EXCLUSIVE_LOCK) === 0) {
@@ -91,23 +112,23 @@ async function takeLock(image: NativeRbdImage, info: RbdImageInfo, name: RbdName
   }
   let told = false;
   for (;;) {
-    // Someone holding the lock is a writer: librbd would hand it over on request, which is what we refuse to cause.
-    let owners = await image.lockOwners();
-    if (owners.length === 0) {
+    // A live holder is a writer: librbd would hand it the lock on request, which is what we refuse to cause.
+    let holders = await liveHolders(image);
+    if (holders.length === 0) {
       try {
         await image.lockAcquire();
         return;
       } catch (err) {
         const e = rbdError(err) as NodeJS.ErrnoException;
         if (e.code !== 'EROFS' && e.code !== 'EBUSY' && e.code !== 'EAGAIN') throw described(e, what);
-        owners = await image.lockOwners();
+        holders = await liveHolders(image);
       }
     }
     if (options.lock !== 'wait') {
-      throw Object.assign(new Error(`${what} is locked by ${owners.join(', ') || 'another client'}, which writes it (another vblk, or QEMU): ` +
+      throw Object.assign(new Error(`${what} is locked by ${holders.join(', ') || 'another client'}, which writes it (another vblk, or QEMU): ` +
         'stop that one first, or serve with --rbd-lock wait to wait for it'), { code: 'ELOCKED' });
     }
-    if (!told) options.onLockWait?.(owners);
+    if (!told) options.onLockWait?.(holders);
     told = true;
     await new Promise((r) => setTimeout(r, LOCK_RETRY_MS));
   }

@@ -58,6 +58,8 @@ export interface NativeRbdImage {
   lockOwners(): Promise<string[]>;
   /** The clients with the image open: a lock holder not among them has died (its watch expired). */
   watchers(): Promise<{ address: string; client: string }[]>;
+  /** Changes the image's size; smaller only with allowShrink (RBD refuses otherwise). */
+  resize(size: number, allowShrink: boolean): Promise<void>;
   /** No request may be in flight. */
   close(): Promise<void>;
 }

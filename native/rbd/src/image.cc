@@ -64,7 +64,7 @@ class Image : public Napi::ObjectWrap<Image> {
          InstanceMethod<&Image::SnapRemove>("snapRemove"), InstanceMethod<&Image::SnapRollback>("snapRollback"),
          InstanceMethod<&Image::SnapProtect>("snapProtect"), InstanceMethod<&Image::SnapUnprotect>("snapUnprotect"),
          InstanceMethod<&Image::Children>("children"), InstanceMethod<&Image::LockAcquire>("lockAcquire"),
-         InstanceMethod<&Image::LockOwners>("lockOwners"), InstanceMethod<&Image::Watchers>("watchers"),
+         InstanceMethod<&Image::LockOwners>("lockOwners"), InstanceMethod<&Image::Watchers>("watchers"), InstanceMethod<&Image::Resize>("resize"),
          InstanceMethod<&Image::Close>("close")});
   }
 
@@ -403,6 +403,19 @@ class Image : public Napi::ObjectWrap<Image> {
           }
           return out;
         });
+  }
+
+  // resize(size, allowShrink): Promise<void>
+  Napi::Value Resize(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Open(env)) return env.Undefined();
+    uint64_t size = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+    bool shrink = info[1].ToBoolean();
+    rbd_image_t image = image_;
+    return BlockingCall::Run(env, "resizing the image", {Value()}, [=](std::string&) {
+      auto quiet = [](uint64_t, uint64_t, void*) { return 0; };
+      return rbd_resize2(image, size, shrink, quiet, nullptr);
+    });
   }
 
   // lockAcquire(): Promise<void>; holds the exclusive lock and hands it to nobody until close

@@ -147,6 +147,17 @@ export async function cloneRbd(source: string | RbdName, target: string | RbdNam
   await withCluster(from, ceph, (cluster) => cluster.clone(from.pool, from.namespace, from.image, from.snapshot!, to.pool, to.namespace, to.image));
 }
 
+/** Sets the image's size to `newSize(current)`; a smaller size needs `shrink`. Returns both sizes. */
+export async function resizeRbd(spec: string | RbdName, newSize: (current: number) => number, shrink: boolean, ceph: CephOptions): Promise<{ from: number; to: number }> {
+  return withImage(writableName(spec), ceph, true, async (image) => {
+    const from = image.size();
+    const to = newSize(from);
+    if (to < from && !shrink) throw new RangeError(`shrinking from ${from} to ${to} bytes loses what lies past the new end: give --shrink`);
+    await image.resize(to, shrink);
+    return { from, to };
+  });
+}
+
 /** The clones of the snapshot `spec` names. */
 export async function rbdChildren(spec: string | RbdName, ceph: CephOptions): Promise<string[]> {
   return withImage(nameOf(spec), ceph, false, async (image) =>

@@ -336,7 +336,9 @@ export const serve: Command<ServeValues> = {
     const registry = new ExportRegistry();
     const forceShare = v['force-share'] === true;
     const onRbdLockWait = (image: string, owners: string[]): void => log.warn({ image, owners }, 'waiting for the RBD image\'s exclusive lock');
-    const imageOptions = { engine, direct, forceShare, live: v.control !== undefined, ...rbd, onRbdLockWait };
+    const onRbdFenced = (image: string): void =>
+      log.error({ image }, 'this server was blocklisted: another client broke its lock on the RBD image, and its requests fail with EIO from now on');
+    const imageOptions = { engine, direct, forceShare, live: v.control !== undefined, ...rbd, onRbdLockWait, onRbdFenced };
     const imageLog = log.child({ engine: engine.name, direct, reason });
     try {
       const writable = specs.find((s) => !s.readOnly);

@@ -46,6 +46,8 @@ export interface OpenOptions {
   rbdLock?: RbdLockMode;
   /** Told when rbdLock 'wait' starts waiting. */
   onRbdLockWait?: (image: string, owners: string[]) => void;
+  /** Told once when an rbd: image finds vblk blocklisted (another client broke its lock). */
+  onRbdFenced?: (image: string) => void;
 }
 
 /** The layers of a chain, top first: each file and its format. */
@@ -103,8 +105,14 @@ export async function openImage(file: string, options: OpenOptions): Promise<Blo
 }
 
 function rbdOptions(name: string, options: OpenOptions): Parameters<typeof openRbd>[1] {
-  const { readOnly, ceph, rbdLock: lock, onRbdLockWait } = options;
-  return { readOnly, ceph, lock, onLockWait: onRbdLockWait && ((owners) => onRbdLockWait(name, owners)) };
+  const { readOnly, ceph, rbdLock: lock, onRbdLockWait, onRbdFenced } = options;
+  return {
+    readOnly,
+    ceph,
+    lock,
+    onLockWait: onRbdLockWait && ((owners) => onRbdLockWait(name, owners)),
+    onFenced: onRbdFenced && (() => onRbdFenced(name)),
+  };
 }
 
 async function openQcow2(file: string, options: OpenOptions, backing: BlockDevice | null): Promise<Qcow2Image> {

@@ -36,6 +36,8 @@ export interface RbdOpenOptions {
   lock?: RbdLockMode;
   /** Told once when `lock: 'wait'` starts waiting, with the lock's holders. */
   onLockWait?: (owners: string[]) => void;
+  /** Told once when a request finds this client blocklisted (another client broke its lock). */
+  onFenced?: () => void;
 }
 
 export const RBD_FEATURE_LAYERING = 1;
@@ -67,7 +69,7 @@ export async function openRbd(spec: string | RbdName, options: RbdOpenOptions): 
     });
     const info = await image.info();
     if (!readOnly && options.lock !== 'off') await takeLock(image, info, name, options);
-    return new RbdImage(name, image, info, readOnly, cluster, release);
+    return new RbdImage(name, image, info, readOnly, cluster, release, options.onFenced);
   } catch (err) {
     await image?.close().catch(() => {});
     await release();
@@ -153,6 +155,7 @@ export class RbdImage implements BlockDevice {
     readOnly: boolean,
     readonly cluster: NativeRbdCluster,
     private readonly release: () => Promise<void>,
+    private onFenced?: () => void,
   ) {
     this.size = info.size;
     this.wholeObjectMap = (info.features & RBD_FEATURE_FAST_DIFF) !== 0 && (info.flags & RBD_FLAG_FAST_DIFF_INVALID) === 0;
@@ -200,6 +203,8 @@ export class RbdImage implements BlockDevice {
     const e = rbdError(Object.assign(new Error(''), { errno: result })) as NodeJS.ErrnoException;
     if (e.code === 'ESHUTDOWN') {
       // librados's EBLOCKLISTED: another client broke our lock and fenced us off.
+      this.onFenced?.();
+      this.onFenced = undefined;
       return new DeviceError('EIO', `rbd:${imageSpec(this.name)}: this client was blocklisted (another client took the image's lock)`);
     }
     e.message = `rbd:${imageSpec(this.name)}: ${e.code ?? `error ${-result}`}`;

@@ -82,10 +82,12 @@ free_port() {
 }
 
 pid_of() { # name (mon.a, mgr.x, osd.0) -> pid if the daemon runs
-  local file="$DIR/run/$1.pid" pid
+  local file="$DIR/run/$1.pid" pid comm
   [[ -s $file ]] || return 1
   pid=$(<"$file")
-  kill -0 "$pid" 2>/dev/null || return 1
+  # A stale pid file may name a pid that now belongs to someone else.
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  [[ $comm == "ceph-${1%%.*}" ]] || return 1
   echo "$pid"
 }
 
@@ -272,8 +274,11 @@ cmd_start() {
 
 cmd_stop() {
   [[ -d $DIR/run ]] || { say "nothing runs in $DIR"; return 0; }
-  stop_daemon osd.0
-  stop_daemon mgr.x
+  # OSD and mgr together (each takes about 2 s), then the mon: an OSD
+  # whose mon is gone waits osd_mon_shutdown_timeout (5 s) to say goodbye.
+  stop_daemon osd.0 &
+  stop_daemon mgr.x &
+  wait
   stop_daemon mon.a
 }
 

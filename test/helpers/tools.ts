@@ -27,6 +27,8 @@ const PACKAGES: Record<string, string> = {
   'systemd-socket-activate': 'systemd',
   certtool: 'gnutls-bin',
   psktool: 'gnutls-bin',
+  ceph: 'ceph-common',
+  rbd: 'ceph-common',
 };
 
 export function requireTool(name: string): void {

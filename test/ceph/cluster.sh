@@ -13,6 +13,9 @@
 #   place makes it fail with ELOOP.
 # - Pool size 1 and the redundancy/insecure-reclaim warnings off, so one
 #   OSD reaches HEALTH_OK; small caches, so three daemons fit in ~0.5 GB.
+# - osd_client_watch_timeout 10 s (default 30): a killed lock holder's
+#   watch expires sooner, so tests that take over a dead holder's RBD lock
+#   wait 10 s, not 30.
 # - admin_socket, log_file and pid_file are set for the daemons only:
 #   clients (rbd, qemu) sharing this conf must not claim the daemons' paths.
 
@@ -170,6 +173,7 @@ bluestore_cache_size = 64M
 osd_memory_target = 1G
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
+osd_client_watch_timeout = 10
 admin_socket = $DIR/run/\$name.asok
 pid_file = $DIR/run/\$name.pid
 log_file = $DIR/log/\$name.log

@@ -113,7 +113,7 @@ t.test('qemu-io, nbdcopy, fio and qemu-img through the NBD export; rbd export an
   const fio = await run('fio', [
     '--ioengine=nbd', `--uri=${uri}`, '--name=verify', '--rw=randwrite', '--bs=4k', '--iodepth=32',
     `--offset=${48 * MiB}`, `--size=${8 * MiB}`, '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--randrepeat=1', '--output-format=json',
-  ]);
+  ], { cwd: dir }); // fio leaves its verify state file where it runs
   t.equal(fio.code, 0, 'fio: 8 MiB of 4 KiB random writes at depth 32, then every block verified', { output: out(fio) });
   const fioJob = JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))) as { jobs: { error: number; write: { total_ios: number }; read: { total_ios: number } }[] };
   t.equal(fioJob.jobs[0].error, 0, 'fio saw no error');

@@ -398,3 +398,39 @@ t.test('a QEMU guest on an RBD image through vblk vhost-user-blk', async (t) => 
   base.copy(expected, 40 * MiB);
   t.ok((await exported(dir, image)).equals(expected), "rbd export: the cluster holds the guest's writes and discard");
 });
+
+t.test('reaching the cluster as the ceph CLI does: CEPH_CONF, and a client of its own with --ceph-id and --ceph-keyring', async (t) => {
+  const dir = tempDir(t);
+  const image = fresh('client');
+  await create(image);
+  const asCli = async (args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      const p = spawn(process.execPath, [VBLK, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  const viaEnv = await asCli(['info', vblkName(image), '--json'], ceph.env);
+  t.equal(viaEnv.code, 0, 'CEPH_CONF alone is enough', { stderr: viaEnv.stderr });
+  t.equal((JSON.parse(viaEnv.stdout) as { virtualSize: number }).virtualSize, SIZE, 'and it reads the image');
+
+  // As the README tells an operator: a client with the rbd profile on the pool.
+  const keyring = path.join(dir, 'ceph.client.vblk-test.keyring');
+  await ceph.ceph(['auth', 'get-or-create', 'client.vblk-test', 'mon', 'profile rbd', 'osd', `profile rbd pool=${ceph.pool}`, '-o', keyring]);
+  const server = await serve(t, [vblkName(image), '--ceph-id', 'vblk-test', '--ceph-keyring', keyring, ...conf()]);
+  await ok(t, 'qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 0 64k', '-c', 'read -P 0x3c 0 64k', server.uri()], 'served as client.vblk-test with its own keyring');
+  const holder = JSON.parse((await vblk(['info', vblkName(image), '--json', ...conf()])).stdout) as { lockOwners: string[] };
+  t.equal(holder.lockOwners.length, 1, `the lock is held: ${holder.lockOwners.join(', ')}`);
+  await server.stop();
+
+  const weak = path.join(dir, 'ceph.client.vblk-weak.keyring');
+  await ceph.ceph(['auth', 'get-or-create', 'client.vblk-weak', 'mon', 'allow r', '-o', weak]);
+  const refused = await vblk(['serve', vblkName(image), '--socket', path.join(dir, 'w.sock'), '--ceph-id', 'vblk-weak', '--ceph-keyring', weak, ...conf()]);
+  t.equal(refused.code, 1, 'a client without OSD access is refused at start');
+  t.match(refused.stderr, /Operation not permitted|Permission denied|not allowed/, 'saying it is not allowed', { stderr: refused.stderr });
+  const wrongKey = await vblk(['info', vblkName(image), '--ceph-id', 'vblk-test', '--ceph-keyring', weak, ...conf()]);
+  t.equal(wrongKey.code, 1, 'the wrong key for the client fails');
+  t.notMatch(wrongKey.stderr, /\n\s+at /, 'with no stack trace');
+});

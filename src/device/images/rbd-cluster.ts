@@ -69,6 +69,7 @@ export async function connectCluster(name: RbdName, options: CephOptions): Promi
     if (--entry.users === 0) connections.delete(key);
     const e = rbdError(err) as NodeJS.ErrnoException;
     if (e.code === 'ENOENT' && conf === null) e.message += ': no ceph.conf was found, or it names no monitor (give --ceph-conf FILE or set CEPH_CONF)';
+    if (e.code === 'EACCES' || e.code === 'EPERM') e.message += `: the monitors refused client.${id ?? 'admin'} (its key, --ceph-id and --ceph-keyring)`;
     if (e.code === 'ETIMEDOUT') e.message += `: no monitor answered in ${MOUNT_TIMEOUT} s (is the cluster up, and mon_host right?)`;
     throw e;
   }

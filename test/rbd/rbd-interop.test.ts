@@ -363,6 +363,13 @@ t.test('mistakes get one clear line, never a crash', async (t) => {
   }
   const engines = await vblk(['info', '--engines']);
   t.match(engines.stdout, /^rbd: images yes\s+librbd \d+\.\d+\.\d+$/m, 'vblk info --engines: rbd: images can be served, with librbd');
+  const without = await new Promise<string>((resolve) => {
+    const p = spawn(process.execPath, [VBLK, 'info', '--engines'], { env: { ...process.env, VBLK_NO_RBD: '1' }, stdio: ['ignore', 'pipe', 'ignore'] });
+    let stdout = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.on('close', () => resolve(stdout));
+  });
+  t.match(without, /^rbd: images no\s+disabled by VBLK_NO_RBD=1$/m, 'and without the addon, says it cannot and why');
 });
 
 t.test('a QEMU guest on an RBD image through vblk vhost-user-blk', async (t) => {

@@ -170,26 +170,23 @@ interface Sample {
 
 const samples = new Map<string, Sample[]>();
 
-/** Cleanups to run at the end or on a signal, last first: the running server, the image, the cluster. */
-const cleanups: { what: string; run: () => Promise<void> | void }[] = [];
-let cleaning: Promise<void> | null = null;
-function cleanUp(): Promise<void> {
-  cleaning ??= (async () => {
-    for (let c = cleanups.pop(); c; c = cleanups.pop()) {
-      try {
-        await c.run();
-      } catch (err) {
-        progress(`could not ${c.what}: ${(err as Error).message}`);
-      }
-    }
-  })();
-  return cleaning;
-}
+/** What main() undoes at the end, last first: the image, then the cluster. */
+const cleanups: { what: string; run: () => void }[] = [];
+
+// A signal stops the run between rows (fio's own SIGINT from a terminal
+// ends the row early), so that the server stops and the image goes.
+let interrupted: string | null = null;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
-    progress(`${signal}: cleaning up`);
-    void cleanUp().finally(() => process.exit(130));
+    interrupted = signal;
+    progress(`${signal}: stopping after this row, then removing the image`);
   });
+}
+
+/** Lets a pending signal's handler run; throws once one has. */
+async function checkInterrupted(): Promise<void> {
+  await new Promise((resolve) => setImmediate(resolve));
+  if (interrupted) throw new Error(`interrupted by ${interrupted}`);
 }
 
 /** The cluster's ceph.conf: --ceph-conf, or a throwaway cluster started here. */
@@ -232,15 +229,29 @@ function prefill(conf: string): void {
   must('rbd', ['-c', conf, 'create', `${POOL}/${IMAGE}`, '--size', `${SIZE >> 20}M`]);
   cleanups.push({
     what: `remove ${POOL}/${IMAGE} (rbd -c ${conf} rm ${POOL}/${IMAGE})`,
-    run: () => {
-      progress(`removing ${POOL}/${IMAGE}`);
-      must('rbd', ['-c', conf, 'rm', '--no-progress', `${POOL}/${IMAGE}`]);
-    },
+    run: () => removeImage(conf),
   });
   must('rbd', ['-c', conf, 'bench', '--io-type', 'write', '--io-size', '4M', '--io-threads', '8', '--io-pattern', 'seq', '--io-total', String(SIZE), `${POOL}/${IMAGE}`]);
   const du = must('rbd', ['-c', conf, 'du', '--format', 'json', `${POOL}/${IMAGE}`]);
   const used = (JSON.parse(du) as { images: { used_size: number }[] }).images[0]?.used_size;
   if (used !== SIZE) throw new Error(`after the prefill ${POOL}/${IMAGE} has ${used} bytes allocated, not ${SIZE}`);
+}
+
+/**
+ * Removes the image, waiting out a watch left by a server that exited
+ * (seen once with qemu-nbd stopped right after it opened the image): the
+ * OSD drops such a watch after 30 s.
+ */
+function removeImage(conf: string): void {
+  progress(`removing ${POOL}/${IMAGE}`);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const r = spawnSync('rbd', ['-c', conf, 'rm', '--no-progress', `${POOL}/${IMAGE}`], { encoding: 'utf8' });
+    if (r.status === 0) return;
+    if (r.status !== 16 || Date.now() > deadline) throw new Error(`rbd rm failed (${r.status ?? r.signal}): ${r.stderr.trim()}`);
+    progress(`  ${POOL}/${IMAGE} still has a watcher; trying again in 5 s`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5000);
+  }
 }
 
 const commandLine = (server: Server, conf: string, socket: string): string[] =>
@@ -254,13 +265,12 @@ async function measure(server: Server, conf: string, osds: number[], round: numb
     server.name === 'vblk'
       ? spawn(process.execPath, [VBLK, ...args], { stdio: ['ignore', 'ignore', 'inherit'] })
       : spawn(server.program, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-  const stopIt = { what: `stop ${server.name}`, run: () => stop(proc) };
-  cleanups.push(stopIt);
   const osdCpu = (): number => osds.reduce((n, pid) => n + cpuUs(pid), 0);
   try {
     await waitForSocket(socket, proc);
     const uri = `nbd+unix:///${server.exportName}?socket=${socket}`;
     for (const row of ROWS) {
+      await checkInterrupted();
       const [serverBefore, osdBefore] = [cpuUs(proc.pid!), osdCpu()];
       const r = fio([`--name=${row.id}`, '--ioengine=nbd', `--uri=${uri}`, ...row.job, '--time_based', `--runtime=${RUNTIME}`]);
       const sample: Sample = {
@@ -280,7 +290,6 @@ async function measure(server: Server, conf: string, osds: number[], round: numb
   } finally {
     // Stopped before the next server starts: it holds the image's exclusive lock.
     await stop(proc);
-    cleanups.splice(cleanups.indexOf(stopIt), 1);
     fs.rmSync(work, { recursive: true, force: true });
   }
 }
@@ -370,7 +379,10 @@ async function main(): Promise<void> {
     for (let round = 1; round <= ROUNDS; round++) {
       progress(`round ${round} of ${ROUNDS}`);
       const order = SERVERS.map((_, i) => SERVERS[(i + round - 1) % SERVERS.length]);
-      for (const server of order) await measure(server, conf, osds, round);
+      for (const server of order) {
+        await checkInterrupted();
+        await measure(server, conf, osds, round);
+      }
     }
     const summary = summarize();
     const lines = about(conf, values['ceph-conf'] === undefined);
@@ -382,7 +394,13 @@ async function main(): Promise<void> {
       process.stdout.write(report(summary, lines));
     }
   } finally {
-    await cleanUp();
+    for (let c = cleanups.pop(); c; c = cleanups.pop()) {
+      try {
+        c.run();
+      } catch (err) {
+        progress(`could not ${c.what}: ${(err as Error).message}`);
+      }
+    }
   }
 }
 

@@ -4,10 +4,11 @@
 // cache settings as they come: vblk leaves them alone, qemu-nbd runs with
 // its default --cache=writeback and qemu-storage-daemon with its default
 // cache.direct=off, which both make QEMU's rbd driver set rbd_cache=true,
-// librbd's own default (seen through the clients' admin sockets: all
-// three run rbd_cache=true, rbd_cache_policy=writearound). qemu-nbd's
-// --aio picks how file-posix does I/O and means nothing to the rbd
-// driver, which always uses librbd's aio, so it is not passed.
+// librbd's own default (seen by hand through the admin sockets of a vblk
+// and a qemu-nbd: rbd_cache=true, rbd_cache_policy=writearound; qemu-nbd
+// --cache=none would turn librbd's cache off, which vblk cannot).
+// qemu-nbd's --aio picks how file-posix does I/O and means nothing to the
+// rbd driver, which always uses librbd's aio, so it is not passed.
 //
 // The image is made for the run, prefilled with `rbd bench` writes
 // (every object allocated, so reads reach data rather than holes), and

@@ -1,6 +1,6 @@
 // What the benchmarks share: running commands, a file of random data in
 // the page cache, servers started and stopped on a UNIX socket, fio runs
-// read back from its JSON, medians.
+// read back from its JSON, medians, tables as text and Markdown.
 
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -144,4 +144,14 @@ export function fio(args: string[], env: NodeJS.ProcessEnv = process.env): FioRe
     clientCpu: (job.usr_cpu + job.sys_cpu) * jobs,
     requests: ios,
   };
+}
+
+/** A table as aligned text and as Markdown; the first `labels` columns are left-aligned. */
+export function render(header: string[], lines: string[][], labels: number): { text: string; markdown: string } {
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const pad = (cells: string[]): string => cells.map((c, i) => (i < labels ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const text = [pad(header), ...lines.map(pad)].join('\n');
+  const rule = `|${header.map((_, i) => (i < labels ? '---' : '---:')).join('|')}|`;
+  const markdown = [`| ${header.join(' | ')} |`, rule, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
+  return { text, markdown };
 }

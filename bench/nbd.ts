@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fio, have, median, must, peakRss, progress, randomFile, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
+import { fio, have, median, must, peakRss, progress, randomFile, render, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/nbd.js [options]
 
@@ -284,16 +284,6 @@ function table(): { text: string; markdown: string } {
 }
 
 const CPU_CAPTION = "fio's own CPU use (percent of one core, all its jobs): near 100% the client, not the server, sets the pace.";
-
-/** A table as aligned text and as Markdown; the first `labels` columns are left-aligned. */
-function render(header: string[], lines: string[][], labels: number): { text: string; markdown: string } {
-  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const pad = (cells: string[]): string => cells.map((c, i) => (i < labels ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
-  const text = [pad(header), ...lines.map(pad)].join('\n');
-  const rule = `|${header.map((_, i) => (i < labels ? '---' : '---:')).join('|')}|`;
-  const markdown = [`| ${header.join(' | ')} |`, rule, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
-  return { text, markdown };
-}
 
 /** Caps the send buffer vblk asks for on its UNIX connections. */
 function wmemMax(): string {

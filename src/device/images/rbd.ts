@@ -26,7 +26,7 @@
 import { DeviceError } from '../errors.js';
 import { readBuffers } from '../../io/buffer-pool.js';
 import { requireNative, type FdWatch } from '../../io/native.js';
-import { rbdError, type NativeRbdCluster, type NativeRbdImage, type RbdImageInfo } from '../../io/rbd-native.js';
+import { rbdError, type NativeRbdImage, type RbdImageInfo } from '../../io/rbd-native.js';
 import type { BlockDevice, Capabilities, Extent, ReadSegment, Request } from '../types.js';
 import { connectCluster, type CephOptions } from './rbd-cluster.js';
 import { imageSpec, parseRbdName, type RbdName } from './rbd-name.js';
@@ -73,7 +73,7 @@ export async function openRbd(spec: string | RbdName, options: RbdOpenOptions): 
     });
     const info = await image.info();
     if (!readOnly && options.lock !== 'off') await takeLock(image, info, name, options);
-    return new RbdImage(name, image, info, readOnly, cluster, release, options.onFenced);
+    return new RbdImage(name, image, info, readOnly, release, options.onFenced);
   } catch (err) {
     await image?.close().catch(() => {});
     await release();
@@ -157,7 +157,6 @@ export class RbdImage implements BlockDevice {
     private readonly image: NativeRbdImage,
     readonly info: RbdImageInfo,
     readOnly: boolean,
-    readonly cluster: NativeRbdCluster,
     private readonly release: () => Promise<void>,
     private onFenced?: () => void,
   ) {

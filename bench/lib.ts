@@ -100,6 +100,34 @@ export function cpuUs(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * TICK_US;
 }
 
+/**
+ * CPU (user + system) a process and all its descendants have used so far,
+ * µs: each live one's own and its reaped children's (cutime, cstime), so
+ * a server that forks per connection (nbd-server) is counted whole, and a
+ * child that exits between two readings moves from the live sum into its
+ * parent's, as long as the parent reaps it.
+ */
+export function treeCpuUs(pid: number): number {
+  const children = new Map<number, number[]>();
+  const own = new Map<number, number>();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const fields = stat.split(') ')[1].split(' ');
+    const p = Number(entry);
+    const parent = Number(fields[1]);
+    own.set(p, (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * TICK_US);
+    children.set(parent, [...(children.get(parent) ?? []), p]);
+  }
+  const sum = (p: number): number => (own.get(p) ?? 0) + (children.get(p) ?? []).reduce((n, c) => n + sum(c), 0);
+  return sum(pid);
+}
+
 /** Peak resident set of a live process in bytes (VmHWM), or null where /proc does not say. */
 export function peakRss(pid: number): number | null {
   try {

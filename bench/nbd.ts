@@ -4,6 +4,10 @@
 // servers (the order rotates each round) and the table shows medians and
 // vblk's ratio to the best peer on each row. Each server is started
 // fresh for each round with the image's pages warm in the page cache.
+// Beside IOPS and MB/s it reports each server's CPU per request: its
+// whole process tree's user + system time over the row (from /proc,
+// children per connection included) divided by the requests fio
+// completed, the steadier figure when client and server share 2 cores.
 //
 // Page-cache rows use each server's default caching; the direct rows use
 // vblk --direct, qemu-nbd --cache=none --aio=io_uring and nbdkit's
@@ -16,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fio, have, median, must, peakRss, progress, randomFile, render, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
+import { fio, have, median, must, peakRss, progress, treeCpuUs, randomFile, render, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/nbd.js [options]
 
@@ -198,7 +202,9 @@ const missing = wanted.filter((s) => !have(s.program));
 const servers = wanted.filter((s) => have(s.program));
 
 type Key = `${string}|${string}`;
-const results = new Map<Key, FioResult[]>();
+/** A row's fio result with the server's CPU (its whole process tree) per request, µs. */
+type Measured = FioResult & { serverUs: number };
+const results = new Map<Key, Measured[]>();
 let vblkPeakRss = 0;
 
 async function measureServer(server: Server, direct: boolean, round: number): Promise<void> {
@@ -212,15 +218,20 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
     await waitForSocket(socket, running.proc);
     for (const row of todo) {
       writeBack(IMAGE);
+      const pid = running.pid()!;
+      const before = treeCpuUs(pid);
       const r = fio([
         `--name=${row.id}`, '--ioengine=nbd', `--uri=${running.uri}`, ...row.job,
         '--time_based', `--runtime=${SECONDS}`, '--percentile_list=99',
       ]);
+      // Let per-connection children exit (and be reaped) so their CPU is counted.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const serverUs = (treeCpuUs(pid) - before) / r.requests;
       const key: Key = `${row.id}|${server.name}`;
-      results.set(key, [...(results.get(key) ?? []), r]);
+      results.set(key, [...(results.get(key) ?? []), { ...r, serverUs }]);
       const value = row.unit === 'IOPS' ? `${Math.round(r.iops)} IOPS` : `${(r.bandwidth / 1e6).toFixed(0)} MB/s`;
       const p99 = row.p99 ? `, p99 ${r.p99Us.toFixed(0)} µs` : '';
-      progress(`  round ${round}: ${server.name.padEnd(10)} row ${row.id.padEnd(3)} ${row.title.padEnd(38)} ${value}${p99}, fio CPU ${r.clientCpu.toFixed(0)}%`);
+      progress(`  round ${round}: ${server.name.padEnd(10)} row ${row.id.padEnd(3)} ${row.title.padEnd(38)} ${value}${p99}, server CPU ${serverUs.toFixed(1)} µs/request, fio CPU ${r.clientCpu.toFixed(0)}%`);
     }
     if (server.name === 'vblk') vblkPeakRss = Math.max(vblkPeakRss, peakRss(running.pid()!) ?? 0);
   } finally {
@@ -271,19 +282,31 @@ function table(): { text: string; markdown: string } {
       ]);
     }
   }
-  const cpuHeader = ['row', ...servers.map((s) => s.name)];
-  const cpuLines = rows.map((row) => [
-    `${row.id} ${row.title}`,
-    ...servers.map((s) => {
+  const cpuHeader = ['row', ...servers.map((s) => s.name), 'vblk / best peer'];
+  const cpuLines = rows.map((row) => {
+    const per = servers.map((s) => {
       const rs = results.get(`${row.id}|${s.name}`);
-      return rs ? `${median(rs.map((r) => r.clientCpu)).toFixed(0)}%` : '-';
-    }),
-  ]);
+      return rs ? median(rs.map((r) => r.serverUs)) : null;
+    });
+    const vblk = per[servers.findIndex((s) => s.name === 'vblk')] ?? null;
+    const peers = per.filter((c, i): c is number => c !== null && servers[i].name !== 'vblk');
+    const best = peers.length ? Math.min(...peers) : null;
+    return [
+      `${row.id} ${row.title}`,
+      ...servers.map((s, i) => {
+        const rs = results.get(`${row.id}|${s.name}`);
+        return rs ? `${per[i]!.toFixed(1)} / ${median(rs.map((r) => r.clientCpu)).toFixed(0)}%` : '-';
+      }),
+      vblk !== null && best ? `${(vblk / best).toFixed(2)}x` : '-',
+    ];
+  });
   const [main, cpu] = [render(header, lines, 2), render(cpuHeader, cpuLines, 1)];
   return { text: `${main.text}\n\n${CPU_CAPTION}\n\n${cpu.text}`, markdown: `${main.markdown}\n\n${CPU_CAPTION}\n\n${cpu.markdown}` };
 }
 
-const CPU_CAPTION = "fio's own CPU use (percent of one core, all its jobs): near 100% the client, not the server, sets the pace.";
+const CPU_CAPTION =
+  "CPU per request: the server's whole process tree (user + system, from /proc) divided by the requests fio completed, µs, and fio's own CPU " +
+  '(percent of one core, all its jobs: near 100% the client, not the server, sets the pace). The last column: vblk against the cheapest peer.';
 
 /** Caps the send buffer vblk asks for on its UNIX connections. */
 function wmemMax(): string {

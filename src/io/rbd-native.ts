@@ -50,8 +50,6 @@ export interface NativeRbdImage {
   snapRollback(name: string): Promise<void>;
   snapProtect(name: string): Promise<void>;
   snapUnprotect(name: string): Promise<void>;
-  /** The clones of the snapshot this image was opened at. */
-  children(): Promise<{ pool: string; namespace: string; image: string }[]>;
   /** Takes the exclusive lock and keeps it (no hand-over on request) until close. */
   lockAcquire(): Promise<void>;
   /** The lock holders' addresses. */
@@ -69,8 +67,6 @@ export interface NativeRbdCluster {
   open(pool: string, namespace: string, image: string, snapshot: string | null, readOnly: boolean): Promise<NativeRbdImage>;
   /** order 0 and features -1: the cluster's defaults. */
   create(pool: string, namespace: string, image: string, size: number, order: number, features: number): Promise<void>;
-  remove(pool: string, namespace: string, image: string): Promise<void>;
-  list(pool: string, namespace: string): Promise<string[]>;
   clone(parentPool: string, parentNamespace: string, parent: string, snapshot: string, pool: string, namespace: string, image: string): Promise<void>;
   shutdown(): Promise<void>;
 }

@@ -1,5 +1,5 @@
 // Cluster: one librados connection (rados_t) and what is done on a pool
-// rather than an image: open, create, remove, list and clone images.
+// rather than an image: open, create and clone images.
 // Cluster.connect(id, confFile, settings) reads the configuration the way
 // the ceph CLI does (the file given, else $CEPH_CONF and the default
 // places; then $CEPH_ARGS), applies the settings (keyring, timeouts,
@@ -41,8 +41,7 @@ class Cluster : public Napi::ObjectWrap<Cluster> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Cluster",
                        {StaticMethod<&Cluster::Connect>("connect"), InstanceMethod<&Cluster::Open>("open"),
-                        InstanceMethod<&Cluster::Create>("create"), InstanceMethod<&Cluster::Remove>("remove"),
-                        InstanceMethod<&Cluster::List>("list"), InstanceMethod<&Cluster::Clone>("clone"),
+                        InstanceMethod<&Cluster::Create>("create"), InstanceMethod<&Cluster::Clone>("clone"),
                         InstanceMethod<&Cluster::Shutdown>("shutdown")});
   }
 
@@ -176,51 +175,6 @@ class Cluster : public Napi::ObjectWrap<Cluster> {
       rbd_image_options_destroy(opts);
       return rc;
     });
-  }
-
-  // remove(pool, namespace, image): Promise<void>
-  Napi::Value Remove(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!Connected(env)) return env.Undefined();
-    std::string pool = StringArg(info[0]), ns = StringArg(info[1]), name = StringArg(info[2]);
-    rados_t c = cluster_;
-    return BlockingCall::Run(env, "removing " + pool + "/" + name, {Value()}, [=](std::string& what) {
-      Ioctx ctx;
-      int rc = OpenIoctx(c, pool, ns, &ctx.io);
-      if (rc < 0) {
-        what = "opening pool " + pool;
-        return rc;
-      }
-      return rbd_remove(ctx.io, name.c_str());
-    });
-  }
-
-  // list(pool, namespace): Promise<string[]>
-  Napi::Value List(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!Connected(env)) return env.Undefined();
-    std::string pool = StringArg(info[0]), ns = StringArg(info[1]);
-    rados_t c = cluster_;
-    auto names = std::make_shared<std::vector<std::string>>();
-    return BlockingCall::Run(
-        env, "listing pool " + pool, {Value()},
-        [=](std::string&) {
-          Ioctx ctx;
-          int rc = OpenIoctx(c, pool, ns, &ctx.io);
-          if (rc < 0) return rc;
-          std::vector<rbd_image_spec_t> specs(64);
-          size_t count = specs.size();
-          while ((rc = rbd_list2(ctx.io, specs.data(), &count)) == -ERANGE) specs.resize(count);
-          if (rc < 0) return rc;
-          for (size_t i = 0; i < count; i++) names->emplace_back(specs[i].name);
-          rbd_image_spec_list_cleanup(specs.data(), count);
-          return 0;
-        },
-        [=](Napi::Env env) -> Napi::Value {
-          Napi::Array out = Napi::Array::New(env, names->size());
-          for (uint32_t i = 0; i < names->size(); i++) out.Set(i, (*names)[i]);
-          return out;
-        });
   }
 
   // clone(parentPool, parentNamespace, parent, snapshot, pool, namespace, image): Promise<void>

@@ -63,7 +63,7 @@ class Image : public Napi::ObjectWrap<Image> {
          InstanceMethod<&Image::Snapshots>("snapshots"), InstanceMethod<&Image::SnapCreate>("snapCreate"),
          InstanceMethod<&Image::SnapRemove>("snapRemove"), InstanceMethod<&Image::SnapRollback>("snapRollback"),
          InstanceMethod<&Image::SnapProtect>("snapProtect"), InstanceMethod<&Image::SnapUnprotect>("snapUnprotect"),
-         InstanceMethod<&Image::Children>("children"), InstanceMethod<&Image::LockAcquire>("lockAcquire"),
+         InstanceMethod<&Image::LockAcquire>("lockAcquire"),
          InstanceMethod<&Image::LockOwners>("lockOwners"), InstanceMethod<&Image::Watchers>("watchers"), InstanceMethod<&Image::Resize>("resize"),
          InstanceMethod<&Image::Close>("close")});
   }
@@ -371,38 +371,6 @@ class Image : public Napi::ObjectWrap<Image> {
   Napi::Value SnapProtect(const Napi::CallbackInfo& info) { return SnapCall(info, "protecting", rbd_snap_protect); }
   Napi::Value SnapUnprotect(const Napi::CallbackInfo& info) {
     return SnapCall(info, "unprotecting", rbd_snap_unprotect);
-  }
-
-  // children(): Promise<{ pool, namespace, image }[]>, the clones of the snapshot this image was opened at
-  Napi::Value Children(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!Open(env)) return env.Undefined();
-    auto list = std::make_shared<std::vector<Linked>>();
-    rbd_image_t image = image_;
-    return BlockingCall::Run(
-        env, "listing clones", {Value()},
-        [=](std::string&) {
-          std::vector<rbd_linked_image_spec_t> specs(16);
-          size_t max = specs.size();
-          int rc;
-          while ((rc = rbd_list_children3(image, specs.data(), &max)) == -ERANGE) specs.resize(max);
-          if (rc < 0) return rc;
-          for (size_t i = 0; i < max; i++)
-            list->push_back({specs[i].pool_name, specs[i].pool_namespace, specs[i].image_name});
-          rbd_linked_image_spec_list_cleanup(specs.data(), max);
-          return 0;
-        },
-        [=](Napi::Env env) -> Napi::Value {
-          Napi::Array out = Napi::Array::New(env, list->size());
-          for (uint32_t i = 0; i < list->size(); i++) {
-            Napi::Object o = Napi::Object::New(env);
-            o.Set("pool", (*list)[i].pool);
-            o.Set("namespace", (*list)[i].ns);
-            o.Set("image", (*list)[i].image);
-            out.Set(i, o);
-          }
-          return out;
-        });
   }
 
   // resize(size, allowShrink): Promise<void>

@@ -75,11 +75,6 @@ export async function createRbd(spec: string | RbdName, size: number, ceph: Ceph
   await withCluster(name, ceph, (cluster) => cluster.create(name.pool, name.namespace, name.image, size, order, options.features ?? -1));
 }
 
-export async function removeRbd(spec: string | RbdName, ceph: CephOptions): Promise<void> {
-  const name = nameOf(spec);
-  await withCluster(name, ceph, (cluster) => cluster.remove(name.pool, name.namespace, name.image));
-}
-
 export interface RbdDescription extends RbdImageInfo {
   name: string;
   featureNames: string[];
@@ -156,10 +151,4 @@ export async function resizeRbd(spec: string | RbdName, newSize: (current: numbe
     await image.resize(to, shrink);
     return { from, to };
   });
-}
-
-/** The clones of the snapshot `spec` names. */
-export async function rbdChildren(spec: string | RbdName, ceph: CephOptions): Promise<string[]> {
-  return withImage(nameOf(spec), ceph, false, async (image) =>
-    (await image.children()).map((c) => [c.pool, ...(c.namespace ? [c.namespace] : []), c.image].join('/')));
 }

@@ -5,12 +5,20 @@ import { imageMap } from '../device/images/map.js';
 import { openRbd } from '../device/images/rbd.js';
 import { describeRbd } from '../device/images/rbd-admin.js';
 import type { CephOptions } from '../device/images/rbd-cluster.js';
+import { imageSpec } from '../device/images/rbd-name.js';
+import { snapshotLine } from './rbd-snapshot.js';
 import { formatSize } from './size.js';
 
 export async function printRbdInfo(name: string, ceph: CephOptions, json: boolean): Promise<number> {
-  const d = await describeRbd(name, ceph);
+  // Opened first and closed last, so describeRbd shares its cluster connection instead of making one of its own.
   const image = await openRbd(name, { readOnly: true, ceph });
-  const map = await imageMap(image).finally(() => image.close());
+  let d, map;
+  try {
+    d = await describeRbd(name, ceph);
+    map = await imageMap(image);
+  } finally {
+    await image.close();
+  }
   const data = map.filter((e) => e.data);
   const dataBytes = data.reduce((n, e) => n + e.length, 0);
   const result = {
@@ -30,7 +38,7 @@ export async function printRbdInfo(name: string, ceph: CephOptions, json: boolea
     return 0;
   }
   const pct = d.size ? ((100 * dataBytes) / d.size).toFixed(1) : '0.0';
-  const parent = d.parent ? `${[d.parent.pool, ...(d.parent.namespace ? [d.parent.namespace] : []), d.parent.image].join('/')}@${d.parent.snapshot}` : 'none';
+  const parent = d.parent ? imageSpec({ ...d.parent, options: [] }) : 'none';
   let out =
     `image:         ${name}\n` +
     `format:        rbd (objects of ${formatSize(d.objectSize)})\n` +
@@ -40,7 +48,7 @@ export async function printRbdInfo(name: string, ceph: CephOptions, json: boolea
     `data:          ${formatSize(dataBytes)} in ${data.length} extents (${pct}% of the virtual size)\n` +
     `locked by:     ${d.lockOwners.join(', ') || 'nobody'}\n`;
   out += d.snapshots.length === 0 ? 'snapshots:     none\n' : 'snapshots:\n';
-  for (const s of d.snapshots) out += `  ${s.name.padEnd(24)} ${formatSize(s.size).padStart(10)}${s.protected ? '  protected' : ''}\n`;
+  for (const s of d.snapshots) out += `  ${snapshotLine(s)}\n`;
   process.stdout.write(out);
   return 0;
 }

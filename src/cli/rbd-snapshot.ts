@@ -9,7 +9,13 @@ import {
 } from '../device/images/rbd-admin.js';
 import type { CephOptions } from '../device/images/rbd-cluster.js';
 import { UsageError } from './command.js';
+import type { RbdSnapshot } from '../io/rbd-native.js';
 import { formatSize } from './size.js';
+
+/** One snapshot as `vblk snapshot list` and `vblk info` print it. */
+export function snapshotLine(s: RbdSnapshot): string {
+  return `${s.name.padEnd(24)} ${formatSize(s.size).padStart(10)}${s.protected ? '  protected' : ''}`;
+}
 
 export async function rbdSnapshot(action: string, positionals: string[], ceph: CephOptions, json: boolean): Promise<number> {
   const [, image, name] = positionals;
@@ -27,7 +33,7 @@ export async function rbdSnapshot(action: string, positionals: string[], ceph: C
       const list = await listRbdSnapshots(image, ceph);
       if (json) process.stdout.write(`${JSON.stringify(list)}\n`);
       else if (list.length === 0) process.stdout.write(`${image} has no snapshots\n`);
-      else for (const s of list) process.stdout.write(`${s.name.padEnd(24)} ${formatSize(s.size).padStart(10)}${s.protected ? '  protected' : ''}\n`);
+      else for (const s of list) process.stdout.write(`${snapshotLine(s)}\n`);
       return 0;
     }
     case 'revert':

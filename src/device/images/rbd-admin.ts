@@ -118,12 +118,17 @@ export async function revertRbdSnapshot(spec: string | RbdName, snapshot: string
   await withImage(writableName(spec), ceph, true, (image) => image.snapRollback(snapshot));
 }
 
+/** The image's snapshot named `snapshot`, or ENOENT. */
+async function snapshotNamed(image: NativeRbdImage, snapshot: string): Promise<RbdSnapshot> {
+  const snap = (await image.snapshots()).find((s) => s.name === snapshot);
+  if (!snap) throw Object.assign(new Error(`no snapshot '${snapshot}'`), { code: 'ENOENT' });
+  return snap;
+}
+
 /** Removes `snapshot` (unprotecting it first; refused while clones depend on it). */
 export async function deleteRbdSnapshot(spec: string | RbdName, snapshot: string, ceph: CephOptions): Promise<void> {
   await withImage(writableName(spec), ceph, true, async (image) => {
-    const snap = (await image.snapshots()).find((s) => s.name === snapshot);
-    if (!snap) throw Object.assign(new Error(`no snapshot '${snapshot}'`), { code: 'ENOENT' });
-    if (snap.protected) await image.snapUnprotect(snapshot);
+    if ((await snapshotNamed(image, snapshot)).protected) await image.snapUnprotect(snapshot);
     await image.snapRemove(snapshot);
   });
 }
@@ -135,9 +140,7 @@ export async function cloneRbd(source: string | RbdName, target: string | RbdNam
   if (from.snapshot === null) throw new RangeError(`rbd:${imageSpec(from)}: clone from a snapshot, rbd:POOL/IMAGE@SNAPSHOT`);
   const parent = { ...from, snapshot: null };
   await withImage(parent, ceph, true, async (image) => {
-    const snap = (await image.snapshots()).find((s) => s.name === from.snapshot);
-    if (!snap) throw Object.assign(new Error(`no snapshot '${from.snapshot}'`), { code: 'ENOENT' });
-    if (!snap.protected) await image.snapProtect(from.snapshot!);
+    if (!(await snapshotNamed(image, from.snapshot!)).protected) await image.snapProtect(from.snapshot!);
   });
   await withCluster(from, ceph, (cluster) => cluster.clone(from.pool, from.namespace, from.image, from.snapshot!, to.pool, to.namespace, to.image));
 }

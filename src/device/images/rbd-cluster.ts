@@ -67,11 +67,14 @@ export async function connectCluster(name: RbdName, options: CephOptions): Promi
     cluster = await entry.connecting;
   } catch (err) {
     if (--entry.users === 0) connections.delete(key);
+    // Everyone waiting on one connection gets the same error: each gets its own copy, hint added once.
     const e = rbdError(err) as NodeJS.ErrnoException;
-    if (e.code === 'ENOENT' && conf === null) e.message += ': no ceph.conf was found, or it names no monitor (give --ceph-conf FILE or set CEPH_CONF)';
-    if (e.code === 'EACCES' || e.code === 'EPERM') e.message += `: the monitors refused client.${id ?? 'admin'} (its key, --ceph-id and --ceph-keyring)`;
-    if (e.code === 'ETIMEDOUT') e.message += `: no monitor answered in ${MOUNT_TIMEOUT} s (is the cluster up, and mon_host right?)`;
-    throw e;
+    const hint =
+      e.code === 'ENOENT' && conf === null ? ': no ceph.conf was found, or it names no monitor (give --ceph-conf FILE or set CEPH_CONF)'
+      : e.code === 'EACCES' || e.code === 'EPERM' ? `: the monitors refused client.${id ?? 'admin'} (its key, --ceph-id and --ceph-keyring)`
+      : e.code === 'ETIMEDOUT' ? `: no monitor answered in ${MOUNT_TIMEOUT} s (is the cluster up, and mon_host right?)`
+      : '';
+    throw Object.assign(new Error(`${e.message}${hint}`), { code: e.code, errno: e.errno });
   }
   let released = false;
   return {

@@ -60,10 +60,10 @@ export function tempDir(t: Teardown, prefix = 'vblk-'): string {
   return dir;
 }
 
-/** Runs the CLI to completion. */
-export function vblk(args: string[], cwd?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Runs the CLI to completion (in `cwd`, with `env`: by default the test's own). */
+export function vblk(args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [VBLK, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [VBLK, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));

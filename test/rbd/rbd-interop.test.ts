@@ -350,12 +350,7 @@ t.test('mistakes get one clear line, never a crash', async (t) => {
     { args: ['serve', vblkName('x'), '--socket', sock, ...conf()], code: 1, says: /disabled by VBLK_NO_RBD=1/, env: { ...process.env, VBLK_NO_RBD: '1' } },
   ];
   for (const c of cases) {
-    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const p = spawn(process.execPath, [VBLK, ...c.args], { env: c.env ?? process.env, stdio: ['ignore', 'ignore', 'pipe'] });
-      let stderr = '';
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('close', (code) => resolve({ code, stderr }));
-    });
+    const r = await vblk(c.args, undefined, c.env);
     const label = c.args.slice(0, 2).join(' ') + (c.env ? ' (VBLK_NO_RBD=1)' : '');
     t.equal(r.code, c.code, `${label} ${c.args.slice(2).join(' ')}: exit ${c.code}`);
     t.match(r.stderr, c.says, `${label}: says why`, { stderr: r.stderr });
@@ -363,12 +358,7 @@ t.test('mistakes get one clear line, never a crash', async (t) => {
   }
   const engines = await vblk(['info', '--engines']);
   t.match(engines.stdout, /^rbd: images yes\s+librbd \d+\.\d+\.\d+$/m, 'vblk info --engines: rbd: images can be served, with librbd');
-  const without = await new Promise<string>((resolve) => {
-    const p = spawn(process.execPath, [VBLK, 'info', '--engines'], { env: { ...process.env, VBLK_NO_RBD: '1' }, stdio: ['ignore', 'pipe', 'ignore'] });
-    let stdout = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.on('close', () => resolve(stdout));
-  });
+  const without = (await vblk(['info', '--engines'], undefined, { ...process.env, VBLK_NO_RBD: '1' })).stdout;
   t.match(without, /^rbd: images no\s+disabled by VBLK_NO_RBD=1$/m, 'and without the addon, says it cannot and why');
 });
 
@@ -410,16 +400,7 @@ t.test('reaching the cluster as the ceph CLI does: CEPH_CONF, and a client of it
   const dir = tempDir(t);
   const image = fresh('client');
   await create(image);
-  const asCli = async (args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> =>
-    new Promise((resolve) => {
-      const p = spawn(process.execPath, [VBLK, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (d) => (stdout += d));
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
-  const viaEnv = await asCli(['info', vblkName(image), '--json'], ceph.env);
+  const viaEnv = await vblk(['info', vblkName(image), '--json'], undefined, ceph.env);
   t.equal(viaEnv.code, 0, 'CEPH_CONF alone is enough', { stderr: viaEnv.stderr });
   t.equal((JSON.parse(viaEnv.stdout) as { virtualSize: number }).virtualSize, SIZE, 'and it reads the image');
 

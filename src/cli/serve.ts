@@ -114,12 +114,16 @@ ${TLS_HELP}${RBD_SERVE_HELP}  --read-only              serve every export read-o
   --max-inflight N         requests in flight per connection before vblk
                            stops reading from it (default 64)
   --poll-us N              with no request in flight, keep the event loop
-                           polling for N microseconds after socket activity
-                           or a vhost-user completion before it sleeps: a
-                           client's next request (or a guest's next kick)
-                           is then picked up without waking a halted CPU
-                           (default 50; 0 turns it off, for hosts where an
-                           idle core must stay idle)
+                           polling for at most N microseconds after socket
+                           activity or a vhost-user completion before it
+                           sleeps: a client's next request (or a guest's
+                           next kick) is then picked up without waking a
+                           halted CPU. The window adapts: it grows while
+                           clients come back within N µs and shrinks to
+                           nothing when they do not, so an idle or lightly
+                           loaded server does not poll (default 50; 0 turns
+                           it off, for hosts where an idle core must stay
+                           idle)
   --engine NAME            how to do the I/O: auto (default), sync, threads,
                            uring or posix-aio; 'vblk info --engines' lists
                            what this host has

@@ -84,23 +84,34 @@ export class Gateway {
     return { ...this.counts, requests: { ...this.counts.requests }, inFlight: this.running };
   }
 
+  /**
+   * Runs a request. A read answered with file segments (sendFile) stays
+   * running, and keeps overlapping writes waiting, until the caller calls
+   * its result's release.
+   */
   async execute(req: Request): Promise<Result> {
     if (this.gate) await this.gate;
     if (this.retired) throw new DeviceError('ESHUTDOWN', 'the export has been removed');
     this.check(req);
     this.counts.requests[req.op]++;
     this.running++;
+    let held = false;
     try {
       const result = await this.admit(req);
       if (req.op === 'read') this.counts.bytesRead += req.length;
       else if (req.op === 'write') this.counts.bytesWritten += req.length;
+      held = result.op === 'read' && result.release !== undefined;
       return result;
     } catch (err) {
       this.counts.errors++;
       throw err;
     } finally {
-      if (--this.running === 0) this.idleWaiters.splice(0).forEach((wake) => wake());
+      if (!held) this.finished();
     }
+  }
+
+  private finished(): void {
+    if (--this.running === 0) this.idleWaiters.splice(0).forEach((wake) => wake());
   }
 
   private async admit(req: Request): Promise<Result> {
@@ -112,10 +123,21 @@ export class Gateway {
     if (req.length === 0) return this.empty(req);
     const admitted = this.order.acquire(req.offset, req.length, isMutating(req.op));
     const ticket: Ticket = admitted instanceof Promise ? await admitted : admitted;
+    let held = false;
     try {
-      return await this.guard(this.run(req));
+      const result = await this.guard(this.run(req));
+      if (result.op !== 'read' || !result.segments.some((s) => s.file)) return result;
+      held = true;
+      let released = false;
+      const release = (): void => {
+        if (released) return;
+        released = true;
+        this.order.release(ticket);
+        this.finished();
+      };
+      return { ...result, release };
     } finally {
-      this.order.release(ticket);
+      if (!held) this.order.release(ticket);
     }
   }
 
@@ -161,8 +183,10 @@ export class Gateway {
           await this.readInto(req, req.into);
           return { op: 'read', segments: [] };
         }
-        const segments = await this.device.read(req);
-        return { op: 'read', segments: req.df ? contiguous(req, segments) : segments };
+        // Filters may look at or change what they read: file segments come only from an image served as it is.
+        const segments = await this.device.read(req.sendFile && this.device.next ? { ...req, sendFile: false } : req);
+        const whole = req.df && !segments.some((s) => s.file);
+        return { op: 'read', segments: whole ? contiguous(req, segments) : segments };
       }
       case 'write':
         if (req.from && this.device.writeFrom) await this.device.writeFrom(req, req.from);

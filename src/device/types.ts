@@ -29,13 +29,27 @@ export interface Request {
   reqOne: boolean;
   /** read must come back as one contiguous buffer (no hole segments). */
   df: boolean;
+  /**
+   * The front end can send a read's bytes straight from a file (sendfile):
+   * the device may answer with segments that name where the bytes lie
+   * (`ReadSegment.file`) instead of reading them. With df, one segment.
+   */
+  sendFile?: boolean;
 }
 
-/** A piece of a read: bytes, or null for a range that reads as zeroes. */
+/** Where a read's bytes lie: a file descriptor and the position in it. */
+export interface FileBytes {
+  fd: number;
+  position: number;
+}
+
+/** A piece of a read: bytes, or null for a range that reads as zeroes (unless `file` says where the bytes are). */
 export interface ReadSegment {
   offset: number;
   length: number;
   data: Buffer | null;
+  /** Only for a request with sendFile, and with data null: the bytes are in this file, to be sent from there. */
+  file?: FileBytes;
 }
 
 /** A run of the device with one allocation state. */
@@ -77,7 +91,17 @@ export interface Capabilities {
 }
 
 export type Result =
-  | { op: 'read'; segments: ReadSegment[] }
+  | {
+      op: 'read';
+      segments: ReadSegment[];
+      /**
+       * Present when segments name file bytes: their pages are sent as
+       * they are, so a later write to them would change what the peer
+       * reads. The request holds its place against overlapping writes
+       * until this is called, once the peer has taken the bytes.
+       */
+      release?: () => void;
+    }
   | { op: 'blockStatus'; extents: Extent[] }
   | { op: 'getId'; id: string }
   | { op: 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' };

@@ -67,15 +67,19 @@ export function noneChunk(to: ReplyTo): Frame {
   return [chunk(to, REPLY_FLAG_DONE, CHUNK.NONE, 0)[0]];
 }
 
-/** OFFSET_DATA and OFFSET_HOLE chunks for a read; the last one carries DONE. */
+/**
+ * OFFSET_DATA and OFFSET_HOLE chunks for a read; the last one carries DONE.
+ * A segment whose bytes are in a file (`file`) gets its chunk header
+ * alone: the caller sends the bytes after it.
+ */
 export function readChunks(to: ReplyTo, segments: ReadSegment[]): Frame[] {
   if (segments.length === 0) return [noneChunk(to)];
   return segments.map((s, i) => {
     const flags = i === segments.length - 1 ? REPLY_FLAG_DONE : 0;
-    if (s.data) {
+    if (s.data || s.file) {
       const [header, p] = chunk(to, flags, CHUNK.OFFSET_DATA, OFFSET_DATA_PREFIX + s.length, OFFSET_DATA_PREFIX);
       encodeOffsetDataPrefix(header, p, s.offset);
-      return [header, s.data];
+      return s.data ? [header, s.data] : [header];
     }
     const [buf, p] = chunk(to, flags, CHUNK.OFFSET_HOLE, OFFSET_HOLE_SIZE);
     encodeOffsetHole(buf, p, s.offset, s.length);

@@ -131,8 +131,8 @@ export class NbdConnection implements SessionHost, Connection {
     private readonly onClosed: (conn: NbdConnection) => void,
   ) {
     this.busyPoll = options.busyPoll;
-    this.writer = new ReplyWriter(socket, options.busyPoll);
     this.fd = socketFd(socket);
+    this.writer = new ReplyWriter(socket, options.busyPoll, this.fd);
     this.handshake = new Handshake(registry, options.tls?.policy ?? 'off');
     this.maxOptions = maxOptions(registry.list().length);
   }
@@ -157,6 +157,7 @@ export class NbdConnection implements SessionHost, Connection {
     if (this.closing) return;
     this.lastInput = Date.now();
     this.busyPoll.touch();
+    this.writer.clientActive();
     this.input.push(chunk);
     // Nothing the client sends counts before its TLS handshake is done.
     if (this.tls && !this.tls.secure) return;
@@ -391,6 +392,7 @@ export class NbdConnection implements SessionHost, Connection {
     this.clearHandshakeTimer();
     if (this.quietTimer) clearTimeout(this.quietTimer);
     this.session?.stop();
+    this.writer.close();
     this.log.info(
       {
         export: this.exportName,

@@ -5,9 +5,26 @@
 // longer read them and the connection is already closing. Once replies
 // are out, the event loop polls for the client's next request a while
 // (see busy-poll.ts).
+//
+// A read reply whose data is in the page cache can go out from the file
+// itself (sendFromFile): the corked replies are flushed, and if the
+// stream then holds nothing, the headers are written and the data sent
+// with sendfile on the socket's descriptor, in order, without a copy in
+// user space. Whatever the socket has no room for, and everything after
+// it, goes through the stream, the file's bytes read into a buffer.
 
+import fs from 'node:fs';
 import type { Socket } from 'node:net';
 import type { BusyPoll } from '../busy-poll.js';
+import { sendFile, sendFileAvailable, unreadBytes, writeNow } from '../../sys/send-file.js';
+import { UnreadReplies } from './unread-replies.js';
+
+/** Bytes of a reply that lie in a file. */
+export interface FilePart {
+  fd: number;
+  position: number;
+  length: number;
+}
 
 export class ReplyWriter {
   private corked = false;
@@ -16,25 +33,32 @@ export class ReplyWriter {
     this.socket.uncork();
     this.poll.touch();
   };
+  /** Replies sent from files that the client may not have read yet; null where replies cannot be sent so. */
+  private readonly unread: UnreadReplies | null;
 
+  /** `fd`: the socket's descriptor, when replies may be sent from files on it (plain sockets, not TLS). */
   constructor(
     private readonly socket: Socket,
     private readonly poll: BusyPoll,
-  ) {}
+    private readonly fd: number | null = null,
+  ) {
+    this.unread = fd !== null && sendFileAvailable && tellsUnread(fd) ? new UnreadReplies(fd) : null;
+  }
 
   /** Bytes written but not yet taken by the kernel. */
   get backlog(): number {
     return this.socket.writableLength;
   }
 
+  /** Whether a reply may be sent from a file now. */
+  get sendsFiles(): boolean {
+    return this.unread?.room ?? false;
+  }
+
   /** Queues a reply; `written` runs once the kernel has taken all of it (or the socket failed). */
   send(first: Buffer, second?: Buffer | null, written?: () => void): void {
     if (!this.socket.writable) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
-    }
+    this.cork();
     if (second && second.length > 0) {
       this.socket.write(first);
       this.socket.write(second, written);
@@ -42,4 +66,85 @@ export class ReplyWriter {
       this.socket.write(first, written);
     }
   }
+
+  /**
+   * Sends a reply made of buffers and file bytes, in order (only when
+   * sendsFiles said so). `release` runs once the client has read it.
+   */
+  sendFromFile(parts: (Buffer | FilePart)[], release: () => void): void {
+    const fd = this.fd!;
+    if (!this.socket.writable) return release();
+    this.unread!.check();
+    if (this.corked) this.socket.uncork();
+    else this.cork();
+    // Only when the stream holds nothing are the descriptor's bytes next in line.
+    let direct = this.socket.writableLength === 0;
+    try {
+      for (const part of parts) {
+        const length = part.length;
+        let done = 0;
+        if (direct) {
+          done = Buffer.isBuffer(part) ? writeNow(fd, part) : sendAll(fd, part);
+          direct = done === length;
+        }
+        if (done === length) continue;
+        this.socket.write(Buffer.isBuffer(part) ? part.subarray(done) : readPart(part, done));
+      }
+    } catch (err) {
+      // A reply cut short leaves the stream unframed: the connection cannot go on.
+      this.socket.destroy(err as Error);
+      return release();
+    }
+    this.unread!.hold(release);
+  }
+
+  /** The client sent something: it may have read replies too. */
+  clientActive(): void {
+    this.unread?.check();
+  }
+
+  /** The connection is closed: what it sent from files holds nothing any more. */
+  close(): void {
+    this.unread?.releaseAll();
+  }
+
+  private cork(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(this.uncork);
+  }
+}
+
+/** Whether the descriptor says how much of what was sent is unread (sockets do; a pipe, as with --stdio, does not). */
+function tellsUnread(fd: number): boolean {
+  try {
+    unreadBytes(fd);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Sends as much of a file part as the socket takes now. */
+function sendAll(socketFd: number, part: FilePart): number {
+  let done = 0;
+  while (done < part.length) {
+    const n = sendFile(socketFd, part.fd, part.position + done, part.length - done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/** The rest of a file part from `from` on, read into a buffer for the stream. */
+function readPart(part: FilePart, from: number): Buffer {
+  const buffer = Buffer.alloc(part.length - from);
+  let done = 0;
+  while (done < buffer.length) {
+    const n = fs.readSync(part.fd, buffer, done, buffer.length - done, part.position + from + done);
+    if (n === 0) break; // past the end of the file: zeroes, as a hole reads
+    done += n;
+  }
+  return buffer;
 }

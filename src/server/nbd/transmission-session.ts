@@ -21,7 +21,7 @@ import type { Gateway } from '../../device/gateway.js';
 import { DeviceError, toDeviceError } from '../../device/errors.js';
 import type { DirtyRun } from '../../device/dirty-bitmap.js';
 import { findDirtyBitmap, type NamedBitmap } from '../../device/filters/dirty.js';
-import type { Result } from '../../device/types.js';
+import type { ReadSegment, Result } from '../../device/types.js';
 import { blockStatusPayload, checkRequest, commandName, type TransmissionTerms } from '../../protocol/nbd/commands.js';
 import { CMD, CMD_FLAG, EXTENDED_REQUEST_MAGIC, EXTENDED_REQUEST_SIZE, NBD_ERR, REQUEST_MAGIC, REQUEST_SIZE } from '../../protocol/nbd/constants.js';
 import { nbdErrno } from '../../protocol/nbd/errors.js';
@@ -30,7 +30,7 @@ import { blockStatusChunks, dirtyBitmapOf, errorChunk, noneChunk, readChunks, si
 import { decodeExtendedRequest, decodeRequest, type RequestHeader } from '../../protocol/nbd/transmission-codec.js';
 import type { BusyPoll } from '../busy-poll.js';
 import type { ByteQueue } from '../byte-queue.js';
-import type { ReplyWriter } from './reply-writer.js';
+import type { FilePart, ReplyWriter } from './reply-writer.js';
 
 export interface SessionLimits {
   /** Requests in flight before reading stops. */
@@ -268,6 +268,7 @@ export class TransmissionSession {
     if ('errno' in checked) return this.replyError(h, checked.errno, checked.message);
     const req = checked.request;
     if (payload) req.data = payload;
+    if (h.type === CMD.READ && this.host.writer.sendsFiles) req.sendFile = true;
     const bytes = h.type === CMD.READ || h.type === CMD.WRITE ? h.length : 0;
     this.inflight++;
     this.host.busyPoll.begin();
@@ -294,6 +295,7 @@ export class TransmissionSession {
   }
 
   private replyResult(h: RequestHeader, result: Result, contexts: MetaContext[]): void {
+    if (result.op === 'read' && result.release) return this.replyFromFile(h, result.segments, result.release);
     if (result.op === 'read') {
       this.stats.bytesRead += h.length;
       // Once the last frame is written, the read's buffers may be reused.
@@ -319,6 +321,21 @@ export class TransmissionSession {
     }
     if (result.op === 'write') this.stats.bytesWritten += h.length;
     this.send(this.extended ? noneChunk(this.replyTo(h)) : simpleReply(h.cookie, 0));
+  }
+
+  /** A read whose data the device left in its file: headers and holes as usual, the data sent from the file. */
+  private replyFromFile(h: RequestHeader, segments: ReadSegment[], release: () => void): void {
+    if (this.stopped) return release();
+    this.stats.bytesRead += h.length;
+    const parts: (Buffer | FilePart)[] = [];
+    const frames = this.agreement.structuredReplies ? readChunks(this.replyTo(h), segments) : [simpleReply(h.cookie, 0)];
+    frames.forEach(([header, payload], i) => {
+      parts.push(header);
+      if (payload) parts.push(payload);
+      const file = segments[i]?.file;
+      if (file) parts.push({ ...file, length: segments[i].length });
+    });
+    this.host.writer.sendFromFile(parts, release);
   }
 
   private replyError(h: RequestHeader, errno: number, message: string): void {

@@ -16,7 +16,8 @@
 import fs from 'node:fs';
 import type { Socket } from 'node:net';
 import type { BusyPoll } from '../busy-poll.js';
-import { sendFile, sendFileAvailable, unreadBytes, writeNow } from '../../sys/send-file.js';
+import { sendFile, sendFileAvailable, writeNow } from '../../sys/send-file.js';
+import { socketInfo } from '../../sys/socket-info.js';
 import { UnreadReplies } from './unread-replies.js';
 
 /** Bytes of a reply that lie in a file. */
@@ -36,13 +37,13 @@ export class ReplyWriter {
   /** Replies sent from files that the client may not have read yet; null where replies cannot be sent so. */
   private readonly unread: UnreadReplies | null;
 
-  /** `fd`: the socket's descriptor, when replies may be sent from files on it (plain sockets, not TLS). */
+  /** `fd`: the socket's descriptor, where Node has one and no TLS runs over it; replies are sent from files only on a UNIX socket. */
   constructor(
     private readonly socket: Socket,
     private readonly poll: BusyPoll,
     private readonly fd: number | null = null,
   ) {
-    this.unread = fd !== null && sendFileAvailable && tellsUnread(fd) ? new UnreadReplies(fd) : null;
+    this.unread = fd !== null && sendFileAvailable && unixStream(fd) ? new UnreadReplies(fd) : null;
   }
 
   /** Bytes written but not yet taken by the kernel. */
@@ -116,11 +117,17 @@ export class ReplyWriter {
   }
 }
 
-/** Whether the descriptor says how much of what was sent is unread (sockets do; a pipe, as with --stdio, does not). */
-function tellsUnread(fd: number): boolean {
+/**
+ * Whether replies may be sent from files on the descriptor: only a UNIX
+ * stream socket, where SIOCOUTQ counts what the client has not read. On
+ * TCP it counts what the peer's kernel has not acknowledged, and over
+ * loopback the acknowledged bytes may still be the file's pages in the
+ * client's receive queue; a pipe (--stdio) cannot tell at all.
+ */
+function unixStream(fd: number): boolean {
   try {
-    unreadBytes(fd);
-    return true;
+    const info = socketInfo(fd);
+    return info.family === 'unix' && info.stream;
   } catch {
     return false;
   }

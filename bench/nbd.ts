@@ -45,7 +45,8 @@ Options:
   --servers LIST    only these servers (default: vblk,qemu-nbd,nbdkit,nbd-server)
   --vblk-args ARGS  extra arguments for vblk serve, space-separated
   --results FILE    also write the table as Markdown, with the machine and
-                    the commands, to FILE (e.g. bench/RESULTS.md)
+                    the commands, to FILE (e.g. bench/RESULTS.md), in place
+                    of the table there; the sections after it are kept
   -h, --help        show this help
 
 Examples:
@@ -375,9 +376,25 @@ async function main(): Promise<void> {
       ...rows.map((r) => `- row ${r.id}: \`${r.job.join(' ')}\`${r.direct ? ' (servers in their direct mode)' : ''}`),
       '',
     ].join('\n');
-    fs.writeFileSync(values.results, doc);
+    fs.writeFileSync(values.results, doc + handWritten(values.results));
     progress(`wrote ${values.results}`);
   }
+}
+
+/**
+ * What follows the generated table in an existing results file (from its
+ * first "## " or later "# " heading on): the notes and the other
+ * benchmarks' sections, kept when the table is written again.
+ */
+function handWritten(file: string): string {
+  let old: string;
+  try {
+    old = fs.readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+  const at = old.search(/^#{1,2} (?!Benchmark results$)/m);
+  return at < 0 ? '' : `\n${old.slice(at)}`;
 }
 
 await main();

@@ -9,6 +9,7 @@
 
 import fs from 'node:fs';
 import os from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { RawImage } from '../device/images/raw.js';
 import { ENGINE_NAMES } from '../io/engine.js';
 import { chooseEngine } from '../io/probe.js';
@@ -19,6 +20,8 @@ import { inheritedSockets } from '../server/activation.js';
 import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { stdioConnection } from '../server/stdio.js';
 import { nbdFrontEnd } from '../server/nbd/connection.js';
+import { ConnectionLoops, MAX_LOOPS } from '../server/nbd/loops.js';
+import type { LoopExport } from '../server/nbd/loop-messages.js';
 import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
 import { ControlSocket } from '../server/control/control-socket.js';
@@ -46,6 +49,7 @@ interface ServeValues extends TlsValues, RbdServeValues {
   'shutdown-timeout'?: string;
   'max-inflight'?: string;
   'poll-us'?: string;
+  threads?: string;
   engine?: string;
   direct?: boolean;
   'log-level'?: string;
@@ -124,6 +128,16 @@ ${TLS_HELP}${RBD_SERVE_HELP}  --read-only              serve every export read-o
                            loaded server does not poll (default 50; 0 turns
                            it off, for hosts where an idle core must stay
                            idle)
+  --threads N              run NBD connections on N event loops, each a
+                           thread with its own I/O engine: the handshake
+                           runs on the main loop, and a connection to a raw
+                           image with no filter moves to the least busy loop
+                           when transmission starts (qcow2, filters, memory
+                           and RBD disks, TLS, vhost-user and a server with
+                           --control stay on the main loop). Overlapping
+                           requests are ordered among the connections of
+                           one loop. 'auto' (the default): one per core, at
+                           most ${MAX_LOOPS}; one with --stdio
   --engine NAME            how to do the I/O: auto (default), sync, threads,
                            uring or posix-aio; 'vblk info --engines' lists
                            what this host has
@@ -191,6 +205,12 @@ ${TLS_EXAMPLES}  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --di
   vblk serve disk.img --socket /tmp/vblk.sock --pid-file /tmp/vblk.pid &
       while [ ! -e /tmp/vblk.pid ]; do sleep 0.1; done   # ready now
 `;
+
+/** --threads: a number of loops, or auto (one per core up to MAX_LOOPS; one for --stdio's one connection). */
+function threadCount(value: string | undefined, stdio: boolean): number {
+  if (value === undefined || value === 'auto') return stdio ? 1 : Math.min(os.availableParallelism(), MAX_LOOPS);
+  return numberOption('threads', value, 1, 1, MAX_LOOPS);
+}
 
 /** Why the server shuts down, for the log, when it is not a signal. */
 const SHUTDOWN_CAUSES: Record<string, string> = {
@@ -268,6 +288,7 @@ export const serve: Command<ServeValues> = {
     'shutdown-timeout': { type: 'string' },
     'max-inflight': { type: 'string' },
     'poll-us': { type: 'string' },
+    threads: { type: 'string' },
     engine: { type: 'string' },
     direct: { type: 'boolean' },
     'log-level': { type: 'string' },
@@ -353,8 +374,21 @@ export const serve: Command<ServeValues> = {
       engine.close();
       throw err;
     }
+    const threads = threadCount(v.threads, v.stdio === true);
+    let loops: ConnectionLoops | undefined;
+    const shared = registry.list().flatMap((e): LoopExport[] => (e.gateway.device instanceof RawImage ? [{ name: e.name, description: e.description, share: e.gateway.device.share() }] : []));
+    if (threads > 1 && shared.length > 0) {
+      const init = { engine: engine.name, limits: options.limits, pollUs: options.busyPoll.maxUs, logLevel: v['log-level'] ?? 'info' };
+      try {
+        loops = await ConnectionLoops.start(threads - 1, shared, init, (workerData) => new Worker(new URL('./loop-worker.js', import.meta.url), { workerData }), log);
+      } catch (err) {
+        await registry.closeAll();
+        engine.close();
+        throw err;
+      }
+    }
     const server = new Server(registry, options, log);
-    const nbd = nbdFrontEnd(registry, options);
+    const nbd = nbdFrontEnd(registry, { ...options, loops });
     let stop = (): void => undefined;
     const control =
       v.control === undefined
@@ -382,6 +416,7 @@ export const serve: Command<ServeValues> = {
     } catch (err) {
       // Export failures are logged by the shutdown; the listen error is the one to report.
       await control?.close();
+      await loops?.close();
       await server.shutdown().catch(() => undefined);
       engine.close();
       throw err;

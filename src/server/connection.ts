@@ -24,4 +24,6 @@ export interface FrontEnd {
   connect(socket: net.Socket, endpoint: Endpoint, log: Logger, closed: (conn: Connection) => void): Connection;
   /** What clients connect to at a listener's address (NBD URIs, socket paths), for stdout. */
   addresses(address: Address): string[];
+  /** At shutdown, once every connection is gone and before the exports close: stops what the front end runs besides them. */
+  close?(): Promise<void>;
 }

@@ -38,6 +38,9 @@ interface Listening {
 export class Server {
   private readonly listening: Listening[] = [];
   private readonly connections = new Set<Connection>();
+  private readonly frontEnds = new Set<FrontEnd>();
+  /** Told when a connection is gone, for those served as the only one (serveOne, serveFirstOnly). */
+  private readonly whenGone = new Map<Connection, () => void>();
   private nextId = 1;
   private shutdownStarted: Promise<void> | null = null;
   private connectionsGone: (() => void) | null = null;
@@ -58,6 +61,7 @@ export class Server {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket, endpoint, frontEnd));
     const backlog = await listen(server, endpoint);
     this.listening.push({ endpoint, server, frontEnd });
+    this.frontEnds.add(frontEnd);
     // Counted again with each listener: every one holds a descriptor.
     this.maxConnections = connectionLimit();
     const where = describeEndpoint(endpoint, this.port(server));
@@ -75,9 +79,8 @@ export class Server {
   /** Serves one connection on a socket the server did not accept (--stdio); resolves once it has closed. */
   serveOne(socket: net.Socket, endpoint: Endpoint, frontEnd: FrontEnd): Promise<void> {
     return new Promise((resolve) => {
-      socket.once('close', () => resolve());
       this.log.info({ connection: describeEndpoint(endpoint), protocol: frontEnd.protocol }, 'serving one connection');
-      this.accept(socket, endpoint, frontEnd);
+      this.accept(socket, endpoint, frontEnd, resolve);
     });
   }
 
@@ -100,9 +103,11 @@ export class Server {
     return typeof address === 'object' && address ? address.port : undefined;
   }
 
-  private accept(socket: net.Socket, endpoint: Endpoint, frontEnd: FrontEnd): void {
+  /** Takes a connection; `gone` is told once it has closed (the socket may close earlier: NBD connections can move to another loop). */
+  private accept(socket: net.Socket, endpoint: Endpoint, frontEnd: FrontEnd, gone?: () => void): void {
     if (this.shutdownStarted) {
       socket.destroy();
+      gone?.();
       return;
     }
     if (this.connections.size >= this.maxConnections) {
@@ -116,16 +121,20 @@ export class Server {
     if (only) {
       this.onlyConnection = null;
       for (const l of this.listening) l.server.close();
-      socket.once('close', () => only());
     }
     const log = this.log.child({ conn: this.nextId++ });
     const conn = frontEnd.connect(socket, endpoint, log, (c) => this.forget(c));
+    this.frontEnds.add(frontEnd);
+    const told = gone ?? only;
+    if (told) this.whenGone.set(conn, told);
     this.connections.add(conn);
     conn.start();
   }
 
   private forget(conn: Connection): void {
     this.connections.delete(conn);
+    this.whenGone.get(conn)?.();
+    this.whenGone.delete(conn);
     this.checkDrained();
     if (this.connections.size === 0 && !this.shutdownStarted) {
       this.idleTimer = setTimeout(() => void this.releaseMemory(), IDLE_RELEASE_MS).unref();
@@ -163,6 +172,7 @@ export class Server {
     for (const conn of this.connections) conn.destroy('server shutdown');
     await closed;
     this.drops.close();
+    await Promise.all([...this.frontEnds].map((f) => f.close?.()));
     const exports = await this.registry.closeAll();
     for (const { endpoint } of this.listening) {
       if (endpoint.kind === 'unix') fs.rmSync(endpoint.path, { force: true });

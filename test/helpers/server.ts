@@ -73,10 +73,14 @@ export function vblk(args: string[], cwd?: string, env?: NodeJS.ProcessEnv): Pro
   });
 }
 
-/** --engine and --direct for the engine matrix (test/engine-matrix.mjs). */
-function engineArgs(): string[] {
+/**
+ * --engine, --direct and --threads for the engine matrix
+ * (test/engine-matrix.mjs); --threads not when the test gives its own.
+ */
+function engineArgs(testArgs: string[]): string[] {
   const args = process.env.VBLK_TEST_ENGINE ? ['--engine', process.env.VBLK_TEST_ENGINE] : [];
   if (process.env.VBLK_TEST_DIRECT === '1') args.push('--direct');
+  if (process.env.VBLK_TEST_THREADS && !testArgs.includes('--threads')) args.push('--threads', process.env.VBLK_TEST_THREADS);
   return args;
 }
 
@@ -93,7 +97,7 @@ export async function serve(
 ): Promise<Served> {
   const dir = tempDir(t, 'vblk-srv-');
   const socket = path.join(dir, 'vblk.sock');
-  const full = [...(options.socket === false ? args : [...args, '--socket', socket]), ...engineArgs()];
+  const full = [...(options.socket === false ? args : [...args, '--socket', socket]), ...engineArgs(args)];
   const command = [VBLK, 'serve', ...full];
   const [program, ...argv] = options.prefix
     ? [...options.prefix, process.execPath, ...command]

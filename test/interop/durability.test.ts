@@ -240,7 +240,13 @@ function analyse(calls: Call[], image: string): Analysis {
     }
     return flags;
   };
-  const conns = new Set(calls.filter((c) => (c.name === 'accept4' || c.name === 'accept') && c.ret !== null && c.ret >= 0).map((c) => c.ret!));
+  // Client sockets: what accept returned, and their duplicates (with --threads a connection moves to another loop on one).
+  const conns = new Set<number>();
+  for (const c of [...calls].sort((a, b) => a.start - b.start)) {
+    if (c.ret === null || c.ret < 0) continue;
+    if (c.name === 'accept4' || c.name === 'accept') conns.add(c.ret);
+    if (c.name === 'fcntl' && c.args.includes('F_DUPFD') && conns.has(fdOf(c))) conns.add(c.ret);
+  }
   const fileWrites = calls.filter((c) => ['pwrite64', 'pwritev', 'pwritev2'].includes(c.name) && imageFlags(fdOf(c), c.start) !== null);
   const offsetOf = (c: Call): number => {
     const m = c.name === 'pwritev2' ? /,\s*(\d+),\s*[\w|]+\s*$/.exec(c.args) : /,\s*(\d+)\s*$/.exec(c.args);
@@ -278,7 +284,7 @@ async function traceRun(t: Test, engine: string): Promise<{ trace: string; image
   const image = emptyImage(path.join(dir, 'disk.img'), SIZE);
   const socket = path.join(dir, 's.sock');
   const traceFile = path.join(dir, 'trace');
-  const syscalls = 'openat,open,close,accept,accept4,pwrite64,pwritev,pwritev2,write,writev,sendmsg,sendto,fdatasync,fsync';
+  const syscalls = 'openat,open,close,accept,accept4,fcntl,pwrite64,pwritev,pwritev2,write,writev,sendmsg,sendto,fdatasync,fsync';
   const strace = spawn(
     'strace',
     ['-f', '-s', '0', '-e', `trace=${syscalls}`, '-o', traceFile, process.execPath, VBLK, 'serve', image, '--socket', socket, '--engine', engine],

@@ -28,10 +28,12 @@
 // do. Plain writes go on: they promise nothing until a FLUSH.
 
 import fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import type { IoEngine } from '../../io/engine.js';
 import { DeviceError } from '../errors.js';
 import { scatterSegments, totalLength } from '../types.js';
 import { DIRECT_ALIGNMENT, directEngine } from '../../io/probe.js';
+import { errnoName } from '../../sys/libc.js';
 import { seek } from '../../sys/syscalls.js';
 
 /** One operation per buffer, at consecutive positions from `offset`. */
@@ -60,14 +62,14 @@ export class ImageFile {
   /** Direct I/O: the file's length as extended so far (writable) or as it is (read-only). */
   private size = 0;
   private tailFd: number | null = null;
-  /** What every sync and durable write fails with once write-back has failed (see above). */
-  private writebackFailure: DeviceError | null = null;
 
   constructor(
     readonly fd: number,
     engine: IoEngine,
     private readonly direct: { writable: boolean } | null = null,
     private readonly onWritebackError?: WritebackReport,
+    /** 0, or the errno of the write-back failure (see above); shared by every ImageFile over `fd`. */
+    readonly failedCell: Int32Array = new Int32Array(new SharedArrayBuffer(4)),
   ) {
     this.engine = direct ? directEngine(engine) : engine;
     if (direct) {
@@ -139,7 +141,15 @@ export class ImageFile {
   }
 
   private guard(transfer: () => Promise<void>, losesData: (err: NodeJS.ErrnoException) => boolean): Promise<void> {
-    if (this.writebackFailure) return Promise.reject(this.writebackFailure);
+    const failed = Atomics.load(this.failedCell, 0);
+    if (failed !== 0) {
+      return Promise.reject(
+        new DeviceError(
+          'EIO',
+          `an earlier write-back to this image failed (${errnoName(failed)}): data may be lost, so FLUSH and FUA writes fail until the image is opened again`,
+        ),
+      );
+    }
     return transfer().catch((err: NodeJS.ErrnoException) => {
       if (losesData(err)) this.failWriteback(err);
       throw err;
@@ -147,13 +157,9 @@ export class ImageFile {
   }
 
   private failWriteback(err: NodeJS.ErrnoException): void {
-    if (this.writebackFailure) return;
-    const cause = err.code ?? err.message;
-    this.writebackFailure = new DeviceError(
-      'EIO',
-      `an earlier write-back to this image failed (${cause}): data may be lost, so FLUSH and FUA writes fail until the image is opened again`,
-    );
-    this.onWritebackError?.(err);
+    // EIO when the error names no errno; only the first failure is told.
+    const errno = (osConstants.errno as Record<string, number>)[err.code ?? ''] ?? osConstants.errno.EIO;
+    if (Atomics.compareExchange(this.failedCell, 0, 0, errno) === 0) this.onWritebackError?.(err);
   }
 
   /** Closes the extra descriptor, if one was opened (the caller owns `fd`). */

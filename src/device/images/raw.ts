@@ -68,6 +68,24 @@ export interface RawOptions {
   onWritebackError?: (path: string, err: Error) => void;
 }
 
+/**
+ * What another event loop needs to serve a raw image through the same
+ * descriptors (server/nbd/loops.ts): plain data, for postMessage. The
+ * descriptors stay the sharing image's, and so does the lock on them.
+ */
+export interface RawShare {
+  path: string;
+  fd: number;
+  dsyncFd: number;
+  size: number;
+  readOnly: boolean;
+  sparse: boolean;
+  punch: boolean;
+  direct: boolean;
+  /** The write-back failure mark, in shared memory (image-file.ts). */
+  failedCell: Int32Array;
+}
+
 export class RawImage implements BlockDevice {
   readonly capabilities: Capabilities;
   readonly description: string;
@@ -84,8 +102,10 @@ export class RawImage implements BlockDevice {
     private readonly file: ImageFile,
     readOnly: boolean,
     sparse: boolean,
-    punch: boolean,
+    private readonly punch: boolean,
     readonly direct: boolean,
+    /** Whether close() closes the descriptors: false for an image adopted from a share. */
+    private readonly ownsFds = true,
   ) {
     this.description = `raw image ${path}${readOnly ? ' (read-only)' : ''}${direct ? ' (direct I/O)' : ''}`;
     this.capabilities = {
@@ -140,6 +160,18 @@ export class RawImage implements BlockDevice {
       fs.closeSync(fd);
       throw err;
     }
+  }
+
+  share(): RawShare {
+    const { path, fd, dsyncFd, size, direct, punch } = this;
+    return { path, fd, dsyncFd, size, readOnly: this.capabilities.readOnly, sparse: this.capabilities.extents, punch, direct, failedCell: this.file.failedCell };
+  }
+
+  /** The image another loop shared, with this loop's engine; its close() leaves the descriptors open. */
+  static adopt(share: RawShare, engine: IoEngine, onWritebackError?: (path: string, err: Error) => void): RawImage {
+    const { path, fd, dsyncFd, size, readOnly, sparse, punch, direct } = share;
+    const file = new ImageFile(fd, engine, direct ? { writable: false } : null, (err) => onWritebackError?.(path, err), share.failedCell);
+    return new RawImage(path, fd, dsyncFd, size, file, readOnly, sparse, punch, direct, false);
   }
 
   async read(req: Request): Promise<ReadSegment[]> {
@@ -209,6 +241,7 @@ export class RawImage implements BlockDevice {
 
   async close(): Promise<void> {
     this.file.close();
+    if (!this.ownsFds) return;
     if (this.dsyncFd !== this.fd) await close(this.dsyncFd);
     await close(this.fd);
   }

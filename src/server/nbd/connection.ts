@@ -31,6 +31,13 @@
 // running and the client has been quiet for QUIET_MS, so requests already
 // on the wire get ESHUTDOWN rather than a cut; however much the client
 // keeps sending, that wait ends SHUTDOWN_GRACE_MS after it began.
+//
+// With connection loops (--threads, loops.ts) a connection whose export
+// they serve may leave for a worker loop when transmission starts
+// (handOff): this object stays behind as its stand-in, and the worker
+// makes a connection of its own over the same socket (adopt), which runs
+// the transmission phase there. A connection that is on TLS, or still has
+// handshake replies queued in the stream, stays here.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -46,6 +53,9 @@ import type { Connection, FrontEnd } from '../connection.js';
 import { exportUri, isUnixEndpoint } from '../listeners.js';
 import { TransmissionSession, type ConnectionStats, type SessionHost, type SessionLimits } from './transmission-session.js';
 import type { NbdTls, TlsUpgrade } from './tls.js';
+import type { Agreement } from '../../protocol/nbd/handshake.js';
+import { duplicateFd } from '../../sys/syscalls.js';
+import type { ConnectionLoops, LoopWorker, RemoteConnection } from './loops.js';
 
 export const MAX_OPTION_DATA = 64 << 10;
 export const MAX_OPTION_SKIP = 16 << 20;
@@ -84,6 +94,8 @@ export interface ConnectionOptions {
   busyPoll: BusyPoll;
   /** STARTTLS: offered or required with these credentials; absent, TLS is off. */
   tls?: NbdTls;
+  /** --threads: the loops transmissions may move to; absent, every connection stays on this loop. */
+  loops?: ConnectionLoops;
 }
 
 /** The NBD front end: a connection per accepted socket, one URI per export. */
@@ -95,6 +107,7 @@ export function nbdFrontEnd(registry: ExportRegistry, options: ConnectionOptions
       return new NbdConnection(socket, registry, options, log, closed);
     },
     addresses: (address) => registry.list().map((e) => exportUri(address, e.name, options.tls !== undefined)),
+    close: () => options.loops?.close() ?? Promise.resolve(),
   };
 }
 
@@ -108,6 +121,10 @@ export class NbdConnection implements SessionHost, Connection {
   private tls: { upgrade: TlsUpgrade; secure: boolean } | null = null;
   private readonly handshake: Handshake;
   private session: TransmissionSession | null = null;
+  /** Handed off: the connection runs on another loop, reached through this. */
+  private remote: RemoteConnection | null = null;
+  /** Counted as one of this loop's transmissions (--threads) until it closes. */
+  private leaveLoop: (() => void) | null = null;
   private option: OptionHeader | null = null;
   private optionSkip = 0;
   private optionCount = 0;
@@ -138,7 +155,7 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   get busy(): boolean {
-    return this.session !== null;
+    return this.session !== null || this.remote !== null;
   }
 
   start(): void {
@@ -193,11 +210,13 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   beginShutdown(): void {
-    if (this.session) this.session.beginShutdown();
+    if (this.remote) this.remote.shutdown();
+    else if (this.session) this.session.beginShutdown();
     else this.handshake.shuttingDown = true;
   }
 
   destroy(reason: string): void {
+    if (this.remote) return this.remote.destroy(reason);
     this.closeReason = reason;
     this.socket.destroy();
   }
@@ -318,6 +337,8 @@ export class NbdConnection implements SessionHost, Connection {
 
   private apply(step: Step): void {
     if (step.startTls) return this.startTls(step.send);
+    const placement = step.phase === 'transmission' ? this.place(step.agreement!) : null;
+    if (placement && !placement.here) return this.handOff(placement.worker, step.agreement!, step.send);
     // One write a step: a flood of small replies queues as few buffers as it can.
     if (step.send.length > 0) this.socket.write(step.send.length === 1 ? step.send[0] : Buffer.concat(step.send));
     if (step.phase === 'closed') {
@@ -325,7 +346,72 @@ export class NbdConnection implements SessionHost, Connection {
       return;
     }
     if (step.phase !== 'transmission') return;
-    const agreement = step.agreement!;
+    this.leaveLoop = placement?.leave ?? null;
+    this.beginTransmission(step.agreement!);
+  }
+
+  /** Where the transmission runs (--threads): null when nothing can move it, as on TLS or with replies still queued. */
+  private place(agreement: Agreement): ReturnType<ConnectionLoops['place']> {
+    const { loops } = this.options;
+    if (!loops || this.fd === null || this.tls || this.socket.writableLength > 0) return null;
+    return loops.place(agreement.export.name);
+  }
+
+  /**
+   * Moves the connection to another loop (see the top of this file): it
+   * reads no more here, and what it had read past GO goes along, with
+   * the reply to GO, which the loop sends.
+   */
+  private handOff(worker: LoopWorker, agreement: Agreement, reply: Buffer[]): void {
+    const socket = this.socket;
+    const fd = duplicateFd(this.fd!);
+    for (const [event, fn] of [['data', this.onData], ['end', this.onEnd], ['drain', this.onDrain], ['close', this.onClose]] as const) {
+      socket.off(event, fn);
+    }
+    socket.pause();
+    for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) this.input.push(chunk);
+    const input = this.input.take(this.input.length) ?? Buffer.alloc(0);
+    this.clearHandshakeTimer();
+    this.exportName = agreement.export.name;
+    const { export: exp, ...terms } = agreement;
+    this.remote = worker.serve(
+      {
+        type: 'serve',
+        id: this.options.loops!.connectionId(),
+        fd,
+        reply: Uint8Array.from(Buffer.concat(reply)),
+        input: Uint8Array.from(input),
+        agreement: { ...terms, exportName: exp.name },
+        bindings: this.log.bindings(),
+      },
+      () => this.remoteClosed(),
+    );
+    this.log.debug({ export: exp.name, loop: worker.loop }, 'transmission moved to another loop');
+    socket.destroy();
+  }
+
+  /** The loop that ran this connection says it has closed (and logged how). */
+  private remoteClosed(): void {
+    this.gone = true;
+    this.closing = true;
+    this.onClosed(this);
+  }
+
+  /**
+   * Runs the transmission phase of a connection another loop negotiated
+   * (handOff): sends the reply to GO, then serves what the client sent
+   * after it.
+   */
+  adopt(agreement: Agreement, reply: Buffer, pending: Buffer): void {
+    this.socket.setNoDelay?.(true);
+    this.listen(this.socket);
+    this.socket.write(reply);
+    if (pending.length > 0) this.input.push(pending);
+    this.beginTransmission(agreement);
+    this.pump();
+  }
+
+  private beginTransmission(agreement: Agreement): void {
     const served = this.registry.find(agreement.export.name)!;
     this.clearHandshakeTimer();
     this.exportName = served.name;
@@ -393,6 +479,7 @@ export class NbdConnection implements SessionHost, Connection {
     if (this.quietTimer) clearTimeout(this.quietTimer);
     this.session?.stop();
     this.writer.close();
+    this.leaveLoop?.();
     this.log.info(
       {
         export: this.exportName,

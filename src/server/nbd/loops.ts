@@ -1,0 +1,163 @@
+// More than one core for NBD (--threads N): the main event loop accepts
+// every connection and runs its handshake; when transmission starts on an
+// export that another loop can serve, the connection goes to the least
+// busy of the N loops (the main one included; ties go to a worker, as the
+// main loop has every handshake to run as well). Going means: the main loop
+// stops reading, duplicates the socket's descriptor, posts it with the
+// bytes it had read past GO and the agreement to a worker thread, and
+// closes its own descriptor; the worker wraps the duplicate in a socket of
+// its own and runs the transmission phase there (loop-worker.ts in cli/),
+// with its own I/O engine and busy poll. The main loop keeps a stand-in
+// for the connection, so the server's counting, limits and shutdown see
+// it as before.
+//
+// What a loop can serve: raw images with nothing in between (no filter,
+// no read-only view, no control socket's LiveImage), the one kind of
+// device with no state of its own in memory: every loop opens it as a
+// RawImage over the same descriptors (RawImage.share/adopt), so the page
+// cache, the lock, FLUSH (fdatasync covers writes any loop completed) and
+// the write-back failure mark are shared, and CAN_MULTI_CONN holds.
+// qcow2 (metadata in memory), filters, memory disks, RBD and vhost-user
+// stay on the main loop. What is not shared is each loop's gateway:
+// overlapping requests are ordered among the connections of one loop, not
+// across loops (as between nbdkit's threads or qemu-nbd's coroutines
+// across connections), and a read sent from the page cache holds back
+// writes of its own loop only.
+
+import type { Worker } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import type { FromLoop, LoopExport, LoopInit, ToLoop } from './loop-messages.js';
+
+/** Most loops --threads gives, whatever the machine has: past it, one process's page cache and locks are the limit. */
+export const MAX_LOOPS = 16;
+
+/** A connection that runs on a worker loop, as the main loop reaches it. */
+export interface RemoteConnection {
+  shutdown(): void;
+  destroy(reason: string): void;
+}
+
+/** Where a new transmission runs: here (counted until `leave`), or on a worker. */
+export type Placement = { here: true; leave(): void } | { here: false; worker: LoopWorker };
+
+export type SpawnLoop = (init: LoopInit) => Worker;
+
+export class LoopWorker {
+  /** Its connections, each with what to call when it has closed. */
+  private readonly connections = new Map<number, () => void>();
+  private alive = true;
+
+  constructor(
+    readonly loop: number,
+    private readonly worker: Worker,
+    private readonly log: Logger,
+  ) {
+    worker.on('message', (msg: FromLoop) => {
+      if (msg.type === 'closed') this.closed(msg.id);
+    });
+    worker.on('error', (err) => this.failed(`loop ${loop} failed: ${err.message}`));
+    worker.on('exit', (code) => {
+      if (this.alive) this.failed(`loop ${loop} exited with status ${code}`);
+    });
+  }
+
+  get load(): number {
+    return this.alive ? this.connections.size : Infinity;
+  }
+
+  serve(message: Extract<ToLoop, { type: 'serve' }>, closed: () => void): RemoteConnection {
+    const { id } = message;
+    this.connections.set(id, closed);
+    this.worker.postMessage(message, [message.input.buffer as ArrayBuffer, message.reply.buffer as ArrayBuffer]);
+    return {
+      shutdown: () => this.post({ type: 'shutdown', id }),
+      destroy: (reason) => this.post({ type: 'destroy', id, reason }),
+    };
+  }
+
+  /** Asks the loop to finish and waits until its thread has gone. */
+  close(): Promise<void> {
+    if (!this.alive) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.worker.once('exit', () => resolve());
+      this.post({ type: 'close' });
+      this.alive = false;
+    });
+  }
+
+  private post(message: ToLoop): void {
+    if (this.alive) this.worker.postMessage(message);
+  }
+
+  private closed(id: number): void {
+    const closed = this.connections.get(id);
+    this.connections.delete(id);
+    closed?.();
+  }
+
+  /** The thread died (a bug): its connections went with it. */
+  private failed(reason: string): void {
+    if (!this.alive) return;
+    this.alive = false;
+    this.log.error({ loop: this.loop, connections: this.connections.size, reason }, 'connection loop failed: its connections are gone');
+    for (const id of [...this.connections.keys()]) this.closed(id);
+  }
+}
+
+export class ConnectionLoops {
+  private here = 0;
+  private nextId = 1;
+
+  private constructor(
+    private readonly workers: LoopWorker[],
+    private readonly served: Set<string>,
+  ) {}
+
+  /**
+   * Starts `count` worker loops for `exports` and waits until each is
+   * ready (a loop that cannot open its engine fails the start).
+   */
+  static async start(count: number, exports: LoopExport[], init: Omit<LoopInit, 'loop' | 'exports'>, spawn: SpawnLoop, log: Logger): Promise<ConnectionLoops> {
+    const workers = await Promise.all(
+      Array.from({ length: count }, async (_, i) => {
+        const loop = i + 1;
+        const worker = spawn({ ...init, loop, exports });
+        await new Promise<void>((resolve, reject) => {
+          worker.once('message', (msg: FromLoop) => (msg.type === 'ready' ? resolve() : reject(new Error(`loop ${loop}: unexpected ${msg.type}`))));
+          worker.once('error', reject);
+          worker.once('exit', (code) => reject(new Error(`loop ${loop} exited with status ${code} before it was ready`)));
+        });
+        return new LoopWorker(loop, worker, log);
+      }),
+    );
+    log.info({ loops: count + 1, exports: exports.map((e) => e.name) }, 'connection loops ready');
+    return new ConnectionLoops(workers, new Set(exports.map((e) => e.name)));
+  }
+
+  /** Where a connection that starts transmission on `exportName` runs; null: here, as every connection not spread. */
+  place(exportName: string): Placement | null {
+    if (!this.served.has(exportName)) return null;
+    // Ties go to a worker: the main loop also runs every handshake (and the control socket).
+    const worker = this.workers.reduce((a, b) => (b.load < a.load ? b : a));
+    if (worker.load <= this.here) return { here: false, worker };
+    this.here++;
+    let left = false;
+    return {
+      here: true,
+      leave: () => {
+        if (!left) this.here--;
+        left = true;
+      },
+    };
+  }
+
+  /** An id for a connection posted to a loop (the loops' own, apart from the log's conn). */
+  connectionId(): number {
+    return this.nextId++;
+  }
+
+  /** Every connection is gone: stops the worker loops. */
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.close()));
+  }
+}

@@ -2,7 +2,7 @@
 // the page cache, servers started and stopped on a UNIX socket, fio runs
 // read back from its JSON, medians, tables as text and Markdown.
 
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 
 export function progress(text: string): void {
@@ -151,13 +151,46 @@ export interface FioResult {
   requests: number;
 }
 
+/** fio's arguments for one run: `args` with JSON output of one group. */
+function fioCommand(args: string[]): string[] {
+  return [...args, '--output-format=json', '--group_reporting'];
+}
+
 /** Runs fio with `args` (plus JSON output) and sums the reads and writes of its one reported group. */
 export function fio(args: string[], env: NodeJS.ProcessEnv = process.env): FioResult {
-  const full = [...args, '--output-format=json', '--group_reporting'];
+  const full = fioCommand(args);
   const r = spawnSync('fio', full, { encoding: 'utf8', maxBuffer: 64 << 20, env });
   if (r.status !== 0) throw new Error(`fio ${full.join(' ')} failed: ${r.stderr}${r.stdout.slice(0, 300)}`);
+  return fioResult(args, r.stdout);
+}
+
+/** fio as fio(), in the background under `prefix` (taskset -c N, say), so that several run at once. */
+export function fioAsync(args: string[], prefix: string[] = []): Promise<FioResult> {
+  const full = fioCommand(args);
+  const [cmd, ...rest] = [...prefix, 'fio', ...full];
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd!, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code !== 0) reject(new Error(`${[cmd, ...rest].join(' ')} failed: ${stderr}${stdout.slice(0, 300)}`));
+      else {
+        try {
+          resolve(fioResult(args, stdout));
+        } catch (err) {
+          reject(err);
+        }
+      }
+    });
+  });
+}
+
+function fioResult(args: string[], stdout: string): FioResult {
   // The nbd engine prints "fio: connected to NBD server" lines before the JSON.
-  const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{\n')));
+  const json = JSON.parse(stdout.slice(stdout.indexOf('{\n')));
   const job = json.jobs[0];
   if (job.error) throw new Error(`fio reported error ${job.error}`);
   const sides = [job.read, job.write].filter((s) => s.io_bytes > 0);

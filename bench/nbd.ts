@@ -15,7 +15,8 @@
 // Page-cache rows use each server's default caching; the direct rows use
 // vblk --direct, qemu-nbd --cache=none --aio=io_uring and nbdkit's
 // cache=none (nbd-server has no such mode). qemu-nbd gets --shared=8 so
-// the multi-connection row can open its four connections.
+// the multi-connection rows can open their four and eight connections.
+// vblk runs with its defaults (--threads auto: a loop per core).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -109,6 +110,7 @@ const ROWS: Row[] = [
   { id: '7r', title: 'random read 4K, QD32, no page cache', job: ['--rw=randread', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.0, direct: true },
   { id: '7w', title: 'random write 4K, QD32, no page cache', job: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.0, direct: true },
   { id: '8', title: 'random read 4K, QD1, 2000/s (light load)', job: ['--rw=randread', '--bs=4k', '--iodepth=1', '--rate_iops=2000'], unit: 'IOPS' },
+  { id: '9', title: 'random read 4K, 8 conns x QD4', job: ['--rw=randread', '--bs=4k', '--iodepth=4', '--numjobs=8'], unit: 'IOPS', goal: 1.5 },
 ];
 
 interface Server {

@@ -2,16 +2,21 @@
 // worker thread with its own event loop, I/O engine and busy poll. It
 // serves the raw images the main loop shared with it (RawImage.adopt:
 // the same descriptors) to the connections the main loop hands over at
-// transmission start, and says when each has closed. Told to close, it
-// waits for its devices, frees its engine and lets its thread end.
+// transmission start, and says when each has closed. A second after its
+// last connection has gone it gives memory back, as the main loop does
+// (its buffer pools and heap are its own). Told to close, it waits for
+// its devices and closes them (the final flush is the main loop's),
+// frees its engine and lets its thread end.
 
 import net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RawImage } from '../device/images/raw.js';
+import { releaseIdleMemory } from '../io/idle-memory.js';
 import { chooseEngine } from '../io/probe.js';
 import { BusyPoll } from '../server/busy-poll.js';
 import { ExportRegistry } from '../server/exports.js';
 import { NbdConnection } from '../server/nbd/connection.js';
+import { IDLE_RELEASE_MS } from '../server/server.js';
 import type { FromLoop, LoopInit, ToLoop } from '../server/nbd/loop-messages.js';
 import { createLogger } from './logger.js';
 
@@ -28,6 +33,7 @@ for (const e of init.exports) {
 }
 const options = { handshakeTimeoutMs: 0, limits: init.limits, busyPoll: new BusyPoll(init.pollUs) };
 const connections = new Map<number, NbdConnection>();
+let idleTimer: NodeJS.Timeout | null = null;
 
 function post(message: FromLoop): void {
   port.postMessage(message);
@@ -38,9 +44,12 @@ function serve(message: Extract<ToLoop, { type: 'serve' }>): void {
   const socket = new net.Socket({ fd: message.fd, readable: true, writable: true, allowHalfOpen: true });
   // The main loop's bindings, but for the logger's name, which this loop's logger has already.
   const bindings = Object.fromEntries(Object.entries(message.bindings).filter(([key]) => key !== 'name'));
+  if (idleTimer) clearTimeout(idleTimer);
+  idleTimer = null;
   const conn = new NbdConnection(socket, registry, options, log.child(bindings), () => {
     connections.delete(id);
     post({ type: 'closed', id });
+    if (connections.size === 0) idleTimer = setTimeout(() => void releaseIdleMemory(), IDLE_RELEASE_MS).unref();
   });
   connections.set(id, conn);
   const { exportName, ...terms } = agreement;
@@ -49,7 +58,10 @@ function serve(message: Extract<ToLoop, { type: 'serve' }>): void {
 
 async function close(): Promise<void> {
   for (const conn of connections.values()) conn.destroy('server shutdown');
-  await registry.closeAll();
+  if (idleTimer) clearTimeout(idleTimer);
+  const exports = registry.list();
+  await Promise.all(exports.map((e) => e.gateway.drain()));
+  await Promise.all(exports.map((e) => e.gateway.device.close()));
   engine.close();
   port.close();
 }

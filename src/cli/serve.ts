@@ -209,7 +209,9 @@ ${TLS_EXAMPLES}  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --di
 /** --threads: a number of loops, or auto (one per core up to MAX_LOOPS; one for --stdio's one connection). */
 function threadCount(value: string | undefined, stdio: boolean): number {
   if (value === undefined || value === 'auto') return stdio ? 1 : Math.min(os.availableParallelism(), MAX_LOOPS);
-  return numberOption('threads', value, 1, 1, MAX_LOOPS);
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_LOOPS) throw new UsageError(`--threads must be auto or a whole number from 1 to ${MAX_LOOPS}`);
+  return n;
 }
 
 /** Why the server shuts down, for the log, when it is not a signal. */

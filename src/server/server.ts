@@ -23,7 +23,7 @@ import type { ExportRegistry } from './exports.js';
 import { describeEndpoint, listen, listeningAddress, type Endpoint } from './listeners.js';
 
 /** How long the server waits, once its last connection has gone, before it gives memory back. */
-const IDLE_RELEASE_MS = 1000;
+export const IDLE_RELEASE_MS = 1000;
 
 export interface ServerOptions {
   shutdownTimeoutMs: number;

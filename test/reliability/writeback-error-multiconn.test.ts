@@ -5,7 +5,8 @@
 // device whose backing file sits on a 1 MiB tmpfs, so write-back of
 // anything past the first megabyte fails. Two libnbd connections
 // (CAN_MULTI_CONN): after A's FLUSH fails, B's FLUSH and FUA writes must
-// fail too, and the server must say so in its log.
+// fail too, and the server must say so in its log, also when the two
+// connections run on different event loops (--threads 2).
 
 import t from 'tap';
 import { loopWithFailingWriteback } from '../helpers/mounts.js';
@@ -33,9 +34,11 @@ attempt('a_flush_again', lambda: a.flush())
 print(json.dumps(out))
 `;
 
-t.test('after a failed write-back, every connection gets EIO for FLUSH and FUA', async (t) => {
+// With --threads 2 the two connections run on two event loops, each with
+// its own view of the image: the mark is shared between them.
+for (const threads of ['1', '2']) t.test(`after a failed write-back, every connection gets EIO for FLUSH and FUA (--threads ${threads})`, async (t) => {
   const dev = loopWithFailingWriteback(t);
-  const served = await serve(t, [dev]);
+  const served = await serve(t, [dev, '--threads', threads]);
   const r = await run('/usr/bin/python3', ['-c', SCRIPT, served.uri()]);
   t.equal(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as Record<string, unknown>;
@@ -49,6 +52,8 @@ t.test('after a failed write-back, every connection gets EIO for FLUSH and FUA',
   t.not(out.b_fua_write, 'ok', 'FUA writes fail too');
   t.equal(out.b_plain_write, 'ok', 'plain writes go on');
   t.not(out.a_flush_again, 'ok', 'and FLUSH keeps failing');
+  const loops = served.logs().filter((l) => l.msg === 'transmission started').map((l) => l.loop ?? 0);
+  t.same(loops.sort(), threads === '1' ? [0, 0] : [0, 1], 'the connections ran on the loops --threads gives');
   const logged = served.logs().filter((l) => l.msg?.toString().startsWith('write-back failed'));
   t.equal(logged.length, 1, 'the server logs the failure once');
   t.equal(logged[0]?.level, 50, 'at error level');

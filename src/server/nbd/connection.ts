@@ -338,7 +338,7 @@ export class NbdConnection implements SessionHost, Connection {
   private apply(step: Step): void {
     if (step.startTls) return this.startTls(step.send);
     const placement = step.phase === 'transmission' ? this.place(step.agreement!) : null;
-    if (placement && !placement.here) return this.handOff(placement.worker, step.agreement!, step.send);
+    if (placement && !placement.here && this.handOff(placement.worker, step.agreement!, step.send)) return;
     // One write a step: a flood of small replies queues as few buffers as it can.
     if (step.send.length > 0) this.socket.write(step.send.length === 1 ? step.send[0] : Buffer.concat(step.send));
     if (step.phase === 'closed') {
@@ -346,7 +346,7 @@ export class NbdConnection implements SessionHost, Connection {
       return;
     }
     if (step.phase !== 'transmission') return;
-    this.leaveLoop = placement?.leave ?? null;
+    this.leaveLoop = placement?.here ? placement.leave : null;
     this.beginTransmission(step.agreement!);
   }
 
@@ -360,11 +360,18 @@ export class NbdConnection implements SessionHost, Connection {
   /**
    * Moves the connection to another loop (see the top of this file): it
    * reads no more here, and what it had read past GO goes along, with
-   * the reply to GO, which the loop sends.
+   * the reply to GO, which the loop sends. False when the descriptor
+   * cannot be duplicated: the connection then stays.
    */
-  private handOff(worker: LoopWorker, agreement: Agreement, reply: Buffer[]): void {
+  private handOff(worker: LoopWorker, agreement: Agreement, reply: Buffer[]): boolean {
     const socket = this.socket;
-    const fd = duplicateFd(this.fd!);
+    let fd: number;
+    try {
+      fd = duplicateFd(this.fd!);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'transmission stays on the main loop: the socket cannot be duplicated');
+      return false;
+    }
     for (const [event, fn] of [['data', this.onData], ['end', this.onEnd], ['drain', this.onDrain], ['close', this.onClose]] as const) {
       socket.off(event, fn);
     }
@@ -388,6 +395,7 @@ export class NbdConnection implements SessionHost, Connection {
     );
     this.log.debug({ export: exp.name, loop: worker.loop }, 'transmission moved to another loop');
     socket.destroy();
+    return true;
   }
 
   /** The loop that ran this connection says it has closed (and logged how). */

@@ -1,10 +1,13 @@
 // `vblk serve --threads N` (server/nbd/loops.ts): the handshake runs on
 // the main event loop, and a transmission on a raw image moves to the
-// least busy loop. What must hold: connections spread over the loops and
-// each one sees what the others wrote and flushed; bytes a client sent
-// right behind GO reach the loop that serves it; devices that cannot be
+// least busy loop (ties stay on the main loop, and a worker thread starts
+// with the first connection placed on it). What must hold: connections
+// spread over the loops and each one sees what the others wrote and
+// flushed; bytes a client sent right behind GO reach the loop that serves
+// it, also while that loop's thread is starting; devices that cannot be
 // shared (filters, memory disks) keep their connections on the main loop;
-// a shutdown finishes on every loop; and a bad --threads is refused.
+// a lone connection starts no thread; a shutdown finishes on every loop;
+// and a bad --threads is refused.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -98,6 +101,8 @@ t.test('a request sent right behind GO, before its reply, is served on the loop 
   const file = image(t);
   fs.writeFileSync(file, Buffer.alloc(4096, 0x5a), { flag: 'r+' });
   const srv = await serve(t, [file, '--threads', '2']);
+  // The first connection stays on the main loop; the second goes to the worker, whose thread it starts.
+  await connect(t, srv);
   const c = await RawClient.connect(srv.socket);
   t.teardown(() => c.close());
   await c.greeting();
@@ -115,21 +120,23 @@ t.test('a request sent right behind GO, before its reply, is served on the loop 
   const data = (chunks[0]!.payload as { data: Buffer }).data;
   t.equal(chunks[0]!.cookie, 7n, 'the READ sent with GO is answered');
   t.ok(data.equals(Buffer.alloc(4096, 0x5a)), 'with the data');
-  t.same([...loopsOf(srv).values()], [1], 'on the worker loop');
+  t.same([...loopsOf(srv).values()], [0, 1], 'on the worker loop');
 });
 
 t.test('exports that cannot be shared keep their connections on the main loop', async (t) => {
   const file = image(t);
   const srv = await serve(t, [file, '--threads', '2', '--export', 'mem=memory:16M', '--export', 'slow=' + image(t), '--filter', 'delay:read=1ms']);
-  await connect(t, srv, 'mem');
-  await connect(t, srv, 'slow');
-  await connect(t, srv, '');
-  await waitFor(() => loopsOf(srv).size === 3, 'three transmissions');
-  const byExport = new Map(srv.logs().filter((l) => l.msg === 'transmission started').map((l) => [l.export, (l.loop as number | undefined) ?? 0]));
-  t.equal(byExport.get('mem'), 0, 'a memory disk stays on the main loop');
-  t.equal(byExport.get('slow'), 0, 'so does an export with a filter');
-  t.equal(byExport.get(''), 1, 'a plain raw image moves');
-  const ready = srv.logs().find((l) => l.msg === 'connection loops ready');
+  for (const name of ['', 'mem', 'mem', 'slow', 'slow', '']) await connect(t, srv, name);
+  await waitFor(() => loopsOf(srv).size === 6, 'six transmissions');
+  const loops = (name: string): number[] =>
+    srv
+      .logs()
+      .filter((l) => l.msg === 'transmission started' && l.export === name)
+      .map((l) => (l.loop as number | undefined) ?? 0);
+  t.same(loops('mem'), [0, 0], 'a memory disk stays on the main loop');
+  t.same(loops('slow'), [0, 0], 'so does an export with a filter');
+  t.same(loops(''), [0, 1], 'a plain raw image spreads: its first connection here, the second on the worker');
+  const ready = srv.logs().find((l) => l.msg === 'connection loops');
   t.same(ready?.exports, [''], 'the loops serve only the plain raw image');
 });
 
@@ -154,6 +161,14 @@ t.test('shutdown with requests in flight on both loops: they finish, the server 
   errors.forEach((e, i) => {
     if (e === 0) t.ok(content.subarray(i * 4 * MIB, (i + 1) * 4 * MIB).equals(data(i)), `write ${i} is in the file`);
   });
+});
+
+t.test('a single connection never starts a worker thread', async (t) => {
+  const srv = await serve(t, [image(t), '--threads', '4']);
+  for (let i = 0; i < 3; i++) (await connect(t, srv)).close();
+  await waitFor(() => srv.logs().filter((l) => l.msg === 'connection closed').length === 3, 'three closes');
+  t.same([...loopsOf(srv).values()], [0, 0, 0], 'one after another, each runs on the main loop');
+  t.notOk(srv.logs().some((l) => l.msg === 'connection loop started'), 'no loop was started');
 });
 
 t.test('--threads must be a number of loops from 1 to 16, or auto', async (t) => {

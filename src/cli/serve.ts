@@ -21,7 +21,7 @@ import { parseListenAddress, type Endpoint } from '../server/listeners.js';
 import { stdioConnection } from '../server/stdio.js';
 import { nbdFrontEnd } from '../server/nbd/connection.js';
 import { ConnectionLoops, MAX_LOOPS } from '../server/nbd/loops.js';
-import type { LoopExport } from '../server/nbd/loop-messages.js';
+import type { LoopExport, LoopInit } from '../server/nbd/loop-messages.js';
 import { vhostUserFrontEnd } from '../server/vhost-user/front-end.js';
 import { Server } from '../server/server.js';
 import { ControlSocket } from '../server/control/control-socket.js';
@@ -169,6 +169,9 @@ Examples:
   vblk serve disk.img --listen 10809 --read-only
       nbdinfo nbd://127.0.0.1:10809
 ${TLS_EXAMPLES}  vblk serve disk.img --socket /tmp/vblk.sock --engine uring --direct
+  vblk serve disk.img --socket /tmp/vblk.sock --threads 4
+      nbdcopy --connections=4 nbd+unix:///?socket=/tmp/vblk.sock copy.img
+      (each of nbdcopy's connections on a loop of its own)
   vblk serve disk.qcow2 --socket /tmp/vblk.sock --control /tmp/vblk.ctl
       vblk ctl /tmp/vblk.ctl snapshot create before-upgrade
   vblk serve top.qcow2 --socket /tmp/vblk.sock
@@ -377,18 +380,10 @@ export const serve: Command<ServeValues> = {
       throw err;
     }
     const threads = threadCount(v.threads, v.stdio === true);
-    let loops: ConnectionLoops | undefined;
     const shared = registry.list().flatMap((e): LoopExport[] => (e.gateway.device instanceof RawImage ? [{ name: e.name, description: e.description, share: e.gateway.device.share() }] : []));
-    if (threads > 1 && shared.length > 0) {
-      const init = { engine: engine.name, limits: options.limits, pollUs: options.busyPoll.maxUs, logLevel: v['log-level'] ?? 'info' };
-      try {
-        loops = await ConnectionLoops.start(threads - 1, shared, init, (workerData) => new Worker(new URL('./loop-worker.js', import.meta.url), { workerData }), log);
-      } catch (err) {
-        await registry.closeAll();
-        engine.close();
-        throw err;
-      }
-    }
+    const loopInit = { engine: engine.name, limits: options.limits, pollUs: options.busyPoll.maxUs, logLevel: v['log-level'] ?? 'info' };
+    const spawnLoop = (workerData: LoopInit): Worker => new Worker(new URL('./loop-worker.js', import.meta.url), { workerData });
+    const loops = threads > 1 && shared.length > 0 ? new ConnectionLoops(threads - 1, shared, loopInit, spawnLoop, log) : undefined;
     const server = new Server(registry, options, log);
     const nbd = nbdFrontEnd(registry, { ...options, loops });
     let stop = (): void => undefined;

@@ -121,6 +121,8 @@ export class NbdConnection implements SessionHost, Connection {
   private tls: { upgrade: TlsUpgrade; secure: boolean } | null = null;
   private readonly handshake: Handshake;
   private session: TransmissionSession | null = null;
+  /** Waiting for the loop it moves to: nothing is read or answered meanwhile. */
+  private moving = false;
   /** Handed off: the connection runs on another loop, reached through this. */
   private remote: RemoteConnection | null = null;
   /** Counted as one of this loop's transmissions (--threads) until it closes. */
@@ -237,7 +239,7 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   resumeInput(): void {
-    if (!this.closing) this.socket.resume();
+    if (!this.closing && !this.moving) this.socket.resume();
   }
 
   finish(reason: string): void {
@@ -280,8 +282,9 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   private pump(): void {
+    if (this.moving) return;
     if (this.session) return this.session.pump();
-    while (!this.closing && !this.session && (!this.tls || this.tls.secure)) {
+    while (!this.closing && !this.session && !this.moving && (!this.tls || this.tls.secure)) {
       if (this.socket.writableLength >= MAX_HANDSHAKE_BACKLOG) {
         // The client is not reading its replies; 'drain' brings us back.
         this.pauseInput();
@@ -338,7 +341,7 @@ export class NbdConnection implements SessionHost, Connection {
   private apply(step: Step): void {
     if (step.startTls) return this.startTls(step.send);
     const placement = step.phase === 'transmission' ? this.place(step.agreement!) : null;
-    if (placement && !placement.here && this.handOff(placement.worker, step.agreement!, step.send)) return;
+    if (placement && !placement.here) return this.move(placement.worker, step.agreement!, step.send);
     // One write a step: a flood of small replies queues as few buffers as it can.
     if (step.send.length > 0) this.socket.write(step.send.length === 1 ? step.send[0] : Buffer.concat(step.send));
     if (step.phase === 'closed') {
@@ -358,7 +361,32 @@ export class NbdConnection implements SessionHost, Connection {
   }
 
   /**
-   * Moves the connection to another loop (see the top of this file): it
+   * Moves the connection to another loop once that loop is ready (its
+   * thread starts with the first connection placed on it); until then
+   * nothing is read or answered. If the loop cannot take it, the
+   * connection stays and its transmission starts here.
+   */
+  private move(worker: LoopWorker, agreement: Agreement, reply: Buffer[]): void {
+    this.clearHandshakeTimer();
+    this.moving = true;
+    this.pauseInput();
+    void worker.whenReady().then((ready) => {
+      this.moving = false;
+      if (this.closing) return;
+      try {
+        if (ready && this.handOff(worker, agreement, reply)) return;
+        this.socket.write(Buffer.concat(reply));
+        this.beginTransmission(agreement);
+        this.resumeInput();
+        this.pump();
+      } catch (err) {
+        this.hangUp(`moving to loop ${worker.loop} failed: ${(err as Error).message}`, 'closing connection: internal error');
+      }
+    });
+  }
+
+  /**
+   * Hands the connection to another loop (see the top of this file): it
    * reads no more here, and what it had read past GO goes along, with
    * the reply to GO, which the loop sends. False when the descriptor
    * cannot be duplicated: the connection then stays.

@@ -1,8 +1,10 @@
 // More than one core for NBD (--threads N): the main event loop accepts
 // every connection and runs its handshake; when transmission starts on an
 // export that another loop can serve, the connection goes to the least
-// busy of the N loops (the main one included; ties go to a worker, as the
-// main loop has every handshake to run as well). Going means: the main loop
+// busy of the N loops by connections held (the main one included; ties
+// stay on the main loop, so a lone connection runs where it was accepted,
+// and a worker thread starts only when a connection is first placed on
+// it). Going means: the main loop
 // stops reading, duplicates the socket's descriptor, posts it with the
 // bytes it had read past GO and the agreement to a worker thread, and
 // closes its own descriptor; the worker wraps the duplicate in a socket of
@@ -45,30 +47,66 @@ export type SpawnLoop = (init: LoopInit) => Worker;
 export class LoopWorker {
   /** Its connections, each with what to call when it has closed. */
   private readonly connections = new Map<number, () => void>();
-  private alive = true;
+  /** Connections waiting for the thread to start, counted in its load meanwhile. */
+  private waiting = 0;
+  private worker: Worker | null = null;
+  private started: Promise<boolean> | null = null;
+  private alive = false;
+  private dead = false;
 
   constructor(
     readonly loop: number,
-    private readonly worker: Worker,
+    private readonly spawn: () => Worker,
     private readonly log: Logger,
-  ) {
-    worker.on('message', (msg: FromLoop) => {
-      if (msg.type === 'closed') this.closed(msg.id);
-    });
-    worker.on('error', (err) => this.failed(`loop ${loop} failed: ${err.message}`));
-    worker.on('exit', (code) => {
-      if (this.alive) this.failed(`loop ${loop} exited with status ${code}`);
-    });
-  }
+  ) {}
 
   get load(): number {
-    return this.alive ? this.connections.size : Infinity;
+    return this.dead ? Infinity : this.connections.size + this.waiting;
+  }
+
+  /**
+   * Starts the thread the first time a connection is placed on it;
+   * resolves true once it is ready for connections, false when it could
+   * not start (logged; the connection then stays on the main loop).
+   * `load` counts the caller until it resolves.
+   */
+  whenReady(): Promise<boolean> {
+    this.waiting++;
+    this.started ??= new Promise<boolean>((resolve) => {
+      let worker: Worker;
+      try {
+        worker = this.spawn();
+      } catch (err) {
+        this.startFailed((err as Error).message);
+        resolve(false);
+        return;
+      }
+      const failed = (reason: string): void => {
+        if (this.alive) return this.failed(reason);
+        this.startFailed(reason);
+        resolve(false);
+      };
+      worker.on('error', (err) => failed(`loop ${this.loop} failed: ${err.message}`));
+      worker.on('exit', (code) => {
+        if (!this.dead && this.worker) failed(`loop ${this.loop} exited with status ${code}`);
+      });
+      worker.on('message', (msg: FromLoop) => {
+        if (msg.type === 'closed') this.closed(msg.id);
+        if (msg.type === 'ready' && !this.dead) {
+          this.alive = true;
+          this.log.info({ loop: this.loop }, 'connection loop started');
+          resolve(true);
+        }
+      });
+      this.worker = worker;
+    });
+    return this.started.finally(() => this.waiting--);
   }
 
   serve(message: Extract<ToLoop, { type: 'serve' }>, closed: () => void): RemoteConnection {
     const { id } = message;
     this.connections.set(id, closed);
-    this.worker.postMessage(message, [message.input.buffer as ArrayBuffer, message.reply.buffer as ArrayBuffer]);
+    this.worker!.postMessage(message, [message.input.buffer as ArrayBuffer, message.reply.buffer as ArrayBuffer]);
     return {
       shutdown: () => this.post({ type: 'shutdown', id }),
       destroy: (reason) => this.post({ type: 'destroy', id, reason }),
@@ -76,17 +114,19 @@ export class LoopWorker {
   }
 
   /** Asks the loop to finish and waits until its thread has gone. */
-  close(): Promise<void> {
-    if (!this.alive) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.worker.once('exit', () => resolve());
+  async close(): Promise<void> {
+    if (!(await this.started)) return;
+    const worker = this.worker!;
+    await new Promise<void>((resolve) => {
+      worker.once('exit', () => resolve());
       this.post({ type: 'close' });
       this.alive = false;
+      this.dead = true;
     });
   }
 
   private post(message: ToLoop): void {
-    if (this.alive) this.worker.postMessage(message);
+    if (this.alive) this.worker!.postMessage(message);
   }
 
   private closed(id: number): void {
@@ -95,10 +135,16 @@ export class LoopWorker {
     closed?.();
   }
 
+  private startFailed(reason: string): void {
+    this.dead = true;
+    this.log.error({ loop: this.loop, reason }, 'connection loop could not start: its connections stay on the main loop');
+  }
+
   /** The thread died (a bug): its connections went with it. */
   private failed(reason: string): void {
-    if (!this.alive) return;
+    if (this.dead) return;
     this.alive = false;
+    this.dead = true;
     this.log.error({ loop: this.loop, connections: this.connections.size, reason }, 'connection loop failed: its connections are gone');
     for (const id of [...this.connections.keys()]) this.closed(id);
   }
@@ -107,39 +153,22 @@ export class LoopWorker {
 export class ConnectionLoops {
   private here = 0;
   private nextId = 1;
+  private readonly workers: LoopWorker[];
+  private readonly served: Set<string>;
 
-  private constructor(
-    private readonly workers: LoopWorker[],
-    private readonly served: Set<string>,
-  ) {}
-
-  /**
-   * Starts `count` worker loops for `exports` and waits until each is
-   * ready (a loop that cannot open its engine fails the start).
-   */
-  static async start(count: number, exports: LoopExport[], init: Omit<LoopInit, 'loop' | 'exports'>, spawn: SpawnLoop, log: Logger): Promise<ConnectionLoops> {
-    const workers = await Promise.all(
-      Array.from({ length: count }, async (_, i) => {
-        const loop = i + 1;
-        const worker = spawn({ ...init, loop, exports });
-        await new Promise<void>((resolve, reject) => {
-          worker.once('message', (msg: FromLoop) => (msg.type === 'ready' ? resolve() : reject(new Error(`loop ${loop}: unexpected ${msg.type}`))));
-          worker.once('error', reject);
-          worker.once('exit', (code) => reject(new Error(`loop ${loop} exited with status ${code} before it was ready`)));
-        });
-        return new LoopWorker(loop, worker, log);
-      }),
-    );
-    log.info({ loops: count + 1, exports: exports.map((e) => e.name) }, 'connection loops ready');
-    return new ConnectionLoops(workers, new Set(exports.map((e) => e.name)));
+  /** `count` worker loops for `exports`, each started when a connection is first placed on it. */
+  constructor(count: number, exports: LoopExport[], init: Omit<LoopInit, 'loop' | 'exports'>, spawn: SpawnLoop, log: Logger) {
+    this.workers = Array.from({ length: count }, (_, i) => new LoopWorker(i + 1, () => spawn({ ...init, loop: i + 1, exports }), log));
+    this.served = new Set(exports.map((e) => e.name));
+    log.info({ loops: count + 1, exports: exports.map((e) => e.name) }, 'connection loops');
   }
 
   /** Where a connection that starts transmission on `exportName` runs; null: here, as every connection not spread. */
   place(exportName: string): Placement | null {
     if (!this.served.has(exportName)) return null;
-    // Ties go to a worker: the main loop also runs every handshake (and the control socket).
+    // Ties stay here: a single connection never starts a thread.
     const worker = this.workers.reduce((a, b) => (b.load < a.load ? b : a));
-    if (worker.load <= this.here) return { here: false, worker };
+    if (worker.load < this.here) return { here: false, worker };
     this.here++;
     let left = false;
     return {
@@ -156,7 +185,7 @@ export class ConnectionLoops {
     return this.nextId++;
   }
 
-  /** Every connection is gone: stops the worker loops. */
+  /** Every connection is gone: stops the worker loops that were started. */
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.close()));
   }

@@ -374,9 +374,14 @@ export class NbdConnection implements SessionHost, Connection {
       this.moving = false;
       if (this.closing) return;
       try {
-        if (ready && this.handOff(worker, agreement, reply)) return;
+        if (ready && this.handOff(worker, agreement, reply)) {
+          // A shutdown that began while it waited reaches it there.
+          if (this.handshake.shuttingDown) this.remote!.shutdown();
+          return;
+        }
         this.socket.write(Buffer.concat(reply));
         this.beginTransmission(agreement);
+        if (this.handshake.shuttingDown) this.session!.beginShutdown();
         this.resumeInput();
         this.pump();
       } catch (err) {

@@ -4,14 +4,13 @@
 // busy of the N loops by connections held (the main one included; ties
 // stay on the main loop, so a lone connection runs where it was accepted,
 // and a worker thread starts only when a connection is first placed on
-// it). Going means: the main loop
-// stops reading, duplicates the socket's descriptor, posts it with the
-// bytes it had read past GO and the agreement to a worker thread, and
-// closes its own descriptor; the worker wraps the duplicate in a socket of
-// its own and runs the transmission phase there (loop-worker.ts in cli/),
-// with its own I/O engine and busy poll. The main loop keeps a stand-in
-// for the connection, so the server's counting, limits and shutdown see
-// it as before.
+// it). Going means: the main loop stops reading, duplicates the socket's
+// descriptor, posts it with the bytes it had read past GO and the
+// agreement to a worker thread, and closes its own descriptor; the worker
+// wraps the duplicate in a socket of its own and runs the transmission
+// phase there (loop-worker.ts in cli/), with its own I/O engine and busy
+// poll. The main loop keeps a stand-in for the connection, so the
+// server's counting, limits and shutdown see it as before.
 //
 // What a loop can serve: raw images with nothing in between (no filter,
 // no read-only view, no control socket's LiveImage), the one kind of

@@ -4,12 +4,14 @@
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
 
 export function progress(text: string): void {
   process.stderr.write(`${text}\n`);
 }
 
-/** Runs a command to completion; throws with its stderr when it fails. */
 /** A mistake on a bench's command line: one line, exit 2. */
 export function usageError(text: string): never {
   process.stderr.write(`bench: ${text}; see --help\n`);
@@ -215,4 +217,44 @@ export function render(header: string[], lines: string[][], labels: number): { t
   const rule = `|${header.map((_, i) => (i < labels ? '---' : '---:')).join('|')}|`;
   const markdown = [`| ${header.join(' | ')} |`, rule, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
   return { text, markdown };
+}
+
+type OptionSpec = { type: 'string' } | { type: 'boolean'; short?: string };
+/** What parseArgs gives for such options: a string or a boolean each, when given. */
+type OptionValues<O> = { [K in keyof O]?: O[K] extends { type: 'boolean' } ? boolean : string };
+
+/** The options of the benches over npm run bench's image: run length, image size and place, results file, help. */
+const IMAGE_BENCH_OPTIONS = {
+  seconds: { type: 'string' },
+  rounds: { type: 'string' },
+  quick: { type: 'boolean' },
+  size: { type: 'string' },
+  dir: { type: 'string' },
+  results: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/**
+ * Parses a bench's command line: the shared options above and its own.
+ * Prints `help` and exits on --help; a bad number is a usage error. The
+ * image is npm run bench's random raw file (kept and reused).
+ */
+export function imageBenchArgs<O extends Record<string, OptionSpec>>(
+  help: string,
+  own: O,
+): { values: OptionValues<typeof IMAGE_BENCH_OPTIONS & O>; seconds: number; rounds: number; size: number; image: string } {
+  const values = parseArgs({ options: { ...IMAGE_BENCH_OPTIONS, ...own } }).values as OptionValues<typeof IMAGE_BENCH_OPTIONS & O>;
+  const common = values as OptionValues<typeof IMAGE_BENCH_OPTIONS>;
+  if (common.help) {
+    process.stdout.write(help);
+    process.exit(0);
+  }
+  const seconds = Number(common.seconds ?? (common.quick ? 2 : 5));
+  const rounds = common.quick ? 1 : Number(common.rounds ?? 3);
+  const size = Number(common.size ?? 1024) * 2 ** 20;
+  for (const [name, n] of [['--seconds', seconds], ['--rounds', rounds], ['--size', size]] as const) {
+    if (!(n > 0)) usageError(`${name} must be a positive number`);
+  }
+  const image = path.join(common.dir ?? os.tmpdir(), `vblk-bench-nbd-${size >> 20}M.raw`);
+  return { values, seconds, rounds, size, image };
 }

@@ -23,8 +23,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { fio, have, median, must, peakRss, progress, treeCpuUs, randomFile, render, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
+import { fio, have, imageBenchArgs, median, must, peakRss, progress, treeCpuUs, randomFile, render, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/nbd.js [options]
 
@@ -57,35 +56,13 @@ Examples:
   node dist/bench/nbd.js --results bench/RESULTS.md
 `;
 
-const { values } = parseArgs({
-  options: {
-    seconds: { type: 'string' },
-    rounds: { type: 'string' },
-    quick: { type: 'boolean' },
-    size: { type: 'string' },
-    dir: { type: 'string' },
-    rows: { type: 'string' },
-    servers: { type: 'string' },
-    'vblk-args': { type: 'string' },
-    results: { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  },
+const { values, seconds: SECONDS, rounds: ROUNDS, size: SIZE, image: IMAGE } = imageBenchArgs(HELP, {
+  rows: { type: 'string' },
+  servers: { type: 'string' },
+  'vblk-args': { type: 'string' },
 });
-if (values.help) {
-  process.stdout.write(HELP);
-  process.exit(0);
-}
-
-const SECONDS = Number(values.seconds ?? (values.quick ? 2 : 5));
-const ROUNDS = values.quick ? 1 : Number(values.rounds ?? 3);
-const SIZE = Number(values.size ?? 1024) * 2 ** 20;
-const DIR = values.dir ?? os.tmpdir();
-const IMAGE = path.join(DIR, `vblk-bench-nbd-${SIZE >> 20}M.raw`);
 const VBLK = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const VBLK_ARGS = values['vblk-args'] ? values['vblk-args'].split(/\s+/).filter(Boolean) : [];
-for (const [name, n] of [['--seconds', SECONDS], ['--rounds', ROUNDS], ['--size', SIZE]] as const) {
-  if (!(n > 0)) usageError(`${name} must be a positive number`);
-}
 
 interface Row {
   id: string;

@@ -16,8 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { fioAsync, have, median, progress, randomFile, render, stop, treeCpuUs, usageError, waitForSocket, warm, type FioResult } from './lib.js';
+import { fioAsync, have, imageBenchArgs, median, progress, randomFile, render, stop, treeCpuUs, usageError, waitForSocket, warm, type FioResult } from './lib.js';
 
 const HELP = `Usage: node dist/bench/threads.js [options]
 
@@ -48,35 +47,15 @@ Examples:
   node dist/bench/threads.js --cores 0,1 --conns 4,8,16 --rounds 5
 `;
 
-const { values } = parseArgs({
-  options: {
-    conns: { type: 'string' },
-    cores: { type: 'string' },
-    seconds: { type: 'string' },
-    rounds: { type: 'string' },
-    quick: { type: 'boolean' },
-    size: { type: 'string' },
-    dir: { type: 'string' },
-    'no-nbdkit': { type: 'boolean' },
-    results: { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  },
+const { values, seconds: SECONDS, rounds: ROUNDS, size: SIZE, image: IMAGE } = imageBenchArgs(HELP, {
+  conns: { type: 'string' },
+  cores: { type: 'string' },
+  'no-nbdkit': { type: 'boolean' },
 });
-if (values.help) {
-  process.stdout.write(HELP);
-  process.exit(0);
-}
-
-const SECONDS = Number(values.seconds ?? (values.quick ? 2 : 5));
-const ROUNDS = values.quick ? 1 : Number(values.rounds ?? 3);
-const SIZE = Number(values.size ?? 1024) * 2 ** 20;
-const IMAGE = path.join(values.dir ?? os.tmpdir(), `vblk-bench-nbd-${SIZE >> 20}M.raw`);
 const VBLK = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CONNS = (values.conns ?? '4,8').split(',').map(Number);
 const CORE_SETS = (values.cores ?? (os.availableParallelism() > 1 ? '0/0,1' : '0')).split('/');
-for (const [name, n] of [['--seconds', SECONDS], ['--rounds', ROUNDS], ['--size', SIZE], ...CONNS.map((c) => ['--conns', c] as const)] as const) {
-  if (!(n > 0)) usageError(`${name} must be positive numbers`);
-}
+if (!CONNS.every((n) => n > 0)) usageError('--conns must be positive numbers');
 for (const cmd of ['fio', 'taskset', ...(values['no-nbdkit'] ? [] : ['nbdkit'])]) if (!have(cmd)) usageError(`${cmd} is not installed`);
 
 interface Setting {

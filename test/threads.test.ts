@@ -172,6 +172,24 @@ t.test('a single connection never starts a worker thread', async (t) => {
   t.notOk(srv.logs().some((l) => l.msg === 'connection loop started'), 'no loop was started');
 });
 
+t.test('a worker loop idle for a second ends, and the next connection placed on it starts another', async (t) => {
+  const srv = await serve(t, [image(t), '--threads', '2']);
+  const started = (): number => srv.logs().filter((l) => l.msg === 'connection loop started').length;
+  for (const round of [1, 2]) {
+    const a = await connect(t, srv);
+    const b = await connect(t, srv);
+    await waitFor(() => started() === round, `the worker's start number ${round}`);
+    t.equal(await write(b, 1n, round * MIB, Buffer.alloc(4096, round)), 0, `round ${round}: the connection on the worker writes`);
+    t.ok((await read(a, 2n, round * MIB, 4096)).equals(Buffer.alloc(4096, round)), 'and the one on the main loop reads it');
+    a.close();
+    b.close();
+    // Idle for a second, the thread ends; the second round finds none.
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  t.equal(started(), 2, 'two threads were started, one after the other');
+  t.equal((await srv.stop()).code, 0, 'the server exits 0');
+});
+
 t.test('--threads must be a number of loops from 1 to 16, or auto', async (t) => {
   for (const bad of ['0', '17', '1.5', 'many']) {
     const r = await vblk(['serve', 'memory:1M', '--socket', path.join(tempDir(t), 's'), '--threads', bad]);

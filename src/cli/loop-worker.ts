@@ -3,15 +3,15 @@
 // serves the raw images the main loop shared with it (RawImage.adopt:
 // the same descriptors) to the connections the main loop hands over at
 // transmission start, and says when each has closed. A second after its
-// last connection has gone it gives memory back, as the main loop does
-// (its buffer pools and heap are its own). Told to close, it waits for
+// last connection has gone it says it is idle, and the main loop ends it
+// unless a connection is on its way (the thread's heap, pools and engine
+// go with it). Told to close, it waits for
 // its devices and closes them (the final flush is the main loop's),
 // frees its engine and lets its thread end.
 
 import net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RawImage } from '../device/images/raw.js';
-import { releaseIdleMemory } from '../io/idle-memory.js';
 import { chooseEngine } from '../io/probe.js';
 import { BusyPoll } from '../server/busy-poll.js';
 import { ExportRegistry } from '../server/exports.js';
@@ -49,7 +49,7 @@ function serve(message: Extract<ToLoop, { type: 'serve' }>): void {
   const conn = new NbdConnection(socket, registry, options, log.child(bindings), () => {
     connections.delete(id);
     post({ type: 'closed', id });
-    if (connections.size === 0) idleTimer = setTimeout(() => void releaseIdleMemory(), IDLE_RELEASE_MS).unref();
+    if (connections.size === 0) idleTimer = setTimeout(() => post({ type: 'idle' }), IDLE_RELEASE_MS).unref();
   });
   connections.set(id, conn);
   const { exportName, ...terms } = agreement;

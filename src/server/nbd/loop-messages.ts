@@ -48,4 +48,5 @@ export type ToLoop =
   /** Every connection is gone: wait for the devices, free the engine and exit. */
   | { type: 'close' };
 
-export type FromLoop = { type: 'ready' } | { type: 'closed'; id: number };
+/** 'idle': no connection for a second; the main loop may tell it to close. */
+export type FromLoop = { type: 'ready' } | { type: 'closed'; id: number } | { type: 'idle' };

@@ -27,6 +27,7 @@
 
 import type { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
+import { releaseIdleMemory } from '../../io/idle-memory.js';
 import type { FromLoop, LoopExport, LoopInit, ToLoop } from './loop-messages.js';
 
 /** Most loops --threads gives, whatever the machine has: past it, one process's page cache and locks are the limit. */
@@ -50,6 +51,8 @@ export class LoopWorker {
   private waiting = 0;
   private worker: Worker | null = null;
   private started: Promise<boolean> | null = null;
+  /** Set while an idle thread is on its way out; the next start waits for it. */
+  private retiring: Promise<void> | null = null;
   private alive = false;
   private dead = false;
 
@@ -71,7 +74,12 @@ export class LoopWorker {
    */
   whenReady(): Promise<boolean> {
     this.waiting++;
-    this.started ??= new Promise<boolean>((resolve) => {
+    this.started ??= (this.retiring ?? Promise.resolve()).then(() => this.start());
+    return this.started.finally(() => this.waiting--);
+  }
+
+  private start(): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
       let worker: Worker;
       try {
         worker = this.spawn();
@@ -85,12 +93,16 @@ export class LoopWorker {
         this.startFailed(reason);
         resolve(false);
       };
-      worker.on('error', (err) => failed(`loop ${this.loop} failed: ${err.message}`));
+      // A thread that retired (idle) says nothing more to this one.
+      const current = (): boolean => this.worker === worker;
+      worker.on('error', (err) => current() && failed(`loop ${this.loop} failed: ${err.message}`));
       worker.on('exit', (code) => {
-        if (!this.dead && this.worker) failed(`loop ${this.loop} exited with status ${code}`);
+        if (current() && !this.dead) failed(`loop ${this.loop} exited with status ${code}`);
       });
       worker.on('message', (msg: FromLoop) => {
+        if (!current()) return;
         if (msg.type === 'closed') this.closed(msg.id);
+        if (msg.type === 'idle') this.retire();
         if (msg.type === 'ready' && !this.dead) {
           this.alive = true;
           this.log.info({ loop: this.loop }, 'connection loop started');
@@ -99,7 +111,27 @@ export class LoopWorker {
       });
       this.worker = worker;
     });
-    return this.started.finally(() => this.waiting--);
+  }
+
+  /**
+   * The thread has had no connection for a while: it ends, and gives
+   * back its heap, pools and engine (a thread at rest holds ~14 MB); the
+   * next connection placed here starts another.
+   */
+  private retire(): void {
+    if (!this.alive || this.connections.size > 0 || this.waiting > 0) return;
+    const worker = this.worker!;
+    this.worker = null;
+    this.started = null;
+    this.alive = false;
+    this.retiring = new Promise<void>((resolve) => {
+      worker.once('exit', () => resolve());
+      worker.postMessage({ type: 'close' } satisfies ToLoop);
+    }).then(() => {
+      this.retiring = null;
+      this.log.debug({ loop: this.loop }, 'idle connection loop ended');
+      return releaseIdleMemory();
+    });
   }
 
   serve(message: Extract<ToLoop, { type: 'serve' }>, closed: () => void): RemoteConnection {
@@ -114,6 +146,7 @@ export class LoopWorker {
 
   /** Asks the loop to finish and waits until its thread has gone. */
   async close(): Promise<void> {
+    await this.retiring;
     if (!(await this.started)) return;
     const worker = this.worker!;
     await new Promise<void>((resolve) => {

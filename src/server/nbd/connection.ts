@@ -211,6 +211,14 @@ export class NbdConnection implements SessionHost, Connection {
     stream.on('close', this.onClose);
   }
 
+  /** Stops hearing from a stream that no longer carries this connection here; its errors still name the close reason. */
+  private unlisten(stream: Socket): void {
+    stream.off('data', this.onData);
+    stream.off('end', this.onEnd);
+    stream.off('drain', this.onDrain);
+    stream.off('close', this.onClose);
+  }
+
   beginShutdown(): void {
     if (this.remote) this.remote.shutdown();
     else if (this.session) this.session.beginShutdown();
@@ -405,13 +413,10 @@ export class NbdConnection implements SessionHost, Connection {
       this.log.warn({ err: (err as Error).message }, 'transmission stays on the main loop: the socket cannot be duplicated');
       return false;
     }
-    for (const [event, fn] of [['data', this.onData], ['end', this.onEnd], ['drain', this.onDrain], ['close', this.onClose]] as const) {
-      socket.off(event, fn);
-    }
+    this.unlisten(socket);
     socket.pause();
     for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) this.input.push(chunk);
     const input = this.input.take(this.input.length) ?? Buffer.alloc(0);
-    this.clearHandshakeTimer();
     this.exportName = agreement.export.name;
     const { export: exp, ...terms } = agreement;
     this.remote = worker.serve(
@@ -481,9 +486,7 @@ export class NbdConnection implements SessionHost, Connection {
       return;
     }
     plain.write(Buffer.concat(ack));
-    for (const [event, fn] of [['data', this.onData], ['end', this.onEnd], ['drain', this.onDrain], ['close', this.onClose]] as const) {
-      plain.off(event, fn);
-    }
+    this.unlisten(plain);
     // The plain socket's own errors still name the reason; the TLS stream reports its close.
     this.fd = null;
     const upgrade = tls.upgrade(plain);

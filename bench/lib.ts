@@ -75,6 +75,34 @@ export function writeBack(file: string): void {
   }
 }
 
+/**
+ * Writes the file back and drops its pages from the page cache (GNU dd's
+ * iflag=nocache with count=0 advises the kernel to drop the whole file),
+ * so that a "no page cache" row starts with nothing of the image cached:
+ * a server that reads through the cache (nbdkit's cache=none does) then
+ * reads from the disk like the ones that bypass it.
+ */
+export function evict(file: string): void {
+  writeBack(file);
+  must('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
+}
+
+/**
+ * Sectors (512 bytes) read so far from the block device that holds the
+ * file (/sys/dev/block/MAJ:MIN/stat), or null where it is not on one
+ * (tmpfs, overlay).
+ */
+export function sectorsRead(file: string): number | null {
+  const dev = fs.statSync(file).dev;
+  const major = (dev >> 8) & 0xfff;
+  const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+  try {
+    return Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/stat`, 'utf8').trim().split(/\s+/)[2]);
+  } catch {
+    return null;
+  }
+}
+
 export async function waitForSocket(socket: string, proc: ChildProcess): Promise<void> {
   const deadline = Date.now() + 15_000;
   while (!fs.existsSync(socket)) {

@@ -3,7 +3,8 @@
 // UNIX socket, measured by fio's nbd engine. Rounds interleave the
 // servers (the order rotates each round) and the table shows medians and
 // vblk's ratio to the best peer on each row. Each server is started
-// fresh for each round with the image's pages warm in the page cache.
+// fresh for each round with the image's pages warm in the page cache
+// (the direct rows: with none of them cached, see below).
 // Beside IOPS and MB/s it reports each server's CPU per request: its
 // whole process tree's user + system time over the row (from /proc,
 // children per connection included) divided by the requests fio
@@ -14,7 +15,12 @@
 //
 // Page-cache rows use each server's default caching; the direct rows use
 // vblk --direct, qemu-nbd --cache=none --aio=io_uring and nbdkit's
-// cache=none (nbd-server has no such mode). qemu-nbd gets --shared=8 so
+// cache=none (nbd-server has no such mode). nbdkit's cache=none reads
+// through the page cache and only asks the kernel to drop what it read
+// (with the image warm it read nothing from the disk: 0 sectors per
+// request), so the direct rows start with the image dropped from the
+// cache, and the table reports what each server read from the disk per
+// request. qemu-nbd gets --shared=8 so
 // the multi-connection rows can open their four and eight connections.
 // vblk runs with its defaults (--threads auto: a loop per core).
 
@@ -23,7 +29,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fio, have, imageBenchArgs, median, must, peakRss, progress, treeCpuUs, randomFile, render, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
+import { evict, fio, have, imageBenchArgs, median, must, peakRss, progress, treeCpuUs, randomFile, render, sectorsRead, stop, waitForSocket, warm, writeBack, type FioResult, usageError } from './lib.js';
 
 const HELP = `Usage: node dist/bench/nbd.js [options]
 
@@ -187,8 +193,8 @@ const missing = wanted.filter((s) => !have(s.program));
 const servers = wanted.filter((s) => have(s.program));
 
 type Key = `${string}|${string}`;
-/** A row's fio result with the server's CPU (its whole process tree) per request, µs. */
-type Measured = FioResult & { serverUs: number };
+/** A row's fio result with the server's CPU (its whole process tree) per request, µs, and what it read from the disk per request, KiB (null: not on a block device). */
+type Measured = FioResult & { serverUs: number; diskKiB: number | null };
 const results = new Map<Key, Measured[]>();
 let vblkPeakRss = 0;
 
@@ -197,13 +203,16 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
   if (todo.length === 0 || (direct && !server.direct)) return;
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vblk-bench-'));
   const socket = path.join(work, 's.sock');
-  warm(IMAGE);
+  if (direct) evict(IMAGE);
+  else warm(IMAGE);
   const running = server.start(socket, direct, work);
   try {
     await waitForSocket(socket, running.proc);
     for (const row of todo) {
-      writeBack(IMAGE);
+      if (direct) evict(IMAGE);
+      else writeBack(IMAGE);
       const pid = running.pid()!;
+      const sectors = sectorsRead(IMAGE);
       const before = treeCpuUs(pid);
       const r = fio([
         `--name=${row.id}`, '--ioengine=nbd', `--uri=${running.uri}`, ...row.job,
@@ -212,8 +221,10 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
       // Let per-connection children exit (and be reaped) so their CPU is counted.
       await new Promise((resolve) => setTimeout(resolve, 300));
       const serverUs = (treeCpuUs(pid) - before) / r.requests;
+      const sectorsAfter = sectorsRead(IMAGE);
+      const diskKiB = sectors === null || sectorsAfter === null ? null : (sectorsAfter - sectors) / 2 / r.requests;
       const key: Key = `${row.id}|${server.name}`;
-      results.set(key, [...(results.get(key) ?? []), { ...r, serverUs }]);
+      results.set(key, [...(results.get(key) ?? []), { ...r, serverUs, diskKiB }]);
       const value = row.unit === 'IOPS' ? `${Math.round(r.iops)} IOPS` : `${(r.bandwidth / 1e6).toFixed(0)} MB/s`;
       const p99 = row.p99 ? `, p99 ${r.p99Us.toFixed(0)} µs` : '';
       progress(`  round ${round}: ${server.name.padEnd(10)} row ${row.id.padEnd(3)} ${row.title.padEnd(38)} ${value}${p99}, server CPU ${serverUs.toFixed(1)} µs/request, fio CPU ${r.clientCpu.toFixed(0)}%`);
@@ -286,7 +297,23 @@ function table(): { text: string; markdown: string } {
     ];
   });
   const [main, cpu] = [render(header, lines, 2), render(cpuHeader, cpuLines, 1)];
-  return { text: `${main.text}\n\n${CPU_CAPTION}\n\n${cpu.text}`, markdown: `${main.markdown}\n\n${CPU_CAPTION}\n\n${cpu.markdown}` };
+  const disk = diskReads();
+  return { text: `${main.text}\n\n${CPU_CAPTION}\n\n${cpu.text}${disk}`, markdown: `${main.markdown}\n\n${CPU_CAPTION}\n\n${cpu.markdown}${disk}` };
+}
+
+/** What each server read from the disk per request in the direct read rows: 4 KiB where a 4 KiB read bypassed the page cache. */
+function diskReads(): string {
+  const lines = rows
+    .filter((row) => row.direct && row.job.includes('--rw=randread'))
+    .map((row) => {
+      const per = servers.flatMap((s) => {
+        const kib = (results.get(`${row.id}|${s.name}`) ?? []).map((r) => r.diskKiB).filter((k): k is number => k !== null);
+        return kib.length ? [`${s.name} ${median(kib).toFixed(1)}`] : [];
+      });
+      return per.length ? `row ${row.id}, KiB read from the disk per request (median): ${per.join(', ')}` : '';
+    })
+    .filter(Boolean);
+  return lines.length ? `\n\n${lines.join('\n')}` : '';
 }
 
 const CPU_CAPTION =
@@ -331,7 +358,7 @@ async function main(): Promise<void> {
   }
   const { text, markdown } = table();
   const rss = `vblk peak RSS: ${(vblkPeakRss / 2 ** 20).toFixed(0)} MiB (goal < 200 MB)`;
-  const about = `${machine()}\n${ROUNDS} round(s) of ${SECONDS} s per row and server, medians; image ${SIZE >> 20} MiB of random data, page cache warm and written back before each row`;
+  const about = `${machine()}\n${ROUNDS} round(s) of ${SECONDS} s per row and server, medians; image ${SIZE >> 20} MiB of random data, page cache warm and written back before each row (the direct rows: dropped from it)`;
   process.stdout.write(`\n${about}\n\n${text}\n\n${rss}\n${missing.length ? `missing: ${missing.map((s) => s.name).join(', ')}\n` : ''}`);
   if (values.results) {
     const commands = servers.flatMap((s) => [`    ${s.command(false)}`, ...(s.direct && rows.some((r) => r.direct) ? [`    ${s.command(true)}`] : [])]);

@@ -36,7 +36,8 @@ const HELP = `Usage: node dist/bench/nbd.js [options]
 Runs fio (--ioengine=nbd) against vblk, qemu-nbd, nbdkit and nbd-server
 serving the same raw image over a UNIX socket, and prints IOPS or MB/s per
 server, vblk's ratio to the best peer and the goal for each row, the p99
-completion latency at depth 1, and vblk's peak RSS. A peer that is not
+completion latency at depth 1, what each server read from the disk per
+request in the no-page-cache rows, and vblk's peak RSS. A peer that is not
 installed is reported and left out. Progress goes to stderr, the table to
 stdout.
 

@@ -424,3 +424,101 @@ t.test('getId answers with the gateway id and touches no device', async (t) => {
   t.same(await gw.execute(request('getId', 0, 0)), { op: 'getId', id: 'disk-7' });
   t.same(dev.log, []);
 });
+
+/** A MemDevice that can also answer reads at once (tryRead), as a raw image over the page cache does. */
+class NowDevice extends MemDevice {
+  /** What tryRead does: answer, say it would wait, or throw. */
+  mode: 'answer' | 'wait' | 'throw' = 'answer';
+  /** Answer with the data left in a file (as file segments), as large page-cache reads are. */
+  inFile = false;
+
+  tryRead(req: Request): ReadSegment[] | null {
+    this.log.push(`tryRead ${req.offset}+${req.length}`);
+    if (this.mode === 'throw') throw Object.assign(new Error('EIO now'), { code: 'EIO' });
+    if (this.mode === 'wait') return null;
+    if (this.inFile) return [{ offset: req.offset, length: req.length, data: null, file: { fd: 99, position: req.offset } }];
+    return [{ offset: req.offset, length: req.length, data: Buffer.from(this.data.subarray(req.offset, req.offset + req.length)) }];
+  }
+}
+
+t.test('tryExecute answers a read at once when nothing is in its way, and counts it', async (t) => {
+  const dev = new NowDevice();
+  dev.data.fill(5, 0, 16);
+  const gw = new Gateway(dev);
+  const result = gw.tryExecute(request('read', 8, 16));
+  t.same(result, { op: 'read', segments: [{ offset: 8, length: 16, data: Buffer.from([5, 5, 5, 5, 5, 5, 5, 5, 0, 0, 0, 0, 0, 0, 0, 0]) }] });
+  t.same(dev.log, ['tryRead 8+16'], 'without read()');
+  const stats = gw.stats();
+  t.equal(stats.requests.read, 1);
+  t.equal(stats.bytesRead, 16);
+  t.equal(stats.inFlight, 0, 'and it is over');
+  t.same(gw.tryExecute(request('read', 8, 16, { df: true })), result, 'df: one data segment');
+});
+
+t.test('tryExecute leaves to execute what would wait or fail, and holds nothing when it does', async (t) => {
+  t.equal(new Gateway(new MemDevice()).tryExecute(request('read', 0, 8)), null, 'a device without tryRead');
+  const dev = new NowDevice();
+  const gw = new Gateway(dev);
+  t.equal(gw.tryExecute(write(0, Buffer.alloc(8))), null, 'a write');
+  t.equal(gw.tryExecute(request('read', 0, 8, { into: [Buffer.alloc(8)] })), null, 'a read into buffers');
+  t.equal(gw.tryExecute(request('read', SIZE - 4, 8)), null, 'a read past the end…');
+  await t.rejects(gw.execute(request('read', SIZE - 4, 8)), { code: 'EINVAL' }, '…which execute() refuses');
+  t.equal(gw.tryExecute(request('read', 0, MAX + 1)), null, 'a read over the maximum');
+  dev.mode = 'wait';
+  t.equal(gw.tryExecute(request('read', 0, 8)), null, 'a read the device cannot answer now');
+  dev.mode = 'throw';
+  t.equal(gw.tryExecute(request('read', 0, 8)), null, 'a read that failed now…');
+  dev.failures.set('read', Object.assign(new Error('EIO later'), { code: 'EIO' }));
+  await t.rejects(gw.execute(request('read', 0, 8)), { code: 'EIO', message: 'EIO later' }, '…is done (and failed) again by execute()');
+  dev.mode = 'answer';
+  await gw.execute(write(0, Buffer.alloc(8, 3)));
+  t.same(dev.calls('wrote'), ['wrote 0+8'], 'the refused reads left no ticket behind to hold a write up');
+
+  const paused = gw.pause();
+  t.equal(gw.tryExecute(request('read', 0, 8)), null, 'a paused gateway');
+  await paused;
+  gw.resume();
+  t.ok(gw.tryExecute(request('read', 0, 8)), 'resumed');
+  await gw.retire();
+  t.equal(gw.tryExecute(request('read', 0, 8)), null, 'a retired gateway…');
+  await t.rejects(gw.execute(request('read', 0, 8)), { code: 'ESHUTDOWN' }, '…whose execute() says why');
+});
+
+t.test('tryExecute does not pass a running write it overlaps', async (t) => {
+  const dev = new NowDevice();
+  const gate = deferred();
+  dev.stalls.set('write', () => gate.promise);
+  const gw = new Gateway(dev);
+  const w = gw.execute(write(0, Buffer.alloc(8, 7)));
+  await settle();
+  t.equal(gw.tryExecute(request('read', 4, 8)), null, 'an overlapping read is left to execute()');
+  const r = gw.execute(request('read', 4, 8));
+  t.ok(gw.tryExecute(request('read', 8, 8)), 'a read next to the write is answered');
+  gate.resolve();
+  await w;
+  t.same(await r, { op: 'read', segments: [{ offset: 4, length: 8, data: Buffer.from([7, 7, 7, 7, 0, 0, 0, 0]) }] }, 'and the other sees the write');
+});
+
+t.test('a read answered from its file by tryExecute holds its range, and counts as running, until released', async (t) => {
+  const dev = new NowDevice();
+  dev.inFile = true;
+  const gw = new Gateway(dev);
+  const result = gw.tryExecute(request('read', 0, 4096, { sendFile: true }));
+  if (result?.op !== 'read' || !result.release) {
+    t.fail('expected a held read');
+    return;
+  }
+  t.equal(gw.stats().inFlight, 1, 'running');
+  let drained = false;
+  const draining = gw.drain().then(() => (drained = true));
+  const w = gw.execute(write(0, Buffer.alloc(8, 1)));
+  await settle();
+  t.notOk(drained, 'drain waits for it');
+  t.same(dev.calls('write'), [], 'an overlapping write waits for it');
+  result.release();
+  result.release();
+  await w;
+  await draining;
+  t.same(dev.calls('wrote'), ['wrote 0+8'], 'until it is released (twice is harmless)');
+  t.equal(gw.stats().inFlight, 0);
+});

@@ -152,6 +152,23 @@ t.test('a waiting write is not overtaken by a later read it overlaps', async (t)
   t.ok(r2.running);
 });
 
+t.test('tryAcquire takes a ticket only when nothing is in the way, and leaves no trace when it refuses', async (t) => {
+  const { q, admitted, write } = setup();
+  const w1 = write('w1', 0, 10);
+  t.equal(q.tryAcquire(5, 10, false), null, 'a read over a running write is refused');
+  t.equal(q.tryAcquire(0, 1, true), null, 'so is a write');
+  const r = q.tryAcquire(10, 10, false);
+  t.ok(r, 'a read next to it is not');
+  t.equal(q.tryAcquire(15, 1, true), null, 'a write over that read is refused');
+  const w2 = write('w2', 0, 10);
+  q.release(w1.ticket!);
+  await settle();
+  t.same(admitted, ['w1', 'w2'], 'the refused tickets held nobody up');
+  q.release(w2.ticket!);
+  q.release(r!);
+  t.ok(isEmpty(q), 'and nothing of them is left');
+});
+
 t.test('releasing an unknown or already released ticket changes nothing', async (t) => {
   const { q, admitted, write } = setup();
   const w1 = write('w1', 0, 10);
@@ -176,13 +193,15 @@ t.test('any interleaving: no conflicting overlap runs at once, conflicts run in 
     offset: number;
     length: number;
     exclusive: boolean;
+    /** Try first, as the gateway does for reads (tryAcquire), then wait the usual way. */
+    tryFirst: boolean;
   }
   interface Rel {
     kind: 'release';
     pick: number;
   }
   const step = fc.oneof(
-    fc.record({ kind: fc.constant('acquire' as const), offset: fc.nat({ max: 60 }), length: fc.integer({ min: 1, max: 20 }), exclusive: fc.boolean() }),
+    fc.record({ kind: fc.constant('acquire' as const), offset: fc.nat({ max: 60 }), length: fc.integer({ min: 1, max: 20 }), exclusive: fc.boolean(), tryFirst: fc.boolean() }),
     fc.record({ kind: fc.constant('release' as const), pick: fc.nat() }),
   );
   await fc.assert(
@@ -213,7 +232,9 @@ t.test('any interleaving: no conflicting overlap runs at once, conflicts run in 
           // Must it wait? Only if an earlier, unreleased request conflicts with it.
           const mustWait = all.some((o) => !o.released && conflict(o, req));
           all.push(req);
-          const r = q.acquire(s.offset, s.length, s.exclusive);
+          const tried = s.tryFirst ? q.tryAcquire(s.offset, s.length, s.exclusive) : null;
+          if (s.tryFirst && (tried === null) !== mustWait) throw new Error(`#${req.seq}: tryAcquire ${tried ? 'took a ticket' : 'refused'}, expected ${mustWait ? 'refusal' : 'a ticket'}`);
+          const r = tried ?? q.acquire(s.offset, s.length, s.exclusive);
           if ((r instanceof Promise) !== mustWait) throw new Error(`#${req.seq}: waits=${r instanceof Promise}, expected ${mustWait}`);
           if (r instanceof Promise) {
             void r.then((ticket) => {

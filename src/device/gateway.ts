@@ -110,6 +110,43 @@ export class Gateway {
     }
   }
 
+  /**
+   * Runs a read now when it needs no waiting: the device answers it at once
+   * (data in the page cache) and no earlier overlapping write is running.
+   * Null when it would wait, or fail: execute() then does it all. Saves
+   * the promises of execute() on the common path (4 KiB reads at depth 1:
+   * a dozen promises per request).
+   */
+  tryExecute(req: Request): Result | null {
+    if (req.op !== 'read' || req.into || !this.device.tryRead || this.gate || this.retired) return null;
+    try {
+      this.check(req);
+    } catch {
+      return null;
+    }
+    const ticket = this.order.tryAcquire(req.offset, req.length, false);
+    if (!ticket) return null;
+    let segments: ReadSegment[] | null = null;
+    try {
+      segments = this.device.tryRead(req);
+    } catch {
+      // execute() reads again and reports the failure.
+    }
+    if (!segments) {
+      this.order.release(ticket);
+      return null;
+    }
+    this.counts.requests.read++;
+    this.counts.bytesRead += req.length;
+    const result = readResult(req, segments);
+    if (!result.segments.some((s) => s.file)) {
+      this.order.release(ticket);
+      return result;
+    }
+    this.running++;
+    return this.held(result, ticket);
+  }
+
   private finished(): void {
     if (--this.running === 0) this.idleWaiters.splice(0).forEach((wake) => wake());
   }
@@ -128,17 +165,22 @@ export class Gateway {
       const result = await this.guard(this.run(req));
       if (result.op !== 'read' || !result.segments.some((s) => s.file)) return result;
       held = true;
-      let released = false;
-      const release = (): void => {
-        if (released) return;
-        released = true;
-        this.order.release(ticket);
-        this.finished();
-      };
-      return { ...result, release };
+      return this.held(result, ticket);
     } finally {
       if (!held) this.order.release(ticket);
     }
+  }
+
+  /** A read answered with file segments keeps its range, and counts as running, until the caller releases it. */
+  private held(result: Result & { op: 'read' }, ticket: Ticket): Result {
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.order.release(ticket);
+      this.finished();
+    };
+    return { ...result, release };
   }
 
   /** A buffer for a WRITE payload of `size` bytes, from the device where it has them (aligned for direct I/O). */
@@ -184,9 +226,7 @@ export class Gateway {
           return { op: 'read', segments: [] };
         }
         // Filters may look at or change what they read: file segments come only from an image served as it is.
-        const segments = await this.device.read(req.sendFile && this.device.next ? { ...req, sendFile: false } : req);
-        const whole = req.df && !segments.some((s) => s.file);
-        return { op: 'read', segments: whole ? contiguous(req, segments) : segments };
+        return readResult(req, await this.device.read(req.sendFile && this.device.next ? { ...req, sendFile: false } : req));
       }
       case 'write':
         if (req.from && this.device.writeFrom) await this.device.writeFrom(req, req.from);
@@ -223,6 +263,12 @@ export class Gateway {
       throw toDeviceError(err);
     }
   }
+}
+
+/** A read's result: with df, one data segment (unless the data is left in the file). */
+function readResult(req: Request, segments: ReadSegment[]): Result & { op: 'read' } {
+  const whole = req.df && !segments.some((s) => s.file);
+  return { op: 'read', segments: whole ? contiguous(req, segments) : segments };
 }
 
 /** One data segment covering the whole request, zero-filling any holes. */

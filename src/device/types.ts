@@ -114,6 +114,13 @@ export interface BlockDevice {
   /** Human-readable one-liner: format and where the data lives. */
   readonly description: string;
   read(req: Request): Promise<ReadSegment[]>;
+  /**
+   * A read answered now, without waiting (data in the page cache, file
+   * segments), or null when it would have to wait: then read() does it.
+   * Only images served as they are offer it (a filter between would be
+   * passed by).
+   */
+  tryRead?(req: Request): ReadSegment[] | null;
   /** A buffer for a write payload of `size` bytes, suited to the device's I/O (aligned for direct I/O). */
   payloadBuffer?(size: number): Buffer;
   /** A buffer from read() or payloadBuffer() is no longer used (any view of it will do, more than once is harmless). */

@@ -27,9 +27,18 @@ export type IoOp =
     }
   | { kind: 'sync'; fd: number; dataOnly: boolean };
 
+export type ReadOp = Extract<IoOp, { kind: 'read' }>;
+
 export interface IoEngine {
   readonly name: EngineName;
   submit(ops: IoOp[]): Promise<void>;
+  /**
+   * Does a read here and now if that needs no waiting (the sync engine's
+   * pread, a page-cache hit through io_uring): true when the buffer is
+   * full, false when the read must be submitted; throws what submit would
+   * reject with. Engines that always hand reads elsewhere leave it out.
+   */
+  tryRead?(op: ReadOp): boolean;
   /** A buffer suited to this engine's I/O (aligned where the engine needs it). */
   allocate(size: number): Buffer;
   /** A buffer from allocate() is no longer used and may be reused; one never released is collected. */

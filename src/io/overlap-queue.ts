@@ -37,6 +37,17 @@ export class OverlapQueue {
     });
   }
 
+  /** A ticket for [offset, offset + length) when nothing is in its way; null (and nothing taken) when it would wait. */
+  tryAcquire(offset: number, length: number, exclusive: boolean): Ticket | null {
+    const end = offset + length;
+    for (const other of this.active) {
+      if ((exclusive || other.exclusive) && other.start < end && offset < other.end) return null;
+    }
+    const ticket: Ticket = { start: offset, end, exclusive, blockers: 0, dependents: [], wake: null };
+    this.active.push(ticket);
+    return ticket;
+  }
+
   release(ticket: Ticket): void {
     const i = this.active.indexOf(ticket);
     if (i < 0) return;

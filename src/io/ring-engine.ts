@@ -32,7 +32,7 @@
 // never writes into freed memory.
 
 import { constants } from 'node:os';
-import { endOfFile, ioError, type EngineName, type IoEngine, type IoOp } from './engine.js';
+import { endOfFile, ioError, type EngineName, type IoEngine, type IoOp, type ReadOp } from './engine.js';
 import type { NativeRing, NativeRingClass } from './native.js';
 import { readBuffers } from './buffer-pool.js';
 
@@ -120,13 +120,21 @@ export class RingEngine implements IoEngine {
     });
   }
 
+  /** A page-cache hit, done now (see IoEngine); what is not all there goes through submit, from its start. */
+  tryRead(op: ReadOp): boolean {
+    if (this.closing) return false;
+    const done = this.readNow(op);
+    if (done instanceof Error) throw done;
+    return done === op;
+  }
+
   /**
    * Tries a read the page cache may hold, without blocking. Returns the
    * operation itself when it is done, an Error when it failed, or how many
    * bytes are already there (0 or more) when the rest must go through the
    * ring.
    */
-  private readNow(op: IoOp & { kind: 'read' }): IoOp | Error | number {
+  private readNow(op: ReadOp): IoOp | Error | number {
     if (op.uncached || !this.ring.tryRead || forWorker(op) || this.blockingReads.has(op.fd)) return 0;
     const result = this.ring.tryRead(op.fd, op.buffer, op.position);
     if (result === op.buffer.length) return op;

@@ -92,6 +92,19 @@ export class ImageFile {
     scatterSegments(offset, buffers, [{ offset, length, data: await this.read(offset, length) }]);
   }
 
+  /** A read done now, without waiting (IoEngine.tryRead), or null when it must go through read(). */
+  tryRead(offset: number, length: number): Buffer | null {
+    if (!this.engine.tryRead || offset + length > this.alignedEnd) return null;
+    const buffer = this.engine.allocate(length);
+    let done = false;
+    try {
+      done = this.engine.tryRead({ kind: 'read', fd: this.fd, buffer, position: offset });
+    } finally {
+      if (!done) this.engine.release(buffer);
+    }
+    return done ? buffer : null;
+  }
+
   async read(offset: number, length: number): Promise<Buffer> {
     const buffer = this.engine.allocate(length);
     const aligned = this.alignedEnd;

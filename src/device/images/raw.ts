@@ -176,9 +176,18 @@ export class RawImage implements BlockDevice {
 
   async read(req: Request): Promise<ReadSegment[]> {
     if (req.length === 0) return [];
-    const inFile = req.sendFile && req.length >= SEND_FILE_MIN && !this.direct ? this.fileSegments(req) : null;
+    return this.fileSegments(req) ?? this.segments(req, await this.file.read(req.offset, req.length));
+  }
+
+  tryRead(req: Request): ReadSegment[] | null {
+    if (req.length === 0) return [];
+    const inFile = this.fileSegments(req);
     if (inFile) return inFile;
-    const data = await this.file.read(req.offset, req.length);
+    const data = this.file.tryRead(req.offset, req.length);
+    return data && this.segments(req, data);
+  }
+
+  private segments(req: Request, data: Buffer): ReadSegment[] {
     return req.df ? [{ offset: req.offset, length: req.length, data }] : withoutZeroBlocks(req.offset, data);
   }
 
@@ -254,7 +263,7 @@ export class RawImage implements BlockDevice {
    * this host cannot tell what is cached.
    */
   private fileSegments(req: Request): ReadSegment[] | null {
-    if (!this.sendFromFile) return null;
+    if (!req.sendFile || req.length < SEND_FILE_MIN || this.direct || !this.sendFromFile) return null;
     const end = req.offset + req.length;
     const runs = req.df || !this.capabilities.extents ? [{ offset: req.offset, length: req.length, hole: false }] : this.map(req.offset, end, MAX_SENT_RUNS);
     if (runs.reduce((n, r) => n + r.length, 0) < req.length) return null;

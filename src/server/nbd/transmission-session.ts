@@ -273,6 +273,9 @@ export class TransmissionSession {
     this.inflight++;
     this.host.busyPoll.begin();
     this.inflightBytes += bytes;
+    // A read the page cache holds is answered in this turn (dispatch runs inside pump, whose loop goes on after it).
+    const now = h.type === CMD.READ ? this.gateway.tryExecute(req) : null;
+    if (now) return this.complete(h, bytes, now, contexts, payload);
     this.gateway.execute(req).then(
       (result) => this.complete(h, bytes, result, contexts, payload),
       (err: unknown) => this.complete(h, bytes, toDeviceError(err), contexts, payload),

@@ -12,6 +12,13 @@
 // Row 8 limits fio to 2000 requests a second at depth 1: every server
 // does the same work there, and what it costs per request (waking up for
 // each one, polling or not) is the figure.
+// At depth 1 where the scheduler puts the server decides what a request
+// costs: on this 2-core VM a server woken from fio's core paid 159-220
+// µs per request at 2000/s, one on fio's own core 50-130 (nbdkit and
+// vblk alike, pinned with taskset), and unpinned runs fell either way. So
+// the depth-1 rows pin both: rows 5 and 8 put the server on the last core
+// and fio on the first (as a VMM keeps an I/O thread off the guest's
+// vCPU), rows 5s and 8s put both on the first core, where they take turns.
 //
 // Page-cache rows use each server's default caching; the direct rows use
 // vblk --direct, qemu-nbd --cache=none --aio=io_uring and nbdkit's
@@ -37,7 +44,9 @@ Runs fio (--ioengine=nbd) against vblk, qemu-nbd, nbdkit and nbd-server
 serving the same raw image over a UNIX socket, and prints IOPS or MB/s per
 server, vblk's ratio to the best peer and the goal for each row, the p99
 completion latency at depth 1, what each server read from the disk per
-request in the no-page-cache rows, and vblk's peak RSS. A peer that is not
+request in the no-page-cache rows, and vblk's peak RSS. The depth-1 rows
+pin the server and fio with taskset: rows 5 and 8 to different cores,
+rows 5s and 8s to one core for both. A peer that is not
 installed is reported and left out. Progress goes to stderr, the table to
 stdout.
 
@@ -82,6 +91,8 @@ interface Row {
   /** Bypass the page cache (the servers' direct modes). */
   direct?: boolean;
   p99?: boolean;
+  /** Where the server and fio run (taskset): on different cores, or both on one. */
+  pin?: 'apart' | 'shared';
 }
 
 const ROWS: Row[] = [
@@ -89,11 +100,13 @@ const ROWS: Row[] = [
   { id: '2', title: 'random write 4K, QD32', job: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.5 },
   { id: '3', title: 'sequential read 1M, QD8', job: ['--rw=read', '--bs=1m', '--iodepth=8'], unit: 'MB/s', goal: 1.0 },
   { id: '4', title: 'sequential write 1M, QD8', job: ['--rw=write', '--bs=1m', '--iodepth=8'], unit: 'MB/s', goal: 1.0 },
-  { id: '5', title: 'random read 4K, QD1', job: ['--rw=randread', '--bs=4k', '--iodepth=1'], unit: 'IOPS', goal: 1.2, p99: true },
+  { id: '5', title: 'random read 4K, QD1', job: ['--rw=randread', '--bs=4k', '--iodepth=1'], unit: 'IOPS', goal: 1.2, p99: true, pin: 'apart' },
+  { id: '5s', title: 'random read 4K, QD1, one core for both', job: ['--rw=randread', '--bs=4k', '--iodepth=1'], unit: 'IOPS', goal: 1.2, p99: true, pin: 'shared' },
   { id: '6', title: 'random read 4K, 4 conns x QD8', job: ['--rw=randread', '--bs=4k', '--iodepth=8', '--numjobs=4'], unit: 'IOPS', goal: 1.5 },
   { id: '7r', title: 'random read 4K, QD32, no page cache', job: ['--rw=randread', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.0, direct: true },
   { id: '7w', title: 'random write 4K, QD32, no page cache', job: ['--rw=randwrite', '--bs=4k', '--iodepth=32'], unit: 'IOPS', goal: 1.0, direct: true },
-  { id: '8', title: 'random read 4K, QD1, 2000/s (light load)', job: ['--rw=randread', '--bs=4k', '--iodepth=1', '--rate_iops=2000'], unit: 'IOPS' },
+  { id: '8', title: 'random read 4K, QD1, 2000/s (light load)', job: ['--rw=randread', '--bs=4k', '--iodepth=1', '--rate_iops=2000'], unit: 'IOPS', pin: 'apart' },
+  { id: '8s', title: 'light load, one core for both', job: ['--rw=randread', '--bs=4k', '--iodepth=1', '--rate_iops=2000'], unit: 'IOPS', pin: 'shared' },
   { id: '9', title: 'random read 4K, 8 conns x QD4', job: ['--rw=randread', '--bs=4k', '--iodepth=4', '--numjobs=8'], unit: 'IOPS', goal: 1.5 },
 ];
 
@@ -193,6 +206,24 @@ const wanted = selected(SERVERS, values.servers, (s) => s.name, 'server');
 const missing = wanted.filter((s) => !have(s.program));
 const servers = wanted.filter((s) => have(s.program));
 
+const CORES = os.cpus().length;
+const ALL_CORES = `0-${CORES - 1}`;
+
+/** The cores a pinned row runs the server and fio on (taskset -c lists); on one core, both there. */
+function pinning(pin: 'apart' | 'shared'): { server: string; fio: string } {
+  return { server: pin === 'apart' ? String(CORES - 1) : '0', fio: '0' };
+}
+
+function pinNote(pin: 'apart' | 'shared'): string {
+  const { server, fio } = pinning(pin);
+  return ` (server on core ${server}, fio on core ${fio}: \`taskset -a -p -c\`, \`--cpus_allowed\`)`;
+}
+
+/** Every thread of a server (and so whatever it starts after) on these cores. */
+function pinThreads(pid: number, cores: string): void {
+  must('taskset', ['-a', '-p', '-c', cores, String(pid)]);
+}
+
 type Key = `${string}|${string}`;
 /** A row's fio result with the server's CPU (its whole process tree) per request, µs, and what it read from the disk per request, KiB (null: not on a block device). */
 type Measured = FioResult & { serverUs: number; diskKiB: number | null };
@@ -213,15 +244,18 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
       if (direct) evict(IMAGE);
       else writeBack(IMAGE);
       const pid = running.pid()!;
+      const cores = row.pin ? pinning(row.pin) : null;
+      if (cores) pinThreads(pid, cores.server);
       const sectors = sectorsRead(IMAGE);
       const before = treeCpuUs(pid);
       const r = fio([
         `--name=${row.id}`, '--ioengine=nbd', `--uri=${running.uri}`, ...row.job,
-        '--time_based', `--runtime=${SECONDS}`, '--percentile_list=99',
+        '--time_based', `--runtime=${SECONDS}`, '--percentile_list=99', ...(cores ? [`--cpus_allowed=${cores.fio}`] : []),
       ]);
       // Let per-connection children exit (and be reaped) so their CPU is counted.
       await new Promise((resolve) => setTimeout(resolve, 300));
       const serverUs = (treeCpuUs(pid) - before) / r.requests;
+      if (cores) pinThreads(pid, ALL_CORES);
       const sectorsAfter = sectorsRead(IMAGE);
       const diskKiB = sectors === null || sectorsAfter === null ? null : (sectorsAfter - sectors) / 2 / r.requests;
       const key: Key = `${row.id}|${server.name}`;
@@ -380,7 +414,7 @@ async function main(): Promise<void> {
       '',
       `fio: \`fio --ioengine=nbd --uri=nbd+unix:///?socket=SOCK <row options> --time_based --runtime=${SECONDS} --percentile_list=99 --output-format=json --group_reporting\`, with these row options:`,
       '',
-      ...rows.map((r) => `- row ${r.id}: \`${r.job.join(' ')}\`${r.direct ? ' (servers in their direct mode)' : ''}`),
+      ...rows.map((r) => `- row ${r.id}: \`${r.job.join(' ')}\`${r.direct ? ' (servers in their direct mode)' : ''}${r.pin ? pinNote(r.pin) : ''}`),
       '',
     ].join('\n');
     fs.writeFileSync(values.results, doc + handWritten(values.results));

@@ -464,6 +464,8 @@ t.test('tryExecute leaves to execute what would wait or fail, and holds nothing 
   t.equal(gw.tryExecute(request('read', SIZE - 4, 8)), null, 'a read past the end…');
   await t.rejects(gw.execute(request('read', SIZE - 4, 8)), { code: 'EINVAL' }, '…which execute() refuses');
   t.equal(gw.tryExecute(request('read', 0, MAX + 1)), null, 'a read over the maximum');
+  t.equal(gw.tryExecute(request('read', 0, 0, { df: true })), null, 'a read of nothing…');
+  t.same(await gw.execute(request('read', 0, 0, { df: true })), { op: 'read', segments: [] }, '…which execute() answers with no segment, df or not');
   dev.mode = 'wait';
   t.equal(gw.tryExecute(request('read', 0, 8)), null, 'a read the device cannot answer now');
   dev.mode = 'throw';

@@ -118,7 +118,7 @@ export class Gateway {
    * a dozen promises per request).
    */
   tryExecute(req: Request): Result | null {
-    if (req.op !== 'read' || req.into || !this.device.tryRead || this.gate || this.retired) return null;
+    if (req.op !== 'read' || req.length === 0 || req.into || !this.device.tryRead || this.gate || this.retired) return null;
     try {
       this.check(req);
     } catch {

@@ -66,6 +66,8 @@ export interface NativeAddon {
    * (code EEXIST) for a descriptor the event loop already polls.
    */
   watchFd(fd: number, callback: (error: Error | null) => void): FdWatch;
+  /** writev(2) on a non-blocking descriptor: bytes taken (from at most IOV_MAX buffers), or -errno (-EAGAIN: no room). */
+  writev(fd: number, buffers: Buffer[]): number;
 }
 
 const BUILD = fileURLToPath(new URL('../../../native/build/', import.meta.url));

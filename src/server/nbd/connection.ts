@@ -257,6 +257,7 @@ export class NbdConnection implements SessionHost, Connection {
     this.session?.stop();
     // Everything the client is owed has been written: once the kernel has
     // it, close, whether or not the client ever closes its end.
+    this.writer.flush();
     this.socket.end(() => this.socket.destroy());
   }
 

@@ -13,7 +13,7 @@
 // client's next request a while (see busy-poll.ts).
 //
 // A read reply whose data is in the page cache can go out from the file
-// itself (sendFromFile): the corked replies are flushed, and if the
+// itself (sendFromFile): the replies before it are flushed, and if the
 // stream then holds nothing, the headers are written and the data sent
 // with sendfile on the socket's descriptor, in order, without a copy in
 // user space. Whatever the socket has no room for, and everything after
@@ -138,14 +138,15 @@ export class ReplyWriter {
     this.gathered = [];
     this.whenWritten = [];
     this.gatheredBytes = 0;
-    if (!this.socket.writable) return;
+    const failed = (): void => callbacks.forEach((c) => c.written());
+    if (!this.socket.writable) return failed();
     let taken = 0;
     if (this.socket.writableLength === 0) {
       const n = native!.writev(this.fd!, buffers);
       if (n < 0 && n !== EAGAIN) {
         // As a failed stream write would: the connection ends with the error.
         this.socket.destroy(systemError('writev', -n));
-        return;
+        return failed();
       }
       taken = Math.max(n, 0);
     }

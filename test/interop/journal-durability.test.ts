@@ -40,9 +40,12 @@ t.test('FUA writes and flushes are replied to only after the journal is synced',
   const logFd = /openat\(.*j\.log", .*\) = (\d+)/.exec(lines.find((l) => l.includes('j.log"')) ?? '')?.[1];
   const sockFd = /accept4\(.*\) = (\d+)/.exec(lines.find((l) => /accept4\(.*\) = \d+/.test(l)) ?? '')?.[1];
   if (!logFd || !sockFd) throw new Error(`no log or socket descriptor in the trace:\n${lines.slice(0, 40).join('\n')}`);
-  // libnbd numbers its requests 1, 2, 3; a simple reply is magic 0x67446698, error 0, then the cookie.
-  const reply = (cookie: number): number =>
-    lines.findIndex((l) => l.includes(`write(${sockFd}, "gDf\\230\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\${cookie.toString(8)}"`));
+  // libnbd numbers its requests 1, 2, 3; a simple reply is magic 0x67446698, error 0, then the cookie,
+  // written alone (write) or as the first of a tick's replies (writev).
+  const reply = (cookie: number): number => {
+    const text = `"gDf\\230\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\${cookie.toString(8)}"`;
+    return lines.findIndex((l) => l.includes(`write(${sockFd}, ${text}`) || l.includes(`writev(${sockFd}, [{iov_base=${text}`));
+  };
   const entry = (kind: string, from: number): number => lines.findIndex((l, i) => i >= from && l.includes(`write(${logFd}, `) && l.includes(`\\245${kind}`));
   const syncDone = (from: number, to: number): boolean =>
     lines.slice(from, to).some((l) => new RegExp(`fdatasync\\(${logFd}\\)\\s+= 0|<\\.\\.\\. fdatasync resumed>.*= 0`).test(l));

@@ -15,7 +15,8 @@
 // At depth 1 where the scheduler puts the server decides what a request
 // costs: on this 2-core VM a server woken from fio's core paid 159-220
 // µs per request at 2000/s, one on fio's own core 50-130 (nbdkit and
-// vblk alike, pinned with taskset), and unpinned runs fell either way. So
+// vblk alike, pinned with taskset, 2026-12-07; an hour later the gap was
+// small, see RESULTS.md), and unpinned runs fell either way. So
 // the depth-1 rows pin both: rows 5 and 8 put the server on the last core
 // and fio on the first (as a VMM keeps an I/O thread off the guest's
 // vCPU), rows 5s and 8s put both on the first core, where they take turns.

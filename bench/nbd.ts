@@ -12,7 +12,7 @@
 // Row 8 limits fio to 2000 requests a second at depth 1: every server
 // does the same work there, and what it costs per request (waking up for
 // each one, polling or not) is the figure.
-// At depth 1 where the scheduler puts the server decides what a request
+// At depth 1 where the scheduler puts the server can decide what a request
 // costs: on this 2-core VM a server woken from fio's core paid 159-220
 // µs per request at 2000/s, one on fio's own core 50-130 (nbdkit and
 // vblk alike, pinned with taskset, 2026-12-07; an hour later the gap was

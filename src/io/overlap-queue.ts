@@ -15,6 +15,15 @@ export interface Ticket {
   wake: (() => void) | null;
 }
 
+function newTicket(offset: number, length: number, exclusive: boolean): Ticket {
+  return { start: offset, end: offset + length, exclusive, blockers: 0, dependents: [], wake: null };
+}
+
+/** Whether two requests must not run at once: they overlap and one of them changes data. */
+function conflict(a: Ticket, b: Ticket): boolean {
+  return (a.exclusive || b.exclusive) && a.start < b.end && b.start < a.end;
+}
+
 export class OverlapQueue {
   private active: Ticket[] = [];
 
@@ -23,9 +32,9 @@ export class OverlapQueue {
    * may proceed at once, or a promise of it when it must wait.
    */
   acquire(offset: number, length: number, exclusive: boolean): Ticket | Promise<Ticket> {
-    const ticket: Ticket = { start: offset, end: offset + length, exclusive, blockers: 0, dependents: [], wake: null };
+    const ticket = newTicket(offset, length, exclusive);
     for (const other of this.active) {
-      if ((exclusive || other.exclusive) && other.start < ticket.end && ticket.start < other.end) {
+      if (conflict(other, ticket)) {
         other.dependents.push(ticket);
         ticket.blockers++;
       }
@@ -39,11 +48,8 @@ export class OverlapQueue {
 
   /** A ticket for [offset, offset + length) when nothing is in its way; null (and nothing taken) when it would wait. */
   tryAcquire(offset: number, length: number, exclusive: boolean): Ticket | null {
-    const end = offset + length;
-    for (const other of this.active) {
-      if ((exclusive || other.exclusive) && other.start < end && offset < other.end) return null;
-    }
-    const ticket: Ticket = { start: offset, end, exclusive, blockers: 0, dependents: [], wake: null };
+    const ticket = newTicket(offset, length, exclusive);
+    if (this.active.some((other) => conflict(other, ticket))) return null;
     this.active.push(ticket);
     return ticket;
   }

@@ -59,7 +59,9 @@ Options:
   --dir DIR         where the image goes (default: the system temp dir; it
                     is kept and reused; must support O_DIRECT)
   --rows LIST       only these rows, by number (default: all), e.g. 1,5
-  --servers LIST    only these servers (default: vblk,qemu-nbd,nbdkit,nbd-server)
+  --servers LIST    only these servers (default: vblk,qemu-nbd,nbdkit,nbd-server);
+                    node-floor, named here, adds the least a Node.js server
+                    costs (bench/node-floor.ts) as a yardstick, not a peer
   --vblk-args ARGS  extra arguments for vblk serve, space-separated
   --results FILE    also write the table as Markdown, with the machine and
                     the commands, to FILE (e.g. bench/RESULTS.md), in place
@@ -71,6 +73,7 @@ Examples:
   npm run bench -- --quick
   node dist/bench/nbd.js --rows 1,2 --servers vblk,qemu-nbd --seconds 10
   node dist/bench/nbd.js --results bench/RESULTS.md
+  node dist/bench/nbd.js --rows 8s --servers vblk,nbdkit,node-floor
 `;
 
 const { values, seconds: SECONDS, rounds: ROUNDS, size: SIZE, image: IMAGE } = imageBenchArgs(HELP, {
@@ -120,6 +123,8 @@ interface Server {
   /** Whether it has a mode that bypasses the page cache. */
   direct: boolean;
   start(socket: string, direct: boolean, work: string): { proc: ChildProcess; uri: string; pid: () => number | null };
+  /** Not a peer but a yardstick: run only when named, left out of the best-peer ratios. */
+  baseline?: boolean;
 }
 
 const vblkArgs = (direct: boolean): string[] => ['serve', IMAGE, '--socket', 'SOCK', '--log-level', 'warn', ...(direct ? ['--direct'] : []), ...VBLK_ARGS];
@@ -128,6 +133,8 @@ const nbdkitArgs = (direct: boolean): string[] => ['-f', '-U', 'SOCK', 'file', I
 const withSocket = (args: string[], socket: string): string[] => args.map((a) => (a === 'SOCK' ? socket : a));
 const spawned = (cmd: string, args: string[]): ChildProcess => spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
 const unixUri = (socket: string, name = ''): string => `nbd+unix:///${name}?socket=${socket}`;
+
+const FLOOR = fileURLToPath(new URL('./node-floor.js', import.meta.url));
 
 const SERVERS: Server[] = [
   {
@@ -177,6 +184,18 @@ const SERVERS: Server[] = [
       return { proc, uri: unixUri(socket, 'bench'), pid: () => pid };
     },
   },
+  {
+    // The least a Node.js server costs per request (node-floor.ts).
+    name: 'node-floor',
+    program: 'node',
+    command: () => 'node dist/bench/node-floor.js SOCK IMAGE',
+    direct: false,
+    baseline: true,
+    start: (socket) => {
+      const proc = spawned(process.execPath, [FLOOR, socket, IMAGE]);
+      return { proc, uri: unixUri(socket), pid: () => proc.pid ?? null };
+    },
+  },
 ];
 
 /**
@@ -203,7 +222,7 @@ function selected<T>(all: T[], list: string | undefined, key: (t: T) => string, 
 
 // "--rows 7" means both rows of 7.
 const rows = selected(ROWS, values.rows?.replace(/\b7\b(?![rw])/, '7r,7w'), (r) => r.id, 'row');
-const wanted = selected(SERVERS, values.servers, (s) => s.name, 'server');
+const wanted = values.servers ? selected(SERVERS, values.servers, (s) => s.name, 'server') : SERVERS.filter((s) => !s.baseline);
 const missing = wanted.filter((s) => !have(s.program));
 const servers = wanted.filter((s) => have(s.program));
 
@@ -272,6 +291,11 @@ async function measureServer(server: Server, direct: boolean, round: number): Pr
   }
 }
 
+/** A server vblk is compared with: not vblk, not a baseline. */
+function isPeer(s: Server): boolean {
+  return s.name !== 'vblk' && !s.baseline;
+}
+
 function value(row: Row, r: FioResult): number {
   return row.unit === 'IOPS' ? r.iops : r.bandwidth / 1e6;
 }
@@ -286,7 +310,7 @@ function table(): { text: string; markdown: string } {
   for (const row of rows) {
     const cells = servers.map((s) => medianOf(row, s));
     const vblk = cells[servers.findIndex((s) => s.name === 'vblk')] ?? null;
-    const peers = servers.map((s, i) => (s.name === 'vblk' ? null : cells[i])).filter((c): c is number => c !== null);
+    const peers = servers.map((s, i) => (isPeer(s) ? cells[i] : null)).filter((c): c is number => c !== null);
     const best = peers.length ? Math.max(...peers) : null;
     const ratio = vblk !== null && best ? vblk / best : null;
     lines.push([
@@ -303,7 +327,7 @@ function table(): { text: string; markdown: string } {
         return rs ? median(rs.map((r) => r.p99Us)) : null;
       });
       const v = p99[servers.findIndex((s) => s.name === 'vblk')] ?? null;
-      const bestP99 = Math.min(...p99.filter((c, i): c is number => c !== null && servers[i].name !== 'vblk'));
+      const bestP99 = Math.min(...p99.filter((c, i): c is number => c !== null && isPeer(servers[i])));
       lines.push([
         `${row.id} p99 completion latency`,
         'µs',
@@ -314,15 +338,17 @@ function table(): { text: string; markdown: string } {
       ]);
     }
   }
-  const cpuHeader = ['row', ...servers.map((s) => s.name), 'vblk / best peer'];
+  const floor = servers.findIndex((s) => s.baseline);
+  const cpuHeader = ['row', ...servers.map((s) => s.name), 'vblk / best peer', ...(floor >= 0 ? ['vblk / node-floor'] : [])];
   const cpuLines = rows.map((row) => {
     const per = servers.map((s) => {
       const rs = results.get(`${row.id}|${s.name}`);
       return rs ? median(rs.map((r) => r.serverUs)) : null;
     });
     const vblk = per[servers.findIndex((s) => s.name === 'vblk')] ?? null;
-    const peers = per.filter((c, i): c is number => c !== null && servers[i].name !== 'vblk');
+    const peers = per.filter((c, i): c is number => c !== null && isPeer(servers[i]));
     const best = peers.length ? Math.min(...peers) : null;
+    const floorUs = floor >= 0 ? per[floor] : null;
     return [
       `${row.id} ${row.title}`,
       ...servers.map((s, i) => {
@@ -330,6 +356,7 @@ function table(): { text: string; markdown: string } {
         return rs ? `${per[i]!.toFixed(1)} / ${median(rs.map((r) => r.clientCpu)).toFixed(0)}%` : '-';
       }),
       vblk !== null && best ? `${(vblk / best).toFixed(2)}x` : '-',
+      ...(floor >= 0 ? [vblk !== null && floorUs ? `${(vblk / floorUs).toFixed(2)}x` : '-'] : []),
     ];
   });
   const [main, cpu] = [render(header, lines, 2), render(cpuHeader, cpuLines, 1)];
@@ -354,7 +381,7 @@ function diskReads(): string {
 
 const CPU_CAPTION =
   "CPU per request: the server's whole process tree (user + system, from /proc) divided by the requests fio completed, µs, and fio's own CPU " +
-  '(percent of one core, all its jobs: near 100% the client, not the server, sets the pace). The last column: vblk against the cheapest peer.';
+  '(percent of one core, all its jobs: near 100% the client, not the server, sets the pace). Then vblk against the cheapest peer and, where node-floor ran, against it.';
 
 /** Caps the send buffer vblk asks for on its UNIX connections. */
 function wmemMax(): string {
@@ -368,7 +395,7 @@ function wmemMax(): string {
 function machine(): string {
   const cpus = os.cpus();
   const versions = servers
-    .filter((s) => s.name !== 'vblk')
+    .filter(isPeer)
     .map((s) => {
       const args = s.name === 'nbd-server' ? ['-V'] : ['--version'];
       const r = must('sh', ['-c', `${s.program} ${args.join(' ')} 2>&1 | head -1`]).trim();

@@ -1,11 +1,12 @@
-// Large reads from a raw image in the page cache leave from the file
-// itself (sendfile): the bytes reach the client as the file's pages, by
+// With --send-file, large reads from a raw image in the page cache leave
+// from the file itself (sendfile): the bytes reach the client as the file's pages, by
 // reference. What that must not change: a read answers with the data as
 // it was when the read ran, even when a write to the same range comes
 // after it while the client has not read the reply yet (from another
 // connection on the same event loop, which then waits, or from the same
 // one); holes still come
-// as OFFSET_HOLE chunks; simple replies carry the same bytes.
+// as OFFSET_HOLE chunks; simple replies carry the same bytes. Without
+// the option the reply is a copy, and a write need not wait for it.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -24,8 +25,8 @@ const MIB = 1 << 20;
 const LAST_PAGE = MIB - 4096;
 type Chunk = Extract<Reply, { kind: 'chunk' }>;
 
-/** A 4 MiB raw image: 0xAA everywhere but a hole at [1.25 MiB, 1.75 MiB). */
-async function server(t: Test, args: string[] = []): Promise<Served> {
+/** A 4 MiB raw image: 0xAA everywhere but a hole at [1.25 MiB, 1.75 MiB), served with --send-file unless `args` say otherwise. */
+async function server(t: Test, args: string[] = ['--send-file']): Promise<Served> {
   const file = path.join(tempDir(t), 'disk.raw');
   fs.writeFileSync(file, Buffer.alloc(4 * MIB, 0xaa));
   const fd = fs.openSync(file, 'r+');
@@ -83,7 +84,7 @@ t.test('a simple reply carries the same bytes, the hole as zeroes', async (t) =>
 // Overlapping requests are ordered among the connections of one event
 // loop (server/nbd/loops.ts): with --threads 1 both connections share it.
 t.test('a write from another connection waits until the client has read the reply, which keeps the old data', async (t) => {
-  const srv = await server(t, ['--threads', '1']);
+  const srv = await server(t, ['--send-file', '--threads', '1']);
   const reader = await connect(t, srv);
   const writer = await connect(t, srv);
   reader.socket.pause(); // the reply stays in the socket, unread
@@ -102,6 +103,20 @@ t.test('a write from another connection waits until the client has read the repl
   writer.request({ flags: 0, type: CMD.READ, cookie: 3n, offset: 2 * MIB, length: MIB });
   const after = assemble(await writer.structuredReply(), 2 * MIB, MIB).data;
   t.ok(uniform(after.subarray(0, LAST_PAGE), 0xaa) && uniform(after.subarray(LAST_PAGE), 0xbb), 'and a later read sees it');
+});
+
+t.test('without --send-file the reply is a copy: a write from another connection does not wait for the client to read it', async (t) => {
+  const srv = await server(t, ['--threads', '1']);
+  const reader = await connect(t, srv);
+  const writer = await connect(t, srv);
+  reader.socket.pause();
+  reader.request({ flags: 0, type: CMD.READ, cookie: 1n, offset: 2 * MIB, length: MIB });
+  await sleep(200);
+  writer.request({ flags: 0, type: CMD.WRITE, cookie: 2n, offset: LAST_PAGE + 2 * MIB, length: 4096 }, Buffer.alloc(4096, 0xbb));
+  t.same(await writer.reply(), { kind: 'simple', error: 0, cookie: 2n, data: Buffer.alloc(0) }, 'the write completes while the read reply is unread');
+  reader.socket.resume();
+  const { data } = assemble(await reader.structuredReply(), 2 * MIB, MIB);
+  t.ok(uniform(data, 0xaa), 'the read answers with the data from before the write');
 });
 
 t.test('a write sent on the same connection right after the read does not show in the read', async (t) => {

@@ -31,7 +31,7 @@ for (const e of init.exports) {
   );
   registry.add(e.name, image, e.description);
 }
-const options = { handshakeTimeoutMs: 0, limits: init.limits, busyPoll: new BusyPoll(init.pollUs) };
+const options = { handshakeTimeoutMs: 0, limits: init.limits, busyPoll: new BusyPoll(init.pollUs), sendFile: init.sendFile };
 const connections = new Map<number, NbdConnection>();
 let idleTimer: NodeJS.Timeout | null = null;
 

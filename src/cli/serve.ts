@@ -49,6 +49,7 @@ interface ServeValues extends TlsValues, RbdServeValues {
   'shutdown-timeout'?: string;
   'max-inflight'?: string;
   'poll-us'?: string;
+  'send-file'?: boolean;
   threads?: string;
   engine?: string;
   direct?: boolean;
@@ -128,6 +129,15 @@ ${TLS_HELP}${RBD_SERVE_HELP}  --read-only              serve every export read-o
                            loaded server does not poll (default 50; 0 turns
                            it off, for hosts where an idle core must stay
                            idle)
+  --send-file              send large reads (64 KiB and more) of a raw image
+                           whose data is in the page cache to UNIX-socket
+                           clients from the file itself (sendfile), not
+                           copied: less CPU for vblk, more for the client,
+                           whose kernel pays more to receive the file's
+                           pages than the copy cost (1 MiB reads here:
+                           vblk 600 -> 440 µs each, fio 270 -> 640 µs, and
+                           a fifth fewer MB/s), so it is off by default;
+                           for clients with CPU to spare
   --threads N              run NBD connections on N event loops, each a
                            thread with its own I/O engine: the handshake
                            runs on the main loop, and a connection to a raw
@@ -293,6 +303,7 @@ export const serve: Command<ServeValues> = {
     'shutdown-timeout': { type: 'string' },
     'max-inflight': { type: 'string' },
     'poll-us': { type: 'string' },
+    'send-file': { type: 'boolean' },
     threads: { type: 'string' },
     engine: { type: 'string' },
     direct: { type: 'boolean' },
@@ -352,6 +363,7 @@ export const serve: Command<ServeValues> = {
         maxSkippedPayload: 128 << 20,
       },
       busyPoll: new BusyPoll(numberOption('poll-us', v['poll-us'], 50, 0, 10_000)),
+      sendFile: v['send-file'] ?? false,
       tls: tlsFromOptions(v),
     };
     const log = createLogger(v['log-level'] ?? 'info');
@@ -381,7 +393,7 @@ export const serve: Command<ServeValues> = {
     }
     const threads = threadCount(v.threads, v.stdio === true);
     const shared = registry.list().flatMap((e): LoopExport[] => (e.gateway.device instanceof RawImage ? [{ name: e.name, description: e.description, share: e.gateway.device.share() }] : []));
-    const loopInit = { engine: engine.name, limits: options.limits, pollUs: options.busyPoll.maxUs, logLevel: v['log-level'] ?? 'info' };
+    const loopInit = { engine: engine.name, limits: options.limits, pollUs: options.busyPoll.maxUs, sendFile: options.sendFile, logLevel: v['log-level'] ?? 'info' };
     const spawnLoop = (workerData: LoopInit): Worker => new Worker(new URL('./loop-worker.js', import.meta.url), { workerData });
     const loops = threads > 1 && shared.length > 0 ? new ConnectionLoops(threads - 1, shared, loopInit, spawnLoop, log) : undefined;
     const server = new Server(registry, options, log);

@@ -94,6 +94,8 @@ export interface ConnectionOptions {
   busyPoll: BusyPoll;
   /** STARTTLS: offered or required with these credentials; absent, TLS is off. */
   tls?: NbdTls;
+  /** --send-file: large reads from the page cache may leave from the file (reply-writer.ts). */
+  sendFile?: boolean;
   /** --threads: the loops transmissions may move to; absent, every connection stays on this loop. */
   loops?: ConnectionLoops;
 }
@@ -151,7 +153,7 @@ export class NbdConnection implements SessionHost, Connection {
   ) {
     this.busyPoll = options.busyPoll;
     this.fd = socketFd(socket);
-    this.writer = new ReplyWriter(socket, options.busyPoll, this.fd);
+    this.writer = new ReplyWriter(socket, options.busyPoll, this.fd, options.sendFile ?? false);
     this.handshake = new Handshake(registry, options.tls?.policy ?? 'off');
     this.maxOptions = maxOptions(registry.list().length);
   }

@@ -23,6 +23,8 @@ export interface LoopInit {
   engine: string;
   limits: SessionLimits;
   pollUs: number;
+  /** --send-file */
+  sendFile: boolean;
   logLevel: string;
 }
 

@@ -12,12 +12,14 @@
 // already closing. Once replies are out, the event loop polls for the
 // client's next request a while (see busy-poll.ts).
 //
-// A read reply whose data is in the page cache can go out from the file
-// itself (sendFromFile): the replies before it are flushed, and if the
-// stream then holds nothing, the headers are written and the data sent
-// with sendfile on the socket's descriptor, in order, without a copy in
-// user space. Whatever the socket has no room for, and everything after
-// it, goes through the stream, the file's bytes read into a buffer.
+// With --send-file, a read reply whose data is in the page cache can go
+// out from the file itself (sendFromFile): the replies before it are
+// flushed, and if the stream then holds nothing, the headers are written
+// and the data sent with sendfile on the socket's descriptor, in order,
+// without a copy in user space. Whatever the socket has no room for, and everything after
+// it, goes through the stream, the file's bytes read into a buffer. It
+// is off by default because the client pays for it: receiving the
+// file's pages cost fio more than the copy saved vblk (README).
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -61,14 +63,19 @@ export class ReplyWriter {
   /** Replies sent from files that the client may not have read yet; null where replies cannot be sent so. */
   private readonly unread: UnreadReplies | null;
 
-  /** `fd`: the socket's descriptor, where Node has one and no TLS runs over it; replies are sent from files only on a UNIX socket. */
+  /**
+   * `fd`: the socket's descriptor, where Node has one and no TLS runs
+   * over it; with `sendFiles` (--send-file), replies are sent from files
+   * on a UNIX socket.
+   */
   constructor(
     private readonly socket: Socket,
     private readonly poll: BusyPoll,
     private readonly fd: number | null = null,
+    sendFiles = false,
   ) {
     this.direct = fd !== null && native !== null;
-    this.unread = fd !== null && sendFileAvailable && unixStream(fd) ? new UnreadReplies(fd) : null;
+    this.unread = sendFiles && fd !== null && sendFileAvailable && unixStream(fd) ? new UnreadReplies(fd) : null;
   }
 
   /** Bytes written but not yet taken by the kernel. */

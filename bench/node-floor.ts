@@ -2,8 +2,9 @@
 // what vblk's own code costs per request from what the runtime does.
 // It negotiates fixed newstyle with NBD_OPT_GO only (every other option
 // is refused), then answers READ, WRITE and FLUSH with simple replies
-// from synchronous pread/pwrite/fdatasync in the 'data' handler: no
-// queue, no promise, no structured reply, no checks beyond the framing.
+// from synchronous pread/pwrite/fdatasync in the 'data' handler, the
+// socket corked meanwhile: no queue, no promise, no structured reply, no
+// checks beyond the framing.
 // It is not a server anyone should run; `node dist/bench/nbd.js
 // --servers vblk,node-floor,...` runs it beside the others, and on a row
 // where vblk costs about what it costs there is nothing left in vblk's
@@ -85,8 +86,18 @@ function serve(socket: net.Socket, fd: number, size: number): void {
   socket.write(greeting);
   socket.setNoDelay(true);
   socket.on('error', () => socket.destroy());
+  // The replies to what one read brought leave in one writev.
   socket.on('data', (chunk: Buffer) => {
     input.push(chunk);
+    socket.cork();
+    try {
+      answer();
+    } finally {
+      socket.uncork();
+    }
+  });
+
+  function answer(): void {
     for (;;) {
       if (phase === 'flags') {
         if (!input.take(4)) return;
@@ -134,7 +145,7 @@ function serve(socket: net.Socket, fd: number, size: number): void {
         socket.write(reply);
       }
     }
-  });
+  }
 }
 
 function main(): void {

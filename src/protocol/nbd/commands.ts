@@ -26,19 +26,20 @@ export interface TransmissionTerms {
 export type Refusal = { errno: number; message: string };
 export type Checked = { request: Request } | Refusal;
 
+/** Whole names, made once: a request's name is a key in the connection's counts. */
 const COMMAND_NAMES: Record<number, string> = {
-  [CMD.READ]: 'READ',
-  [CMD.WRITE]: 'WRITE',
-  [CMD.DISC]: 'DISC',
-  [CMD.FLUSH]: 'FLUSH',
-  [CMD.TRIM]: 'TRIM',
-  [CMD.CACHE]: 'CACHE',
-  [CMD.WRITE_ZEROES]: 'WRITE_ZEROES',
-  [CMD.BLOCK_STATUS]: 'BLOCK_STATUS',
+  [CMD.READ]: 'NBD_CMD_READ',
+  [CMD.WRITE]: 'NBD_CMD_WRITE',
+  [CMD.DISC]: 'NBD_CMD_DISC',
+  [CMD.FLUSH]: 'NBD_CMD_FLUSH',
+  [CMD.TRIM]: 'NBD_CMD_TRIM',
+  [CMD.CACHE]: 'NBD_CMD_CACHE',
+  [CMD.WRITE_ZEROES]: 'NBD_CMD_WRITE_ZEROES',
+  [CMD.BLOCK_STATUS]: 'NBD_CMD_BLOCK_STATUS',
 };
 
 export function commandName(type: number): string {
-  return COMMAND_NAMES[type] ? `NBD_CMD_${COMMAND_NAMES[type]}` : `command ${type}`;
+  return COMMAND_NAMES[type] ?? `command ${type}`;
 }
 
 const OPS: Record<number, Request['op']> = {

@@ -12,6 +12,7 @@
 
 import fs from 'node:fs';
 import net from 'node:net';
+import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, GREETING_SIZE, IHAVEOPT, NBD_ERR, NBDMAGIC, OPT, OPTION_HEADER_SIZE, OPTION_REPLY_HEADER_SIZE, OPTION_REPLY_MAGIC, REP, REQUEST_MAGIC, REQUEST_SIZE, SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, TF } from '../src/protocol/nbd/constants.js';
 
 const HELP = `Usage: node dist/bench/node-floor.js SOCKET IMAGE
 
@@ -23,23 +24,8 @@ Example:
   nbdinfo 'nbd+unix:///?socket=/tmp/floor.sock'
 `;
 
-const NBDMAGIC = 0x4e42444d41474943n;
-const IHAVEOPT = 0x49484156454f5054n;
-const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const OPT_ABORT = 2;
-const OPT_GO = 7;
-const REP_ACK = 1;
-const REP_INFO = 3;
-const REP_ERR_UNSUP = 0x80000001;
-const CMD_READ = 0;
-const CMD_WRITE = 1;
-const CMD_DISC = 2;
-const CMD_FLUSH = 3;
-/** HAS_FLAGS | SEND_FLUSH */
-const EXPORT_FLAGS = 1 | 4;
-const EINVAL = 22;
+/** FLUSH is all it offers beyond reads and writes. */
+const EXPORT_FLAGS = TF.HAS_FLAGS | TF.SEND_FLUSH;
 const MAX_LENGTH = 32 << 20;
 
 /** Bytes received and not yet framed: taken whole when a frame is complete. */
@@ -66,7 +52,7 @@ class Input {
 }
 
 function optionReply(option: number, type: number, payload: Buffer): Buffer {
-  const header = Buffer.alloc(20);
+  const header = Buffer.alloc(OPTION_REPLY_HEADER_SIZE);
   header.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
   header.writeUInt32BE(option, 8);
   header.writeUInt32BE(type >>> 0, 12);
@@ -79,10 +65,10 @@ function serve(socket: net.Socket, fd: number, size: number): void {
   let phase: 'flags' | 'options' | 'transmission' = 'flags';
   /** An option or request header whose data has not all arrived yet. */
   let waiting: Buffer | null = null;
-  const greeting = Buffer.alloc(18);
+  const greeting = Buffer.alloc(GREETING_SIZE);
   greeting.writeBigUInt64BE(NBDMAGIC, 0);
   greeting.writeBigUInt64BE(IHAVEOPT, 8);
-  greeting.writeUInt16BE(3, 16); // FIXED_NEWSTYLE | NO_ZEROES
+  greeting.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
   socket.write(greeting);
   socket.setNoDelay(true);
   socket.on('error', () => socket.destroy());
@@ -103,7 +89,7 @@ function serve(socket: net.Socket, fd: number, size: number): void {
         if (!input.take(4)) return;
         phase = 'options';
       } else if (phase === 'options') {
-        const header = waiting ?? input.take(16);
+        const header = waiting ?? input.take(OPTION_HEADER_SIZE);
         if (!header) return;
         const option = header.readUInt32BE(8);
         const length = header.readUInt32BE(12);
@@ -111,37 +97,37 @@ function serve(socket: net.Socket, fd: number, size: number): void {
         waiting = header;
         if (input.take(length) === null) return;
         waiting = null;
-        if (option === OPT_ABORT) return void socket.end(optionReply(option, REP_ACK, Buffer.alloc(0)));
-        if (option !== OPT_GO) {
-          socket.write(optionReply(option, REP_ERR_UNSUP, Buffer.alloc(0)));
+        if (option === OPT.ABORT) return void socket.end(optionReply(option, REP.ACK, Buffer.alloc(0)));
+        if (option !== OPT.GO) {
+          socket.write(optionReply(option, REP.ERR_UNSUP, Buffer.alloc(0)));
           continue;
         }
         const info = Buffer.alloc(12);
         info.writeBigUInt64BE(BigInt(size), 2);
         info.writeUInt16BE(EXPORT_FLAGS, 10);
-        socket.write(Buffer.concat([optionReply(option, REP_INFO, info), optionReply(option, REP_ACK, Buffer.alloc(0))]));
+        socket.write(Buffer.concat([optionReply(option, REP.INFO, info), optionReply(option, REP.ACK, Buffer.alloc(0))]));
         phase = 'transmission';
       } else {
-        const request = waiting ?? input.take(28);
+        const request = waiting ?? input.take(REQUEST_SIZE);
         if (!request) return;
         const type = request.readUInt16BE(6);
         const offset = Number(request.readBigUInt64BE(16));
         const length = request.readUInt32BE(24);
-        if (request.readUInt32BE(0) !== REQUEST_MAGIC || (type === CMD_WRITE && length > MAX_LENGTH)) return void socket.destroy();
+        if (request.readUInt32BE(0) !== REQUEST_MAGIC || (type === CMD.WRITE && length > MAX_LENGTH)) return void socket.destroy();
         const bad = length > MAX_LENGTH || offset + length > size;
-        if (type === CMD_WRITE) {
+        if (type === CMD.WRITE) {
           const data = input.take(length);
           waiting = data === null ? request : null;
           if (data === null) return;
           if (!bad) fs.writeSync(fd, data, 0, length, offset);
         }
-        if (type === CMD_DISC) return void socket.end();
-        const reply = Buffer.allocUnsafe(type === CMD_READ && !bad ? 16 + length : 16);
+        if (type === CMD.DISC) return void socket.end();
+        const reply = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + (type === CMD.READ && !bad ? length : 0));
         reply.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-        reply.writeUInt32BE(bad ? EINVAL : 0, 4);
+        reply.writeUInt32BE(bad ? NBD_ERR.EINVAL : 0, 4);
         request.copy(reply, 8, 8, 16);
-        if (!bad && type === CMD_READ) fs.readSync(fd, reply, 16, length, offset);
-        if (!bad && type === CMD_FLUSH) fs.fdatasyncSync(fd);
+        if (!bad && type === CMD.READ) fs.readSync(fd, reply, SIMPLE_REPLY_SIZE, length, offset);
+        if (!bad && type === CMD.FLUSH) fs.fdatasyncSync(fd);
         socket.write(reply);
       }
     }

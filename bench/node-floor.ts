@@ -12,7 +12,9 @@
 
 import fs from 'node:fs';
 import net from 'node:net';
-import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, GREETING_SIZE, IHAVEOPT, NBD_ERR, NBDMAGIC, OPT, OPTION_HEADER_SIZE, OPTION_REPLY_HEADER_SIZE, OPTION_REPLY_MAGIC, REP, REQUEST_MAGIC, REQUEST_SIZE, SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, TF } from '../src/protocol/nbd/constants.js';
+import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, NBD_ERR, OPT, OPTION_HEADER_SIZE, REP, REQUEST_MAGIC, REQUEST_SIZE, SIMPLE_REPLY_MAGIC, SIMPLE_REPLY_SIZE, TF } from '../src/protocol/nbd/constants.js';
+import { decodeOptionHeader, encodeGreeting, encodeInfoReply, encodeOptionReply, type OptionHeader } from '../src/protocol/nbd/handshake-codec.js';
+import { ByteQueue } from '../src/server/byte-queue.js';
 
 const HELP = `Usage: node dist/bench/node-floor.js SOCKET IMAGE
 
@@ -28,48 +30,13 @@ Example:
 const EXPORT_FLAGS = TF.HAS_FLAGS | TF.SEND_FLUSH;
 const MAX_LENGTH = 32 << 20;
 
-/** Bytes received and not yet framed: taken whole when a frame is complete. */
-class Input {
-  private chunks: Buffer[] = [];
-  length = 0;
-
-  push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.length += chunk.length;
-  }
-
-  take(n: number): Buffer | null {
-    if (this.length < n) return null;
-    if (n === 0) return Buffer.alloc(0);
-    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks)];
-    const first = this.chunks[0];
-    const bytes = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift();
-    else this.chunks[0] = first.subarray(n);
-    this.length -= n;
-    return bytes;
-  }
-}
-
-function optionReply(option: number, type: number, payload: Buffer): Buffer {
-  const header = Buffer.alloc(OPTION_REPLY_HEADER_SIZE);
-  header.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
-  header.writeUInt32BE(option, 8);
-  header.writeUInt32BE(type >>> 0, 12);
-  header.writeUInt32BE(payload.length, 16);
-  return Buffer.concat([header, payload]);
-}
-
 function serve(socket: net.Socket, fd: number, size: number): void {
-  const input = new Input();
+  const input = new ByteQueue();
   let phase: 'flags' | 'options' | 'transmission' = 'flags';
-  /** An option or request header whose data has not all arrived yet. */
-  let waiting: Buffer | null = null;
-  const greeting = Buffer.alloc(GREETING_SIZE);
-  greeting.writeBigUInt64BE(NBDMAGIC, 0);
-  greeting.writeBigUInt64BE(IHAVEOPT, 8);
-  greeting.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-  socket.write(greeting);
+  /** An option or a request whose data has not all arrived yet. */
+  let option: OptionHeader | null = null;
+  let request: Buffer | null = null;
+  socket.write(encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
   socket.setNoDelay(true);
   socket.on('error', () => socket.destroy());
   // The replies to what one read brought leave in one writev.
@@ -89,26 +56,25 @@ function serve(socket: net.Socket, fd: number, size: number): void {
         if (!input.take(4)) return;
         phase = 'options';
       } else if (phase === 'options') {
-        const header = waiting ?? input.take(OPTION_HEADER_SIZE);
-        if (!header) return;
-        const option = header.readUInt32BE(8);
-        const length = header.readUInt32BE(12);
-        if (header.readBigUInt64BE(0) !== IHAVEOPT || length > 65536) return void socket.destroy();
-        waiting = header;
-        if (input.take(length) === null) return;
-        waiting = null;
-        if (option === OPT.ABORT) return void socket.end(optionReply(option, REP.ACK, Buffer.alloc(0)));
-        if (option !== OPT.GO) {
-          socket.write(optionReply(option, REP.ERR_UNSUP, Buffer.alloc(0)));
+        if (!option) {
+          const bytes = input.take(OPTION_HEADER_SIZE);
+          if (!bytes) return;
+          option = decodeOptionHeader(bytes)!;
+          if (option.magic !== IHAVEOPT || option.length > 65536) return void socket.destroy();
+        }
+        if (input.take(option.length) === null) return;
+        const code = option.option;
+        option = null;
+        if (code === OPT.ABORT) return void socket.end(encodeOptionReply(code, REP.ACK));
+        if (code !== OPT.GO) {
+          socket.write(encodeOptionReply(code, REP.ERR_UNSUP));
           continue;
         }
-        const info = Buffer.alloc(12);
-        info.writeBigUInt64BE(BigInt(size), 2);
-        info.writeUInt16BE(EXPORT_FLAGS, 10);
-        socket.write(Buffer.concat([optionReply(option, REP.INFO, info), optionReply(option, REP.ACK, Buffer.alloc(0))]));
+        const info = encodeOptionReply(code, REP.INFO, encodeInfoReply({ type: INFO.EXPORT, size, flags: EXPORT_FLAGS }));
+        socket.write(Buffer.concat([info, encodeOptionReply(code, REP.ACK)]));
         phase = 'transmission';
       } else {
-        const request = waiting ?? input.take(REQUEST_SIZE);
+        request ??= input.take(REQUEST_SIZE);
         if (!request) return;
         const type = request.readUInt16BE(6);
         const offset = Number(request.readBigUInt64BE(16));
@@ -117,7 +83,6 @@ function serve(socket: net.Socket, fd: number, size: number): void {
         const bad = length > MAX_LENGTH || offset + length > size;
         if (type === CMD.WRITE) {
           const data = input.take(length);
-          waiting = data === null ? request : null;
           if (data === null) return;
           if (!bad) fs.writeSync(fd, data, 0, length, offset);
         }
@@ -129,6 +94,7 @@ function serve(socket: net.Socket, fd: number, size: number): void {
         if (!bad && type === CMD.READ) fs.readSync(fd, reply, SIMPLE_REPLY_SIZE, length, offset);
         if (!bad && type === CMD.FLUSH) fs.fdatasyncSync(fd);
         socket.write(reply);
+        request = null;
       }
     }
   }

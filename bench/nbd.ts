@@ -339,7 +339,7 @@ function table(): { text: string; markdown: string } {
     }
   }
   const floor = servers.findIndex((s) => s.baseline);
-  const cpuHeader = ['row', ...servers.map((s) => s.name), 'vblk / best peer', ...(floor >= 0 ? ['vblk / node-floor'] : [])];
+  const cpuHeader = ['row', ...servers.map((s) => s.name), 'vblk / best peer', ...(floor >= 0 ? [`vblk / ${servers[floor].name}`] : [])];
   const cpuLines = rows.map((row) => {
     const per = servers.map((s) => {
       const rs = results.get(`${row.id}|${s.name}`);

@@ -1,12 +1,12 @@
 // With --send-file, large reads from a raw image in the page cache leave
-// from the file itself (sendfile): the bytes reach the client as the file's pages, by
-// reference. What that must not change: a read answers with the data as
-// it was when the read ran, even when a write to the same range comes
-// after it while the client has not read the reply yet (from another
-// connection on the same event loop, which then waits, or from the same
-// one); holes still come
-// as OFFSET_HOLE chunks; simple replies carry the same bytes. Without
-// the option the reply is a copy, and a write need not wait for it.
+// from the file itself (sendfile): the bytes reach the client as the
+// file's pages, by reference. What that must not change: a read answers
+// with the data as it was when the read ran, even when a write to the
+// same range comes after it while the client has not read the reply yet
+// (from another connection on the same event loop, which then waits, or
+// from the same one); holes still come as OFFSET_HOLE chunks; simple
+// replies carry the same bytes. Without the option the reply is a copy,
+// and a write need not wait for it.
 
 import fs from 'node:fs';
 import path from 'node:path';

@@ -16,10 +16,11 @@
 // out from the file itself (sendFromFile): the replies before it are
 // flushed, and if the stream then holds nothing, the headers are written
 // and the data sent with sendfile on the socket's descriptor, in order,
-// without a copy in user space. Whatever the socket has no room for, and everything after
-// it, goes through the stream, the file's bytes read into a buffer. It
-// is off by default because the client pays for it: receiving the
-// file's pages cost fio more than the copy saved vblk (README).
+// without a copy in user space. Whatever the socket has no room for,
+// and everything after it, goes through the stream, the file's bytes
+// read into a buffer. It is off by default because the client pays for
+// it: receiving the file's pages cost fio more than the copy saved vblk
+// (README).
 
 import fs from 'node:fs';
 import os from 'node:os';
